@@ -1,0 +1,39 @@
+//! The seam between the hub and the transport of publications between nodes. A node subscribes
+//! to a room when its first local subscriber joins and unsubscribes after the last one leaves.
+
+pub mod local;
+
+use async_trait::async_trait;
+use serde_json::value::RawValue;
+
+use crate::hub::registry::{FanoutOutcome, RoomKey};
+use crate::protocol::EventName;
+
+/// One event on its way to a room's subscribers.
+#[derive(Debug)]
+pub struct Publication<'a> {
+    pub key: RoomKey,
+    pub event: EventName,
+    pub data: &'a RawValue,
+    /// Registry sequence number of a connection that must not receive it.
+    pub exclude: Option<u64>,
+    pub timestamp: i64,
+}
+
+/// Why a broker call failed: publications reached no one, so retrying is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Carries publications to every node that has subscribers of the room.
+#[async_trait]
+pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
+    /// Publishes and reports what this node's fan-out reached.
+    async fn publish(&self, publication: &Publication<'_>) -> Result<FanoutOutcome, BrokerError>;
+    /// Starts receiving the room's publications; returns once they flow.
+    async fn subscribe(&self, key: &RoomKey) -> Result<(), BrokerError>;
+    /// Stops receiving the room's publications.
+    async fn unsubscribe(&self, key: &RoomKey) -> Result<(), BrokerError>;
+}

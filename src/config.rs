@@ -1,0 +1,390 @@
+//! The typed configuration tree: built-in defaults, then `config/roomcast.toml` (or `--config`),
+//! then `ROOMCAST_*` environment variables with `__` between levels.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Where the configuration file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/roomcast.toml";
+
+/// Every setting of the hub, one sub-struct per subsystem.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// An admin key (`rc_admin_<key_id>_<secret>`) registered at start, usually set as
+    /// `ROOMCAST_ADMIN_KEY` by deployment scripts.
+    pub admin_key: Option<String>,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub limits: LimitsConfig,
+    pub websocket: WebSocketConfig,
+    pub apps: AppsConfig,
+    pub tokens: TokensConfig,
+    pub log: LogConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// HTTP listener and process lifetime.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP and WebSocket listener binds.
+    pub listen: SocketAddr,
+    /// Seconds allowed for draining connections on shutdown before the process exits.
+    pub shutdown_grace_s: u64,
+}
+
+/// The embedded store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` (embedded, default); `redis` is reserved for cluster mode.
+    pub kind: StoreKind,
+    /// SQLite database file; its directory is created when missing.
+    pub path: PathBuf,
+    /// How often (ms) the store is checked for changes made by other processes, such as
+    /// `roomcast admin create-key`, so the in-memory caches pick them up.
+    pub reload_interval_ms: u64,
+}
+
+/// Which store backs apps and keys.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sqlite,
+    Redis,
+}
+
+/// Size limits for messages and bodies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest event `data` (compact JSON) and largest incoming WebSocket message, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest HTTP request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Rooms one connection may be subscribed to at once.
+    pub max_rooms_per_connection: usize,
+    /// Events in one `POST /api/broadcast/batch`.
+    pub max_batch_events: usize,
+}
+
+/// WebSocket sessions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Seconds between server pings.
+    pub heartbeat_s: u64,
+    /// A connection that sent nothing (not even a pong) for this many seconds is closed.
+    pub idle_timeout_s: u64,
+    /// Frames waiting for one client; a client whose queue is full is closed with 4008.
+    pub outbound_queue_messages: usize,
+    /// Socket read buffer per connection, in bytes.
+    pub read_buffer_bytes: usize,
+    /// Bytes buffered before the writer flushes to the socket.
+    pub write_buffer_bytes: usize,
+    /// Bytes a slow client may leave unflushed before it is closed with 4008.
+    pub max_write_buffer_bytes: usize,
+}
+
+/// Defaults for new apps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppsConfig {
+    /// HTTP requests per minute for a new app's keys.
+    pub default_rate_limit: u32,
+    /// Concurrent WebSocket connections for a new app.
+    pub default_max_connections: u32,
+}
+
+/// Client JWTs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensConfig {
+    /// Lifetime of a token from `POST /api/token` when the request names none, in seconds.
+    pub default_ttl_s: u64,
+    /// Clock skew tolerated when checking `exp`, in seconds.
+    pub leeway_s: u64,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `roomcast=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Cluster mode (Redis). Empty `redis_url` means a single node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub redis_url: Option<String>,
+    /// This node's id; a random one is chosen at start when absent.
+    pub node_id: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), shutdown_grace_s: 3 }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { kind: StoreKind::Sqlite, path: PathBuf::from("data/roomcast.db"), reload_interval_ms: 1000 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_body_bytes: 1024 * 1024,
+            max_rooms_per_connection: 100,
+            max_batch_events: 100,
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_s: 25,
+            idle_timeout_s: 60,
+            outbound_queue_messages: 1024,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 16 * 1024,
+            max_write_buffer_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for AppsConfig {
+    fn default() -> Self {
+        Self { default_rate_limit: 1000, default_max_connections: 100_000 }
+    }
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self { default_ttl_s: 86_400, leeway_s: 30 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".to_owned() }
+    }
+}
+
+/// A configuration that could not be loaded; the message names every offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid configuration:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// One figment error as `key: problem (source)`, with the key in config-file spelling.
+fn describe(e: figment::Error) -> String {
+    let key = e.path.iter().map(|p| p.to_ascii_lowercase()).collect::<Vec<_>>().join(".");
+    let source = match &e.metadata {
+        Some(m) if m.name.contains("environment") => {
+            format!(" (from environment variable ROOMCAST_{})", e.path.join("__").to_ascii_uppercase())
+        }
+        Some(m) => match &m.source {
+            Some(source) => format!(" (from {source})"),
+            None => format!(" (from {})", m.name),
+        },
+        None => String::new(),
+    };
+    let key = if key.is_empty() { "(top level)".to_owned() } else { key };
+    format!("{key}: {}{source}", e.kind)
+}
+
+impl Config {
+    /// Loads defaults, then the file (`path`, or [`DEFAULT_CONFIG_PATH`] when it exists), then
+    /// the `ROOMCAST_*` environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(path) => {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(ConfigError::File { path: path.to_owned(), reason: e.to_string() });
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                if Path::new(DEFAULT_CONFIG_PATH).exists() {
+                    figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_PATH));
+                }
+            }
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("ROOMCAST_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.into_iter().map(describe).collect()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks relations the types cannot express; reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut positive = |key: &str, value: u64| {
+            if value == 0 {
+                problems.push(format!("{key}: must be greater than 0"));
+            }
+        };
+        positive("limits.max_message_bytes", self.limits.max_message_bytes as u64);
+        positive("limits.max_body_bytes", self.limits.max_body_bytes as u64);
+        positive("limits.max_rooms_per_connection", self.limits.max_rooms_per_connection as u64);
+        positive("limits.max_batch_events", self.limits.max_batch_events as u64);
+        positive("websocket.heartbeat_s", self.websocket.heartbeat_s);
+        positive("websocket.idle_timeout_s", self.websocket.idle_timeout_s);
+        positive("websocket.outbound_queue_messages", self.websocket.outbound_queue_messages as u64);
+        positive("websocket.read_buffer_bytes", self.websocket.read_buffer_bytes as u64);
+        positive("apps.default_rate_limit", u64::from(self.apps.default_rate_limit));
+        positive("tokens.default_ttl_s", self.tokens.default_ttl_s);
+        positive("store.reload_interval_ms", self.store.reload_interval_ms);
+        if self.websocket.idle_timeout_s <= self.websocket.heartbeat_s {
+            problems.push("websocket.idle_timeout_s: must be greater than websocket.heartbeat_s".into());
+        }
+        if self.limits.max_body_bytes < self.limits.max_message_bytes {
+            problems.push("limits.max_body_bytes: must be at least limits.max_message_bytes".into());
+        }
+        // The writer stops accepting frames once the buffer passes write_buffer_bytes, so the
+        // buffer peaks at that plus one largest frame (data plus a small envelope).
+        let peak = self.websocket.write_buffer_bytes + self.limits.max_message_bytes + 1024;
+        if self.websocket.max_write_buffer_bytes < peak {
+            problems.push(format!(
+                "websocket.max_write_buffer_bytes: must be at least websocket.write_buffer_bytes + \
+                 limits.max_message_bytes + 1024 ({peak})"
+            ));
+        }
+        if !(60..=2_592_000).contains(&self.tokens.default_ttl_s) {
+            problems.push("tokens.default_ttl_s: must be between 60 and 2592000".into());
+        }
+        if self.store.kind == StoreKind::Redis {
+            problems
+                .push("store.kind: \"redis\" needs cluster mode, which this build does not have yet".into());
+        }
+        if self.cluster.redis_url.is_some() {
+            problems.push("cluster.redis_url: cluster mode is not available in this build yet".into());
+        }
+        if let Some(level) = Some(&self.log.level)
+            && tracing_subscriber::EnvFilter::try_new(level).is_err()
+        {
+            problems.push(format!("log.level: {level:?} is not a valid filter"));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    // `Jail` serializes tests that touch the environment and runs each in a fresh directory.
+    #[allow(clippy::result_large_err)]
+    fn load_in_jail(
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+        path: Option<&str>,
+    ) -> Result<Config, String> {
+        let mut out = None;
+        Jail::expect_with(|jail| {
+            for (name, text) in files {
+                if let Some((dir, _)) = name.rsplit_once('/') {
+                    jail.create_dir(dir)?;
+                }
+                jail.create_file(name, text)?;
+            }
+            for (key, value) in env {
+                jail.set_env(key, value);
+            }
+            out = Some(Config::load(path.map(Path::new)).map_err(|e| e.to_string()));
+            Ok(())
+        });
+        out.unwrap()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+        let loaded = load_in_jail(&[], &[], None).unwrap();
+        assert_eq!(loaded, Config::default());
+        assert_eq!(loaded.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(loaded.limits.max_message_bytes, 65_536);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let loaded = load_in_jail(
+            &[(
+                "config/roomcast.toml",
+                "[server]\nlisten = \"127.0.0.1:7000\"\n[limits]\nmax_rooms_per_connection = 7\n",
+            )],
+            &[("ROOMCAST_SERVER__LISTEN", "127.0.0.1:9000"), ("ROOMCAST_ADMIN_KEY", "rc_admin_x")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(loaded.server.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(loaded.limits.max_rooms_per_connection, 7);
+        assert_eq!(loaded.admin_key.as_deref(), Some("rc_admin_x"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = load_in_jail(&[("c.toml", "[server]\nlisten = \"not-an-address\"\n")], &[], Some("c.toml"))
+            .unwrap_err();
+        assert!(err.contains("server.listen"), "{err}");
+
+        let err = load_in_jail(
+            &[("c.toml", "[limits]\nmax_rooms_per_connection = 0\n[websocket]\nheartbeat_s = 0\n")],
+            &[],
+            Some("c.toml"),
+        )
+        .unwrap_err();
+        assert!(err.contains("limits.max_rooms_per_connection"), "{err}");
+        assert!(err.contains("websocket.heartbeat_s"), "{err}");
+
+        let err = load_in_jail(&[("c.toml", "[server]\nlistenn = \"127.0.0.1:1\"\n")], &[], Some("c.toml"))
+            .unwrap_err();
+        assert!(err.contains("listenn"), "{err}");
+
+        let err = load_in_jail(&[], &[("ROOMCAST_LIMITS__MAX_BODY_BYTES", "lots")], None).unwrap_err();
+        assert!(err.contains("limits.max_body_bytes"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = load_in_jail(&[], &[], Some("nope.toml")).unwrap_err();
+        assert!(err.contains("nope.toml"), "{err}");
+    }
+
+    #[test]
+    fn shipped_config_file_matches_defaults() {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH)).unwrap();
+        let loaded = load_in_jail(&[("shipped.toml", &text)], &[], Some("shipped.toml")).unwrap();
+        assert_eq!(loaded, Config::default());
+    }
+}

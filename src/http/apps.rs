@@ -1,0 +1,497 @@
+//! `/api/applications`: create, list, read, update apps; rotate their primary key and secret.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Authed, Principal, Query};
+use super::keys::KeyView;
+use super::{AppState, iso8601};
+use crate::apps::{check_app_id, generate_app_id};
+use crate::auth::api_key::{PresentedKey, Scope};
+use crate::auth::random_base62;
+use crate::hub::now_ms;
+use crate::protocol::CloseCode;
+use crate::store::{AppRecord, AppStatus, KeyKind, KeyRecord};
+
+/// Routes of this area.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/applications", get(list_apps).post(create_app))
+        .route("/api/applications/{app_id}", get(get_app).put(update_app))
+        .route("/api/applications/{app_id}/regenerate-api-key", post(regenerate_api_key))
+        .route("/api/applications/{app_id}/regenerate-secret", post(regenerate_secret))
+}
+
+/// Length of generated app secrets.
+const SECRET_LEN: usize = 48;
+/// Longest accepted `grace_seconds` on key rotation: one week.
+const MAX_GRACE_S: u64 = 7 * 24 * 3600;
+
+/// An app as the API shows it: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppView {
+    pub app_id: String,
+    pub name: String,
+    /// `enabled` or `disabled`.
+    pub status: String,
+    pub allowed_domains: Vec<String>,
+    /// HTTP requests per minute for the app's keys.
+    pub rate_limit: u32,
+    pub max_connections: u32,
+    pub client_events: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub deleted_at: Option<String>,
+}
+
+impl From<&AppRecord> for AppView {
+    fn from(app: &AppRecord) -> Self {
+        Self {
+            app_id: app.app_id.clone(),
+            name: app.name.clone(),
+            status: app.status.as_str().to_owned(),
+            allowed_domains: app.allowed_domains.clone(),
+            rate_limit: app.rate_limit,
+            max_connections: app.max_connections,
+            client_events: app.client_events,
+            created_at: iso8601(app.created_at),
+            updated_at: iso8601(app.updated_at),
+            deleted_at: app.deleted_at.map(iso8601),
+        }
+    }
+}
+
+/// `status` as a word or as the seed API's boolean.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StatusInput {
+    Flag(bool),
+    Word(String),
+}
+
+impl StatusInput {
+    fn parse(&self) -> Result<AppStatus, ApiError> {
+        match self {
+            StatusInput::Flag(true) => Ok(AppStatus::Enabled),
+            StatusInput::Flag(false) => Ok(AppStatus::Disabled),
+            StatusInput::Word(w) if w == "enabled" => Ok(AppStatus::Enabled),
+            StatusInput::Word(w) if w == "disabled" => Ok(AppStatus::Disabled),
+            StatusInput::Word(_) => {
+                Err(ApiError::field("status", "must be \"enabled\", \"disabled\", true or false"))
+            }
+        }
+    }
+}
+
+/// Body of `POST /api/applications`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct CreateApp {
+    /// Slug `[a-z0-9][a-z0-9-]{2,63}`; generated when absent.
+    pub app_id: Option<String>,
+    /// Display name; defaults to the `app_id`.
+    pub name: Option<String>,
+    /// Origin allow-list (host names, `*.example.com`); empty allows any origin.
+    pub allowed_domains: Option<Vec<String>>,
+    /// A single domain, replacing the list with `[value]`.
+    pub allowed_domain: Option<String>,
+    pub rate_limit: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub client_events: Option<bool>,
+    pub status: Option<StatusInput>,
+}
+
+/// Body of `PUT /api/applications/{app_id}`: every field optional; unknown fields are ignored.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct UpdateApp {
+    pub name: Option<String>,
+    pub allowed_domains: Option<Vec<String>>,
+    pub allowed_domain: Option<String>,
+    pub rate_limit: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub client_events: Option<bool>,
+    pub status: Option<StatusInput>,
+}
+
+/// `{"success", "app"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppResponse {
+    pub success: bool,
+    pub app: AppView,
+}
+
+/// `{"success", "app", "app_secret", "api_key"}`: the secret and key are shown only here.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedApp {
+    pub success: bool,
+    pub app: AppView,
+    pub app_secret: String,
+    pub api_key: String,
+}
+
+/// `{"success", "applications", "next_cursor"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppList {
+    pub success: bool,
+    pub applications: Vec<AppView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Paging of `GET /api/applications`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    /// 1–100, default 20.
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Admins only: list soft-deleted apps too.
+    pub include_deleted: Option<bool>,
+}
+
+/// Body of `regenerate-api-key`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct RegenerateKey {
+    /// Seconds the old key keeps working (0–604800, default 0).
+    pub grace_seconds: Option<u64>,
+}
+
+/// `{"success", "api_key", "key"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegeneratedKey {
+    pub success: bool,
+    /// The new primary key, shown once.
+    pub api_key: String,
+    pub key: KeyView,
+}
+
+/// `{"success", "app_secret"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegeneratedSecret {
+    pub success: bool,
+    /// The new secret, shown once. Tokens signed with the old one stop working.
+    pub app_secret: String,
+}
+
+/// Empty body accepted by routes whose body is optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct Empty {}
+
+fn check_domains(domains: &[String]) -> Result<(), ApiError> {
+    for (i, d) in domains.iter().enumerate() {
+        let host = d.strip_prefix("*.").unwrap_or(d);
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(ApiError::field(
+                &format!("allowed_domains[{i}]"),
+                "must be a host name such as example.com or *.example.com",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::field("name", "must be 1 to 200 characters without control characters"));
+    }
+    Ok(())
+}
+
+fn check_rate_limit(rate_limit: u32) -> Result<(), ApiError> {
+    if rate_limit == 0 || rate_limit > 1_000_000 {
+        return Err(ApiError::field("rate_limit", "must be between 1 and 1000000 requests per minute"));
+    }
+    Ok(())
+}
+
+fn lower_domains(domains: Vec<String>) -> Vec<String> {
+    domains.into_iter().map(|d| d.trim().to_ascii_lowercase()).collect()
+}
+
+/// A fresh primary key record for `app_id` with every app-level scope.
+pub fn new_primary_key(app_id: &str, now: i64) -> (PresentedKey, KeyRecord) {
+    let key = PresentedKey::generate(KeyKind::App);
+    let record = KeyRecord {
+        key_id: key.key_id.clone(),
+        kind: KeyKind::App,
+        app_id: Some(app_id.to_owned()),
+        name: "primary".into(),
+        scopes: Scope::APP_LEVEL.iter().map(|s| s.as_str().to_owned()).collect(),
+        secret_hash: key.secret_hash(),
+        primary: true,
+        created_at: now,
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    (key, record)
+}
+
+/// The app the caller may act on, refusing other tenants and unknown or deleted apps.
+fn visible_app(
+    state: &AppState,
+    principal: &Principal,
+    app_id: &str,
+) -> Result<std::sync::Arc<AppRecord>, ApiError> {
+    let target = principal.target_app(Some(app_id))?;
+    state
+        .apps
+        .get(&target)
+        .filter(|a| a.deleted_at.is_none())
+        .ok_or_else(|| ApiError::NotFound(format!("no app {target:?}")))
+}
+
+#[utoipa::path(post, path = "/api/applications", tag = "applications", request_body = CreateApp,
+    responses((status = 201, body = CreatedApp), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn create_app(
+    State(state): State<AppState>,
+    call: Authed<CreateApp>,
+) -> Result<impl IntoResponse, ApiError> {
+    call.principal.require_admin()?;
+    let _writes = state.writes.lock().await;
+    let body = call.body;
+    let app_id = match body.app_id {
+        Some(id) => {
+            check_app_id(&id).map_err(|e| ApiError::field("app_id", e))?;
+            id
+        }
+        None => generate_app_id(),
+    };
+    let name = body.name.unwrap_or_else(|| app_id.clone());
+    check_name(&name)?;
+    let domains = lower_domains(match (body.allowed_domain, body.allowed_domains) {
+        (Some(one), _) => vec![one],
+        (None, Some(list)) => list,
+        (None, None) => Vec::new(),
+    });
+    check_domains(&domains)?;
+    let rate_limit = body.rate_limit.unwrap_or(state.config.apps.default_rate_limit);
+    check_rate_limit(rate_limit)?;
+    let status = body.status.as_ref().map(StatusInput::parse).transpose()?.unwrap_or(AppStatus::Enabled);
+    if state.apps.get(&app_id).is_some() {
+        return Err(ApiError::Conflict(format!("app_id {app_id:?} is already taken")));
+    }
+    let now = now_ms();
+    let app = AppRecord {
+        app_id: app_id.clone(),
+        name,
+        secret: random_base62(SECRET_LEN),
+        status,
+        allowed_domains: domains,
+        rate_limit,
+        max_connections: body.max_connections.unwrap_or(state.config.apps.default_max_connections),
+        client_events: body.client_events.unwrap_or(false),
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+    };
+    let (key, record) = new_primary_key(&app_id, now);
+    state.store.insert_app(&app, &record).await.map_err(|e| match e {
+        crate::store::StoreError::Conflict => {
+            ApiError::Conflict(format!("app_id {app_id:?} is already taken"))
+        }
+        other => other.into(),
+    })?;
+    let view = AppView::from(&app);
+    let secret = app.secret.clone();
+    state.apps.put(app);
+    state.keys.put(record);
+    tracing::info!(app_id, "app created");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedApp { success: true, app: view, app_secret: secret, api_key: key.plaintext() }),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/applications", tag = "applications", params(ListParams),
+    responses((status = 200, body = AppList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn list_apps(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<AppList>, ApiError> {
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 100"));
+    }
+    if let Some(own) = &principal.app_id {
+        principal.require(Scope::AppsRead)?;
+        let applications = state.apps.get(own).iter().map(|a| AppView::from(&**a)).collect();
+        return Ok(axum::Json(AppList { success: true, applications, next_cursor: None }));
+    }
+    let (apps, more) =
+        state.apps.page(params.cursor.as_deref(), limit, params.include_deleted.unwrap_or(false));
+    let next_cursor = if more { apps.last().map(|a| a.app_id.clone()) } else { None };
+    let applications = apps.iter().map(|a| AppView::from(&**a)).collect();
+    Ok(axum::Json(AppList { success: true, applications, next_cursor }))
+}
+
+#[utoipa::path(get, path = "/api/applications/{app_id}", tag = "applications",
+    params(("app_id" = String, Path, description = "the app")),
+    responses((status = 200, body = AppResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn get_app(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(app_id): Path<String>,
+) -> Result<axum::Json<AppResponse>, ApiError> {
+    principal.require(Scope::AppsRead)?;
+    let app = visible_app(&state, &principal, &app_id)?;
+    Ok(axum::Json(AppResponse { success: true, app: AppView::from(&*app) }))
+}
+
+#[utoipa::path(put, path = "/api/applications/{app_id}", tag = "applications", request_body = UpdateApp,
+    params(("app_id" = String, Path, description = "the app")),
+    responses((status = 200, body = AppResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn update_app(
+    State(state): State<AppState>,
+    Path(app_id): Path<String>,
+    call: Authed<UpdateApp>,
+) -> Result<axum::Json<AppResponse>, ApiError> {
+    call.principal.require(Scope::AppsWrite)?;
+    let _writes = state.writes.lock().await;
+    let current = visible_app(&state, &call.principal, &app_id)?;
+    let body = call.body;
+    let mut app = (*current).clone();
+    if let Some(name) = body.name {
+        check_name(&name)?;
+        app.name = name;
+    }
+    if let Some(one) = body.allowed_domain {
+        app.allowed_domains = lower_domains(vec![one]);
+    } else if let Some(list) = body.allowed_domains {
+        app.allowed_domains = lower_domains(list);
+    }
+    check_domains(&app.allowed_domains)?;
+    if let Some(rate_limit) = body.rate_limit {
+        check_rate_limit(rate_limit)?;
+        app.rate_limit = rate_limit;
+    }
+    if let Some(max) = body.max_connections {
+        app.max_connections = max;
+    }
+    if let Some(flag) = body.client_events {
+        app.client_events = flag;
+    }
+    if let Some(status) = &body.status {
+        app.status = status.parse()?;
+    }
+    app.updated_at = now_ms().max(current.updated_at);
+    state.store.update_app(&app).await?;
+    let disabled = current.status == AppStatus::Enabled && app.status == AppStatus::Disabled;
+    let view = AppView::from(&app);
+    state.apps.put(app);
+    if disabled {
+        let closed = state.hub.close_connections(Some(&app_id), CloseCode::AppDisabled);
+        tracing::info!(app_id, closed, "app disabled; its connections are closing");
+    }
+    Ok(axum::Json(AppResponse { success: true, app: view }))
+}
+
+#[utoipa::path(post, path = "/api/applications/{app_id}/regenerate-api-key", tag = "applications",
+    request_body(content = RegenerateKey, description = "optional"),
+    params(("app_id" = String, Path, description = "the app")),
+    responses((status = 200, body = RegeneratedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn regenerate_api_key(
+    State(state): State<AppState>,
+    Path(app_id): Path<String>,
+    call: Authed<RegenerateKey>,
+) -> Result<axum::Json<RegeneratedKey>, ApiError> {
+    call.principal.require(Scope::KeysWrite)?;
+    let _writes = state.writes.lock().await;
+    let app = visible_app(&state, &call.principal, &app_id)?;
+    let grace = call.body.grace_seconds.unwrap_or(0);
+    if grace > MAX_GRACE_S {
+        return Err(ApiError::field("grace_seconds", format!("must be between 0 and {MAX_GRACE_S}")));
+    }
+    let now = now_ms();
+    let mut changed: Vec<KeyRecord> = state
+        .keys
+        .of_app(&app.app_id)
+        .into_iter()
+        .filter(|k| k.record.primary && k.record.revoked_at.is_none())
+        .map(|k| {
+            let mut old = k.record.clone();
+            old.primary = false;
+            if grace == 0 {
+                old.revoked_at = Some(now);
+            } else {
+                let until = now + (grace as i64) * 1000;
+                old.expires_at = Some(old.expires_at.map_or(until, |e| e.min(until)));
+            }
+            old
+        })
+        .collect();
+    let (key, record) = new_primary_key(&app.app_id, now);
+    changed.push(record.clone());
+    state.store.save_keys(&changed).await?;
+    for k in changed {
+        state.keys.put(k);
+    }
+    let view = state
+        .keys
+        .get(&record.key_id)
+        .map(|k| KeyView::from(&*k))
+        .ok_or_else(|| ApiError::Internal("new key missing from cache".into()))?;
+    tracing::info!(app_id = %app.app_id, grace, "primary API key regenerated");
+    Ok(axum::Json(RegeneratedKey { success: true, api_key: key.plaintext(), key: view }))
+}
+
+#[utoipa::path(post, path = "/api/applications/{app_id}/regenerate-secret", tag = "applications",
+    params(("app_id" = String, Path, description = "the app")),
+    responses((status = 200, body = RegeneratedSecret), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn regenerate_secret(
+    State(state): State<AppState>,
+    Path(app_id): Path<String>,
+    call: Authed<Empty>,
+) -> Result<axum::Json<RegeneratedSecret>, ApiError> {
+    call.principal.require(Scope::KeysWrite)?;
+    let _writes = state.writes.lock().await;
+    let current = visible_app(&state, &call.principal, &app_id)?;
+    let mut app = (*current).clone();
+    app.secret = random_base62(SECRET_LEN);
+    app.updated_at = now_ms().max(current.updated_at);
+    state.store.update_app(&app).await?;
+    let secret = app.secret.clone();
+    state.apps.put(app);
+    tracing::info!(app_id, "app secret regenerated");
+    Ok(axum::Json(RegeneratedSecret { success: true, app_secret: secret }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains() {
+        check_domains(&["example.com".into(), "*.example.com".into(), "localhost".into()]).unwrap();
+        for bad in ["", "*.", "http://x.com", "a..b", "ex ample.com", "a/b"] {
+            assert!(check_domains(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! `POST /api/broadcast` and `/api/broadcast/batch`: server-side publishing into rooms.
+
+use std::borrow::Cow;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Authed, Principal};
+use crate::apps::is_active;
+use crate::auth::api_key::Scope;
+use crate::hub::events::PublishKind;
+use crate::hub::registry::RoomKey;
+use crate::protocol::{EventName, RoomName};
+
+/// Routes of this area.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/broadcast", post(broadcast))
+        .route("/api/broadcast/batch", post(broadcast_batch))
+}
+
+/// One event to publish.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BroadcastRequest {
+    /// Required with an admin key; must match an app key's app when given.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// Client-facing room name.
+    #[schema(value_type = String, pattern = r"^[A-Za-z0-9_\-=@,.;:]{1,164}$")]
+    pub room: RoomName,
+    /// 1–200 characters, not starting with `roomcast:`.
+    #[schema(value_type = String, min_length = 1, max_length = 200)]
+    pub event: EventName,
+    /// Any JSON value; its compact form must fit `limits.max_message_bytes`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: Option<Box<RawValue>>,
+    /// A `c_…` connection that must not receive the event (usually the sender's own).
+    #[serde(default, alias = "socket_id")]
+    pub exclude_connection_id: Option<String>,
+}
+
+/// Body of `POST /api/broadcast/batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BatchRequest {
+    /// At most `limits.max_batch_events` (100) events.
+    pub events: Vec<BroadcastRequest>,
+}
+
+/// What one publication reached.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BroadcastResult {
+    pub success: bool,
+    /// Namespaced `app-{app_id}-{room}`.
+    pub room: String,
+    pub event: String,
+    /// Subscribers of the room when the event was published.
+    pub subscriber_count: usize,
+    /// Milliseconds since the epoch.
+    pub timestamp: i64,
+}
+
+/// `{"success", "results"}`, one result per event in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResult {
+    pub success: bool,
+    pub results: Vec<BroadcastResult>,
+}
+
+/// A request checked against the caller, the app and the size limit.
+struct Checked<'a> {
+    app_id: String,
+    req: &'a BroadcastRequest,
+    data: Cow<'a, RawValue>,
+}
+
+fn check<'a>(
+    state: &AppState,
+    principal: &Principal,
+    req: &'a BroadcastRequest,
+    field: &str,
+) -> Result<Checked<'a>, ApiError> {
+    let app_id = principal.target_app(req.app_id.as_deref()).map_err(|e| match e {
+        ApiError::InvalidRequest(_) => {
+            ApiError::field(&format!("{field}app_id"), "is required with an admin key")
+        }
+        other => other,
+    })?;
+    let app = state.apps.get(&app_id).filter(|a| a.deleted_at.is_none());
+    let app = app.ok_or_else(|| ApiError::NotFound(format!("no app {app_id:?}")))?;
+    if !is_active(&app) {
+        return Err(ApiError::AppDisabled);
+    }
+    let limit = state.config.limits.max_message_bytes;
+    let data: Cow<'a, RawValue> = match &req.data {
+        None => Cow::Owned(RawValue::from_string("null".into()).expect("null is JSON")),
+        Some(raw) if raw.get().len() <= limit => Cow::Borrowed(&**raw),
+        Some(raw) => {
+            // The limit applies to the compact form; only re-encode when the raw text is over it.
+            let value: serde_json::Value =
+                serde_json::from_str(raw.get()).map_err(|e| ApiError::field(&format!("{field}data"), e))?;
+            let compact = serde_json::to_string(&value).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if compact.len() > limit {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "{field}data is {} bytes; the limit is {limit}",
+                    compact.len()
+                )));
+            }
+            Cow::Owned(RawValue::from_string(compact).map_err(|e| ApiError::Internal(e.to_string()))?)
+        }
+    };
+    Ok(Checked { app_id, req, data })
+}
+
+async fn publish(state: &AppState, checked: Checked<'_>) -> Result<BroadcastResult, ApiError> {
+    let req = checked.req;
+    let outcome = state
+        .hub
+        .broadcast(
+            &checked.app_id,
+            &req.room,
+            &req.event,
+            &checked.data,
+            req.exclude_connection_id.as_deref(),
+            PublishKind::Broadcast,
+        )
+        .await?;
+    let key = RoomKey { app_id: checked.app_id.as_str().into(), room: req.room.clone() };
+    Ok(BroadcastResult {
+        success: true,
+        room: key.namespaced(),
+        event: req.event.to_string(),
+        subscriber_count: outcome.subscriber_count,
+        timestamp: outcome.timestamp,
+    })
+}
+
+#[utoipa::path(post, path = "/api/broadcast", tag = "broadcast", request_body = BroadcastRequest,
+    responses((status = 200, body = BroadcastResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn broadcast(
+    State(state): State<AppState>,
+    call: Authed<BroadcastRequest>,
+) -> Result<axum::Json<BroadcastResult>, ApiError> {
+    call.principal.require(Scope::BroadcastWrite)?;
+    let checked = check(&state, &call.principal, &call.body, "")?;
+    Ok(axum::Json(publish(&state, checked).await?))
+}
+
+#[utoipa::path(post, path = "/api/broadcast/batch", tag = "broadcast", request_body = BatchRequest,
+    responses((status = 200, body = BatchResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn broadcast_batch(
+    State(state): State<AppState>,
+    call: Authed<BatchRequest>,
+) -> Result<axum::Json<BatchResult>, ApiError> {
+    call.principal.require(Scope::BroadcastWrite)?;
+    let max = state.config.limits.max_batch_events;
+    let events = &call.body.events;
+    if events.is_empty() || events.len() > max {
+        return Err(ApiError::field("events", format!("must hold 1 to {max} events")));
+    }
+    // Every event is checked before any is published, so a bad batch publishes nothing.
+    let checked = events
+        .iter()
+        .enumerate()
+        .map(|(i, req)| check(&state, &call.principal, req, &format!("events[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = Vec::with_capacity(checked.len());
+    for c in checked {
+        results.push(publish(&state, c).await?);
+    }
+    Ok(axum::Json(BatchResult { success: true, results }))
+}

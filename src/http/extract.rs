@@ -1,0 +1,212 @@
+//! Extractors whose rejections are [`ApiError`]s: JSON bodies (naming the bad field), query
+//! strings, and the calling API key as a [`Principal`].
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::api_key::Scope;
+use crate::store::KeyKind;
+
+/// Where a key was found, in the order they are looked at (DESIGN §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    AdminHeader,
+    AppHeader,
+    LegacyHeader,
+    Bearer,
+    Query,
+    Body,
+}
+
+/// The authenticated caller of an API route.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub kind: KeyKind,
+    pub key_id: String,
+    /// The app of an app key; `None` for admin keys.
+    pub app_id: Option<String>,
+    pub scopes: Vec<Scope>,
+    pub expires_at: Option<i64>,
+}
+
+impl Principal {
+    /// Passes when the key holds `scope` (or `admin:full`).
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.kind == KeyKind::Admin || self.scopes.iter().any(|s| *s == scope || *s == Scope::AdminFull) {
+            Ok(())
+        } else {
+            Err(ApiError::InsufficientScope(scope))
+        }
+    }
+
+    /// Passes for admin keys only.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.kind {
+            KeyKind::Admin => Ok(()),
+            KeyKind::App => Err(ApiError::Forbidden("this route needs an admin key".into())),
+        }
+    }
+
+    /// The app a call acts on: an app key's own (a different `requested` one is 403
+    /// `forbidden`); for an admin key, `requested`, which is then required.
+    pub fn target_app(&self, requested: Option<&str>) -> Result<String, ApiError> {
+        match (&self.app_id, requested) {
+            (Some(own), Some(requested)) if own != requested => {
+                Err(ApiError::Forbidden("this key belongs to another app".into()))
+            }
+            (Some(own), _) => Ok(own.clone()),
+            (None, Some(requested)) => Ok(requested.to_owned()),
+            (None, None) => Err(ApiError::field("app_id", "is required with an admin key")),
+        }
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    api_key: Option<String>,
+}
+
+/// The first key location that is present, from headers and query only.
+pub fn find_key(parts: &Parts) -> Option<(KeySource, String)> {
+    let headers = &parts.headers;
+    if let Some(v) = header_str(headers, "x-admin-api-key") {
+        return Some((KeySource::AdminHeader, v.to_owned()));
+    }
+    if let Some(v) = header_str(headers, "x-app-api-key") {
+        return Some((KeySource::AppHeader, v.to_owned()));
+    }
+    if let Some(v) = header_str(headers, "x-api-key") {
+        return Some((KeySource::LegacyHeader, v.to_owned()));
+    }
+    if let Some(v) = header_str(headers, header::AUTHORIZATION.as_str()) {
+        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v);
+        return Some((KeySource::Bearer, token.trim().to_owned()));
+    }
+    let query = parts.uri.query()?;
+    let parsed: KeyQuery = serde_urlencoded::from_str(query).ok()?;
+    parsed.api_key.map(|k| (KeySource::Query, k))
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let (source, key) = find_key(parts).ok_or(ApiError::MissingApiKey)?;
+        state.authenticate(source, &key)
+    }
+}
+
+/// Reads the body up to `limit` bytes; larger is 413.
+async fn body_bytes(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes")))
+}
+
+fn check_json_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    let Some(ct) = header_str(headers, header::CONTENT_TYPE.as_str()) else {
+        return Err(ApiError::UnsupportedMediaType);
+    };
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Deserializes `body` (empty counts as `{}`) naming the path of any bad field.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::InvalidRequest(format!("body: {inner}"))
+        } else {
+            ApiError::field(&path, inner)
+        }
+    })?;
+    de.end().map_err(|e| ApiError::InvalidRequest(format!("body: {e}")))?;
+    Ok(value)
+}
+
+/// A JSON body, with 413/415/400 answers in the API's error shape.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let headers = req.headers().clone();
+        let body = body_bytes(req, state.config.limits.max_body_bytes).await?;
+        check_json_content_type(&headers, &body)?;
+        parse_json(&body).map(Json)
+    }
+}
+
+/// An authenticated call with a JSON body; the key may also come from the body's `api_key`.
+#[derive(Debug)]
+pub struct Authed<T> {
+    pub principal: Principal,
+    pub body: T,
+}
+
+#[derive(Deserialize)]
+struct BodyKey {
+    api_key: Option<String>,
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Authed<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let found = find_key(&parts);
+        let req = Request::from_parts(parts.clone(), body);
+        let bytes = body_bytes(req, state.config.limits.max_body_bytes).await?;
+        let principal = match found {
+            Some((source, key)) => state.authenticate(source, &key)?,
+            None => {
+                check_json_content_type(&parts.headers, &bytes)?;
+                let key = serde_json::from_slice::<BodyKey>(&bytes).ok().and_then(|b| b.api_key);
+                let key = key.ok_or(ApiError::MissingApiKey)?;
+                state.authenticate(KeySource::Body, &key)?
+            }
+        };
+        check_json_content_type(&parts.headers, &bytes)?;
+        Ok(Authed { principal, body: parse_json(&bytes)? })
+    }
+}
+
+/// A query string, with 400 naming the bad parameter.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(Query).map_err(|e| {
+            let path = e.path().to_string();
+            ApiError::field(&format!("query {path}"), e.into_inner())
+        })
+    }
+}

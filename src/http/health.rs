@@ -1,0 +1,54 @@
+//! `GET /health`: liveness of this node and its dependencies, for load balancers.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+
+/// Routes of this area.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/health", get(health))
+}
+
+/// Health of the node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub ok: bool,
+    pub version: &'static str,
+    pub node_id: String,
+    pub uptime_s: u64,
+    /// `ok` or `down`.
+    pub store: &'static str,
+    /// `ok`, `down`, or `disabled` on a single node.
+    pub redis: &'static str,
+    /// Open WebSocket connections on this node.
+    pub connections: usize,
+}
+
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
+    let store_ok = match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "store health check failed");
+            false
+        }
+        Err(_) => false,
+    };
+    let body = Health {
+        ok: store_ok,
+        version: env!("CARGO_PKG_VERSION"),
+        node_id: state.node_id.clone(),
+        uptime_s: state.started.elapsed().as_secs(),
+        store: if store_ok { "ok" } else { "down" },
+        redis: "disabled",
+        connections: state.hub.connection_count(),
+    };
+    let status = if store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body))
+}

@@ -1,0 +1,134 @@
+//! The HTTP side: shared state, authentication of API keys, and the router that merges each
+//! API area's routes.
+
+pub mod apps;
+pub mod broadcast;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod keys;
+pub mod openapi;
+pub mod token;
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::apps::{AppCache, is_active};
+use crate::auth::api_key::{KeyRing, PresentedKey};
+use crate::config::Config;
+use crate::hub::{Hub, now_ms};
+use crate::store::{KeyKind, Store};
+use error::ApiError;
+use extract::{KeySource, Principal};
+
+/// Everything a request handler or a WebSocket session may need; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// The parts of [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub apps: AppCache,
+    pub keys: KeyRing,
+    pub hub: Arc<Hub>,
+    pub node_id: String,
+    pub started: Instant,
+    /// Fires when the server begins to shut down.
+    pub shutdown: CancellationToken,
+    /// Every task and session; shutdown waits on it.
+    pub tracker: TaskTracker,
+    /// Held across "write the store, then update the caches" and across cache reloads, so a
+    /// reload can never put back a snapshot older than a write. Only admin paths take it.
+    pub writes: tokio::sync::Mutex<()>,
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+
+    /// Checks a presented key against the cache: shape, kind for its header, secret, revocation,
+    /// expiry, and for app keys the app's state. Every failure before the secret check looks the
+    /// same to the caller.
+    pub fn authenticate(&self, source: KeySource, raw: &str) -> Result<Principal, ApiError> {
+        let presented = PresentedKey::parse(raw).ok_or(ApiError::InvalidKey)?;
+        if source == KeySource::AdminHeader && presented.kind != KeyKind::Admin {
+            return Err(ApiError::InvalidKey);
+        }
+        let key = self.keys.get(&presented.key_id).ok_or(ApiError::InvalidKey)?;
+        if key.record.kind != presented.kind
+            || !key.secret_matches(&presented)
+            || key.record.revoked_at.is_some()
+        {
+            return Err(ApiError::InvalidKey);
+        }
+        let now = now_ms();
+        if key.record.expires_at.is_some_and(|exp| exp <= now) {
+            return Err(ApiError::KeyExpired);
+        }
+        if let Some(app_id) = &key.record.app_id {
+            let app = self.apps.get(app_id).ok_or(ApiError::InvalidKey)?;
+            if !is_active(&app) {
+                return Err(ApiError::AppDisabled);
+            }
+        }
+        key.mark_used(now);
+        Ok(Principal {
+            kind: key.record.kind,
+            key_id: key.record.key_id.clone(),
+            app_id: key.record.app_id.clone(),
+            scopes: key.scopes.clone(),
+            expires_at: key.record.expires_at,
+        })
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(keys::router())
+        .merge(apps::router())
+        .merge(token::router())
+        .merge(broadcast::router())
+        .route("/ws", get(crate::session::upgrade))
+        .merge(openapi::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// ISO 8601 UTC, millisecond precision, from ms since the epoch.
+pub fn iso8601(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&f).unwrap_or_default()
+}

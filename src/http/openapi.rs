@@ -1,0 +1,62 @@
+//! The OpenAPI 3.1 document (`/api/openapi.json`), Swagger UI embedded in the binary
+//! (`/api/docs`) and a Redoc page (`/api/redoc`).
+
+use axum::Router;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_redoc::{Redoc, Servable};
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::AppState;
+
+/// The API description, collected from each handler's `#[utoipa::path]`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "roomcast", description = "Realtime WebSocket broadcast hub: HTTP API."),
+    paths(
+        super::health::health,
+        super::keys::test_key,
+        super::apps::create_app,
+        super::apps::list_apps,
+        super::apps::get_app,
+        super::apps::update_app,
+        super::apps::regenerate_api_key,
+        super::apps::regenerate_secret,
+        super::token::create_token,
+        super::broadcast::broadcast,
+        super::broadcast::broadcast_batch,
+    ),
+    modifiers(&ApiKeyAuth),
+    tags(
+        (name = "applications", description = "Tenants, their keys and secrets"),
+        (name = "broadcast", description = "Publishing events into rooms"),
+        (name = "tokens", description = "Client JWTs"),
+        (name = "keys", description = "API key introspection"),
+        (name = "operations", description = "Health"),
+    )
+)]
+pub struct ApiDoc;
+
+struct ApiKeyAuth;
+
+impl Modify for ApiKeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "An rc_app_… or rc_admin_… key. Also accepted as X-APP-API-KEY, X-ADMIN-API-KEY, \
+                 Authorization: Bearer, ?api_key= or a body field api_key.",
+            ))),
+        );
+    }
+}
+
+/// Routes of this area.
+pub fn router() -> Router<AppState> {
+    let doc = ApiDoc::openapi();
+    Router::new()
+        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", doc.clone()))
+        .merge(Redoc::with_url("/api/redoc", doc))
+}

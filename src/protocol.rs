@@ -1,0 +1,522 @@
+//! The wire: validated names, client frames, server frames and close codes (DESIGN §4, §10).
+//! Names are checked once here, where bytes enter; inner code takes the newtypes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Longest room name, in characters.
+pub const MAX_ROOM_LEN: usize = 164;
+/// Longest event name, in characters.
+pub const MAX_EVENT_LEN: usize = 200;
+/// Event names clients and apps may not use: the hub's own.
+pub const RESERVED_EVENT_PREFIX: &str = "roomcast:";
+
+/// A client-facing room name: 1–164 characters of `[A-Za-z0-9_\-=@,.;:]`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RoomName(Arc<str>);
+
+impl RoomName {
+    /// Checks and wraps a room name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > MAX_ROOM_LEN {
+            return Err(format!("must be 1 to {MAX_ROOM_LEN} characters"));
+        }
+        if let Some(bad) = s.chars().find(|&c| !is_room_char(c)) {
+            return Err(format!("contains {bad:?}; allowed are A-Z a-z 0-9 and _-=@,.;:"));
+        }
+        Ok(Self(Arc::from(s)))
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Members are tracked in rooms starting with `presence-`.
+    pub fn is_presence(&self) -> bool {
+        self.0.starts_with("presence-")
+    }
+
+    /// Rooms starting with `private-` need an explicit grant.
+    pub fn is_private(&self) -> bool {
+        self.0.starts_with("private-")
+    }
+}
+
+fn is_room_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '=' | '@' | ',' | '.' | ';' | ':')
+}
+
+impl TryFrom<String> for RoomName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        RoomName::parse(&s)
+    }
+}
+
+impl From<RoomName> for String {
+    fn from(r: RoomName) -> String {
+        r.0.to_string()
+    }
+}
+
+impl fmt::Debug for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An event name: 1–200 characters, no control characters, not starting with `roomcast:`.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventName(Arc<str>);
+
+impl EventName {
+    /// Checks and wraps an event name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let chars = s.chars().count();
+        if chars == 0 || chars > MAX_EVENT_LEN {
+            return Err(format!("must be 1 to {MAX_EVENT_LEN} characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        if s.starts_with(RESERVED_EVENT_PREFIX) {
+            return Err(format!("must not start with the reserved prefix {RESERVED_EVENT_PREFIX:?}"));
+        }
+        Ok(Self(Arc::from(s)))
+    }
+
+    /// The hub's own events (`user-joined`, …) skip the checks that apply to users' names.
+    pub fn system(s: &'static str) -> Self {
+        Self(Arc::from(s))
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EventName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        EventName::parse(&s)
+    }
+}
+
+impl From<EventName> for String {
+    fn from(e: EventName) -> String {
+        e.0.to_string()
+    }
+}
+
+impl fmt::Debug for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A room grant from a token's `rooms` claim: exact, or a prefix when it ends with `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomPattern {
+    text: String,
+    prefix: bool,
+}
+
+impl RoomPattern {
+    /// Checks a pattern: a room name, optionally followed by one `*`; or `*` alone.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (body, prefix) = match s.strip_suffix('*') {
+            Some(body) => (body, true),
+            None => (s, false),
+        };
+        if !(prefix && body.is_empty()) {
+            if body.len() > MAX_ROOM_LEN || (!prefix && body.is_empty()) {
+                return Err(format!("must be 1 to {MAX_ROOM_LEN} characters"));
+            }
+            if let Some(bad) = body.chars().find(|&c| !is_room_char(c)) {
+                return Err(format!("contains {bad:?}; only a trailing * is a wildcard"));
+            }
+        }
+        Ok(Self { text: body.to_owned(), prefix })
+    }
+
+    /// Whether this pattern grants `room`. A `private-` room is granted only by a pattern that
+    /// itself starts with `private-`, so `*` never opens private rooms.
+    pub fn allows(&self, room: &RoomName) -> bool {
+        if room.is_private() && !self.text.starts_with("private-") {
+            return false;
+        }
+        if self.prefix { room.as_str().starts_with(&self.text) } else { room.as_str() == self.text }
+    }
+}
+
+/// Which rooms a client may join: the token's patterns, or every non-private room.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoomGrants(Option<Arc<[RoomPattern]>>);
+
+impl RoomGrants {
+    /// Grants from a `rooms` claim; `None` means every room except `private-*`.
+    pub fn new(patterns: Option<Vec<RoomPattern>>) -> Self {
+        Self(patterns.map(Arc::from))
+    }
+
+    /// Whether `room` may be joined.
+    pub fn allows(&self, room: &RoomName) -> bool {
+        match &self.0 {
+            None => !room.is_private(),
+            Some(patterns) => patterns.iter().any(|p| p.allows(room)),
+        }
+    }
+}
+
+/// A frame from a client, validated.
+#[derive(Debug)]
+pub enum ClientFrame {
+    Subscribe { room: RoomName, id: Option<u64> },
+    Unsubscribe { room: RoomName, id: Option<u64> },
+    Publish { room: RoomName, event: EventName, data: Box<RawValue>, id: Option<u64> },
+    Ping { id: Option<u64> },
+}
+
+/// Why a client frame was refused; `id` is echoed when it could be read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    id: Option<serde_json::Value>,
+    room: Option<serde_json::Value>,
+    event: Option<serde_json::Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+impl ClientFrame {
+    /// Parses one text frame.
+    pub fn parse(text: &str) -> Result<Self, FrameError> {
+        let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| FrameError {
+            code: ErrorCode::InvalidMessage,
+            message: format!("frame is not a JSON object of the protocol: {e}"),
+            id: None,
+        })?;
+        let id = match raw.id {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| FrameError {
+                code: ErrorCode::InvalidMessage,
+                message: "id must be a non-negative integer".into(),
+                id: None,
+            })?),
+        };
+        let fail = |code, message: String| FrameError { code, message, id };
+        let room = |value: Option<serde_json::Value>| match value {
+            Some(serde_json::Value::String(s)) => {
+                RoomName::parse(&s).map_err(|e| fail(ErrorCode::InvalidRoom, format!("room {e}")))
+            }
+            Some(_) => Err(fail(ErrorCode::InvalidRoom, "room must be a string".into())),
+            None => Err(fail(ErrorCode::InvalidRoom, "room is required".into())),
+        };
+        match raw.kind.as_deref() {
+            Some("subscribe") => Ok(ClientFrame::Subscribe { room: room(raw.room)?, id }),
+            Some("unsubscribe") => Ok(ClientFrame::Unsubscribe { room: room(raw.room)?, id }),
+            Some("ping") => Ok(ClientFrame::Ping { id }),
+            Some("publish") => {
+                let room = room(raw.room)?;
+                let event = match raw.event {
+                    Some(serde_json::Value::String(s)) => EventName::parse(&s)
+                        .map_err(|e| fail(ErrorCode::InvalidMessage, format!("event {e}")))?,
+                    _ => {
+                        return Err(fail(ErrorCode::InvalidMessage, "event must be a string".into()));
+                    }
+                };
+                let data = match raw.data {
+                    Some(d) => d.to_owned(),
+                    None => RawValue::from_string("null".into()).expect("null is JSON"),
+                };
+                Ok(ClientFrame::Publish { room, event, data, id })
+            }
+            Some(other) => Err(fail(
+                ErrorCode::InvalidMessage,
+                format!("unknown type {other:?}; expected subscribe, unsubscribe, publish or ping"),
+            )),
+            None => Err(fail(ErrorCode::InvalidMessage, "type is required".into())),
+        }
+    }
+}
+
+/// Codes of `error` frames (DESIGN §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Unparseable, binary, or of an unknown `type`.
+    InvalidMessage,
+    /// The room name breaks the naming rules.
+    InvalidRoom,
+    /// The token does not grant the room.
+    RoomForbidden,
+    /// The connection is in `limits.max_rooms_per_connection` rooms already.
+    TooManyRooms,
+    /// Unsubscribe from, or publish to, a room the connection is not in.
+    NotSubscribed,
+    /// The app or the token does not allow client events.
+    ClientEventsDisabled,
+    /// A presence room needs a `user_id` in the token.
+    UserIdRequired,
+    /// Too many client frames.
+    RateLimited,
+    /// The broker cannot be reached right now; retrying later is safe.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::RoomForbidden => "room_forbidden",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::ClientEventsDisabled => "client_events_disabled",
+            ErrorCode::UserIdRequired => "user_id_required",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Close codes the server sends, each with its meaning for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// 1000: the client asked to close.
+    Normal,
+    /// 1009: a frame over `limits.max_message_bytes`. Do not resend it.
+    MessageTooBig,
+    /// 1012: the server is restarting; reconnect (to another node) with backoff.
+    ServiceRestart,
+    /// 4000: nothing received for `websocket.idle_timeout_s`; reconnect.
+    IdleTimeout,
+    /// 4003: the app was disabled or deleted; do not reconnect.
+    AppDisabled,
+    /// 4008: the client read too slowly and its queue filled; reconnect and catch up.
+    SlowConsumer,
+}
+
+impl CloseCode {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::MessageTooBig => 1009,
+            CloseCode::ServiceRestart => 1012,
+            CloseCode::IdleTimeout => 4000,
+            CloseCode::AppDisabled => 4003,
+            CloseCode::SlowConsumer => 4008,
+        }
+    }
+
+    /// The close reason sent with the code.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "bye",
+            CloseCode::MessageTooBig => "message too big",
+            CloseCode::ServiceRestart => "service restart",
+            CloseCode::IdleTimeout => "idle timeout",
+            CloseCode::AppDisabled => "app disabled",
+            CloseCode::SlowConsumer => "slow consumer",
+        }
+    }
+}
+
+/// Builders of server frames. Each returns the JSON text, built once and shared.
+#[derive(Debug)]
+pub struct ServerFrame;
+
+#[derive(Serialize)]
+struct Connected<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    connection_id: &'a str,
+    app_id: &'a str,
+    user_id: Option<&'a str>,
+    heartbeat_s: u64,
+}
+
+#[derive(Serialize)]
+struct RoomAck<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    event: &'a str,
+    data: &'a RawValue,
+    offset: u64,
+    timestamp: i64,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+}
+
+fn to_text<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("server frames always serialize")
+}
+
+impl ServerFrame {
+    /// `{"type":"connected",…}`, the first frame of every connection.
+    pub fn connected(connection_id: &str, app_id: &str, user_id: Option<&str>, heartbeat_s: u64) -> String {
+        to_text(&Connected { kind: "connected", connection_id, app_id, user_id, heartbeat_s })
+    }
+
+    /// `{"type":"subscribed",…}`.
+    pub fn subscribed(room: &RoomName, id: Option<u64>) -> String {
+        to_text(&RoomAck { kind: "subscribed", room: room.as_str(), id })
+    }
+
+    /// `{"type":"unsubscribed",…}`.
+    pub fn unsubscribed(room: &RoomName, id: Option<u64>) -> String {
+        to_text(&RoomAck { kind: "unsubscribed", room: room.as_str(), id })
+    }
+
+    /// `{"type":"event",…}`: the one frame a broadcast becomes, shared by all its receivers.
+    pub fn event(room: &RoomName, event: &EventName, data: &RawValue, offset: u64, timestamp: i64) -> String {
+        to_text(&Event { kind: "event", room: room.as_str(), event: event.as_str(), data, offset, timestamp })
+    }
+
+    /// `{"type":"error",…}`.
+    pub fn error(code: ErrorCode, message: &str, id: Option<u64>) -> String {
+        to_text(&ErrorFrame { kind: "error", code: code.as_str(), message, id })
+    }
+
+    /// `{"type":"pong",…}`.
+    pub fn pong(id: Option<u64>) -> String {
+        match id {
+            Some(id) => format!(r#"{{"type":"pong","id":{id}}}"#),
+            None => r#"{"type":"pong"}"#.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names() {
+        for ok in ["chat", "a", "A-z_0=9@x,y.z;w:v", &"r".repeat(164)] {
+            assert!(RoomName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "with space", "slash/", "é", "star*", &"r".repeat(165)] {
+            assert!(RoomName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_names() {
+        assert!(EventName::parse("new-message").is_ok());
+        assert!(EventName::parse("héllo wörld").is_ok());
+        assert!(EventName::parse(&"é".repeat(200)).is_ok());
+        assert!(EventName::parse(&"e".repeat(201)).is_err());
+        assert!(EventName::parse("").is_err());
+        assert!(EventName::parse("tab\there").is_err());
+        assert!(EventName::parse("roomcast:internal").is_err());
+    }
+
+    #[test]
+    fn patterns() {
+        let room = |s| RoomName::parse(s).unwrap();
+        let p = |s| RoomPattern::parse(s).unwrap();
+        assert!(p("chat").allows(&room("chat")));
+        assert!(!p("chat").allows(&room("chat2")));
+        assert!(p("chat-*").allows(&room("chat-1")));
+        assert!(p("*").allows(&room("anything")));
+        assert!(!p("*").allows(&room("private-x")));
+        assert!(!p("pri*").allows(&room("private-x")));
+        assert!(p("private-*").allows(&room("private-x")));
+        assert!(p("private-x").allows(&room("private-x")));
+        assert!(RoomPattern::parse("a*b").is_err());
+        assert!(RoomPattern::parse("").is_err());
+        assert!(RoomPattern::parse("**").is_err());
+
+        assert!(RoomGrants::default().allows(&room("public")));
+        assert!(!RoomGrants::default().allows(&room("private-a")));
+        let only = RoomGrants::new(Some(vec![p("team-*")]));
+        assert!(only.allows(&room("team-1")));
+        assert!(!only.allows(&room("other")));
+    }
+
+    #[test]
+    fn client_frames() {
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"subscribe","room":"chat","id":7}"#),
+            Ok(ClientFrame::Subscribe { id: Some(7), .. })
+        ));
+        assert!(matches!(ClientFrame::parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping { id: None })));
+        match ClientFrame::parse(r#"{"type":"publish","room":"r","event":"e","data":{"a":[1,2]}}"#) {
+            Ok(ClientFrame::Publish { data, .. }) => assert_eq!(data.get(), r#"{"a":[1,2]}"#),
+            other => panic!("{other:?}"),
+        }
+        let err = ClientFrame::parse(r#"{"type":"dance","id":3}"#).unwrap_err();
+        assert_eq!((err.code, err.id), (ErrorCode::InvalidMessage, Some(3)));
+        let err = ClientFrame::parse(r#"{"type":"subscribe","room":"bad room","id":4}"#).unwrap_err();
+        assert_eq!((err.code, err.id), (ErrorCode::InvalidRoom, Some(4)));
+        let err = ClientFrame::parse(r#"{"type":"subscribe","id":5}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRoom);
+        for garbage in ["", "nope", "[]", "42", r#"{"type":1}"#, r#"{"type":"ping","id":-1}"#] {
+            assert_eq!(ClientFrame::parse(garbage).unwrap_err().code, ErrorCode::InvalidMessage, "{garbage}");
+        }
+    }
+
+    #[test]
+    fn server_frames_are_json() {
+        let room = RoomName::parse("chat").unwrap();
+        let data = RawValue::from_string(r#"{"x":1}"#.into()).unwrap();
+        let frame = ServerFrame::event(&room, &EventName::parse("m").unwrap(), &data, 3, 1000);
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["data"]["x"], 1);
+        assert_eq!(v["offset"], 3);
+        let pong: serde_json::Value = serde_json::from_str(&ServerFrame::pong(Some(9))).unwrap();
+        assert_eq!(pong, serde_json::json!({"type":"pong","id":9}));
+        let err: serde_json::Value =
+            serde_json::from_str(&ServerFrame::error(ErrorCode::RoomForbidden, "no \"way\"", None)).unwrap();
+        assert_eq!(err["code"], "room_forbidden");
+        assert!(err.get("id").is_none());
+    }
+}

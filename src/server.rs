@@ -1,0 +1,269 @@
+//! Wires everything from a [`Config`]: store, caches, admin bootstrap, hub, listener and
+//! background tasks. [`Server`] is what `main` and the tests start.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::apps::AppCache;
+use crate::auth::api_key::{KeyRing, PresentedKey};
+use crate::broker::local::LocalBroker;
+use crate::config::Config;
+use crate::http::{AppState, Shared, router};
+use crate::hub::registry::Registry;
+use crate::hub::{Hub, now_ms};
+use crate::protocol::CloseCode;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{KeyKind, KeyRecord, Store, StoreError};
+
+/// How often key `last_used_at` times are written to the store.
+const KEY_USE_FLUSH: Duration = Duration::from_secs(10);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is wrong; the message names it.
+    #[error("{0}")]
+    Config(String),
+    /// The store cannot be opened or read.
+    #[error("store {path}: {source}")]
+    Store { path: String, source: StoreError },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A built server, bound and ready to run.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    bootstrap_key: Option<String>,
+    marker: u64,
+}
+
+impl Server {
+    /// Opens the store, fills the caches, registers or creates the admin key and binds.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let store_err = |source| StartError::Store { path: config.store.path.display().to_string(), source };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path).map_err(store_err)?);
+        // Read before the snapshot, so a change racing with start-up triggers a reload later.
+        let marker = store.change_marker().await.map_err(store_err)?;
+        let snapshot = store.snapshot().await.map_err(store_err)?;
+        let apps = AppCache::default();
+        apps.replace_all(snapshot.apps);
+        let keys = KeyRing::default();
+        keys.replace_all(snapshot.keys);
+        let bootstrap_key = bootstrap_admin(&config, store.as_ref(), &keys).await?;
+
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
+        let registry = Arc::new(Registry::default());
+        let hub = Arc::new(Hub::new(registry.clone(), Arc::new(LocalBroker::new(registry))));
+        let node_id =
+            config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
+        let state = AppState::new(Shared {
+            config,
+            store,
+            apps,
+            keys,
+            hub,
+            node_id,
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            writes: tokio::sync::Mutex::new(()),
+        });
+        Ok(Self { listener, state, bootstrap_key, marker })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The admin key created on this start because the store had none; shown once.
+    pub fn bootstrap_admin_key(&self) -> Option<&str> {
+        self.bootstrap_key.as_deref()
+    }
+
+    /// Cancelling this token shuts the server down like a signal does.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `signal` resolves or the shutdown token fires, then closes every client with
+    /// 1012 and waits for tasks within `server.shutdown_grace_s`. Returns whether the drain
+    /// finished in time.
+    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> bool {
+        let Server { listener, state, marker, .. } = self;
+        let token = state.shutdown.clone();
+        let tracker = state.tracker.clone();
+        tracker.spawn({
+            let token = token.clone();
+            async move {
+                tokio::select! {
+                    _ = signal => token.cancel(),
+                    _ = token.cancelled() => {}
+                }
+            }
+        });
+        tracker.spawn(reload_caches(state.clone(), marker));
+        tracker.spawn(flush_key_uses(state.clone()));
+
+        let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = %state.node_id, "roomcast listening");
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+            token.cancel();
+        }
+        // Sessions react to the token themselves (1012); this catches any that were between
+        // upgrade and their first poll.
+        state.hub.close_connections(None, CloseCode::ServiceRestart);
+        tracker.close();
+        let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
+        if let Err(e) = state.store.touch_keys(&state.keys.unflushed_uses()).await {
+            tracing::warn!(error = %e, "could not record key use times at shutdown");
+        }
+        if drained {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!(grace_s = grace.as_secs(), "shutdown grace period ended with tasks still running");
+        }
+        drained
+    }
+}
+
+/// Registers `admin_key` (or `ROOMCAST_ADMIN_KEY`), or creates an admin key when the store has
+/// none. Returns the created key's plaintext, to be shown once.
+async fn bootstrap_admin(
+    config: &Config,
+    store: &dyn Store,
+    keys: &KeyRing,
+) -> Result<Option<String>, StartError> {
+    let store_err = |source| StartError::Store { path: config.store.path.display().to_string(), source };
+    if let Some(raw) = &config.admin_key {
+        let presented = PresentedKey::parse(raw).filter(|k| k.kind == KeyKind::Admin).ok_or_else(|| {
+            StartError::Config(
+                "ROOMCAST_ADMIN_KEY (admin_key) must have the form rc_admin_<12 base62 key id>_<32 base62 secret>".into(),
+            )
+        })?;
+        let record = admin_record(&presented, "bootstrap");
+        match keys.get(&presented.key_id) {
+            Some(existing)
+                if existing.record.secret_hash == record.secret_hash
+                    && existing.record.kind == KeyKind::Admin => {}
+            Some(_) => {
+                return Err(StartError::Config(
+                    "ROOMCAST_ADMIN_KEY (admin_key): its key id is already registered with another secret"
+                        .into(),
+                ));
+            }
+            None => match store.insert_key(&record).await {
+                // Another node started with the same key registered it first: fine if it matches.
+                Ok(()) | Err(StoreError::Conflict) => {
+                    let snapshot = store.snapshot().await.map_err(store_err)?;
+                    let stored = snapshot.keys.into_iter().find(|k| k.key_id == record.key_id);
+                    if stored.as_ref().is_none_or(|k| k.secret_hash != record.secret_hash) {
+                        return Err(StartError::Config(
+                            "ROOMCAST_ADMIN_KEY (admin_key): its key id is already registered with another secret".into(),
+                        ));
+                    }
+                    keys.put(record);
+                }
+                Err(e) => return Err(store_err(e)),
+            },
+        }
+        return Ok(None);
+    }
+    if keys.has_admin() {
+        return Ok(None);
+    }
+    let presented = PresentedKey::generate(KeyKind::Admin);
+    let record = admin_record(&presented, "bootstrap");
+    store.insert_key(&record).await.map_err(store_err)?;
+    keys.put(record);
+    Ok(Some(presented.plaintext()))
+}
+
+/// A stored admin key for `presented`.
+pub fn admin_record(presented: &PresentedKey, name: &str) -> KeyRecord {
+    KeyRecord {
+        key_id: presented.key_id.clone(),
+        kind: KeyKind::Admin,
+        app_id: None,
+        name: name.to_owned(),
+        scopes: vec!["admin:full".into()],
+        secret_hash: presented.secret_hash(),
+        primary: false,
+        created_at: now_ms(),
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    }
+}
+
+/// Reloads the caches when another process (such as `roomcast admin create-key`) changed the
+/// store.
+async fn reload_caches(state: AppState, mut marker: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(state.config.store.reload_interval_ms));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let current = match state.store.change_marker().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot poll the store for changes");
+                continue;
+            }
+        };
+        if marker != current {
+            // Held so that no API write lands between the snapshot and the cache replacement.
+            let _writes = state.writes.lock().await;
+            match state.store.snapshot().await {
+                Ok(snapshot) => {
+                    state.apps.replace_all(snapshot.apps);
+                    state.keys.replace_all(snapshot.keys);
+                    tracing::info!("reloaded apps and keys after an outside change to the store");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reload the store");
+                    continue;
+                }
+            }
+        }
+        marker = current;
+    }
+}
+
+/// Persists key `last_used_at` times in batches, off the request path.
+async fn flush_key_uses(state: AppState) {
+    let mut tick = tokio::time::interval(KEY_USE_FLUSH);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let used = state.keys.unflushed_uses();
+        if !used.is_empty()
+            && let Err(e) = state.store.touch_keys(&used).await
+        {
+            tracing::warn!(error = %e, "cannot record key use times");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `GET /ws`: checks the credential, the app and the browser's Origin before upgrading, then
+//! hands the socket to a [`connection`] task.
+
+pub mod connection;
+
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use serde::Deserialize;
+
+use crate::apps::is_active;
+use crate::auth::token::{Identity, peek_app_id, verify};
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::Query;
+
+/// Credentials accepted in the query string.
+#[derive(Debug, Deserialize)]
+pub struct WsParams {
+    pub token: Option<String>,
+    pub ticket: Option<String>,
+}
+
+/// The upgrade handler.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    Query(params): Query<WsParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
+    let identity = authenticate(&state, &params, &headers)?;
+    let app = state.apps.get(&identity.app_id).ok_or_else(|| ApiError::InvalidToken("unknown app".into()))?;
+    if !is_active(&app) {
+        return Err(ApiError::AppDisabled);
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && !origin_allowed(origin, &app.allowed_domains)
+    {
+        return Err(ApiError::OriginNotAllowed(origin.to_owned()));
+    }
+    let ws = &state.config.websocket;
+    let max = state.config.limits.max_message_bytes;
+    let state = state.clone();
+    Ok(upgrade
+        .read_buffer_size(ws.read_buffer_bytes)
+        .write_buffer_size(ws.write_buffer_bytes)
+        .max_write_buffer_size(ws.max_write_buffer_bytes)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| connection::run(state, socket, identity)))
+}
+
+fn authenticate(state: &AppState, params: &WsParams, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    if params.ticket.is_some() {
+        // Tickets are not issued by this version, so every ticket is unknown.
+        return Err(ApiError::InvalidTicket);
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let token = params.token.as_deref().or(bearer).ok_or_else(|| {
+        ApiError::InvalidToken("a token is required (?token= or Authorization: Bearer)".into())
+    })?;
+    let invalid = || ApiError::InvalidToken("invalid token".into());
+    let app_id = peek_app_id(token).ok_or_else(invalid)?;
+    let app = state.apps.get(&app_id).ok_or_else(invalid)?;
+    verify(token, &app.secret, state.config.tokens.leeway_s).map_err(|e| {
+        tracing::debug!(error = %e, "token refused");
+        invalid()
+    })
+}
+
+/// Whether a browser `Origin` matches an app's allow-list; an empty list allows any origin.
+pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let without_scheme = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let authority = without_scheme.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    }
+    .to_ascii_lowercase();
+    allowed.iter().any(|pattern| match pattern.strip_prefix("*.") {
+        Some(parent) => {
+            host.len() > parent.len() + 1
+                && host.ends_with(parent)
+                && host[..host.len() - parent.len()].ends_with('.')
+        }
+        None => host == *pattern,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn origins() {
+        let list = vec!["example.com".to_owned(), "*.apps.test".to_owned()];
+        assert!(origin_allowed("https://example.com", &list));
+        assert!(origin_allowed("http://example.com:8080", &list));
+        assert!(origin_allowed("https://a.apps.test", &list));
+        assert!(origin_allowed("https://a.b.apps.test", &list));
+        assert!(!origin_allowed("https://apps.test", &list));
+        assert!(!origin_allowed("https://evilapps.test", &list));
+        assert!(!origin_allowed("https://example.com.evil.org", &list));
+        assert!(!origin_allowed("null", &list));
+        assert!(origin_allowed("https://anything", &[]));
+    }
+}

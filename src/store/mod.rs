@@ -1,0 +1,141 @@
+//! Durable records (apps, API keys) behind the [`Store`] trait. The hot path never calls the
+//! store: it reads the caches in [`crate::apps`], which are filled from here at start and updated
+//! after every write.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Whether an app accepts connections and API calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppStatus {
+    Enabled,
+    Disabled,
+}
+
+impl AppStatus {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppStatus::Enabled => "enabled",
+            AppStatus::Disabled => "disabled",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "enabled" => Some(AppStatus::Enabled),
+            "disabled" => Some(AppStatus::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// A tenant as stored. Times are milliseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    pub app_id: String,
+    pub name: String,
+    /// Signs client JWTs (HS256), so it is kept in clear: it must be usable, not just checkable.
+    pub secret: String,
+    pub status: AppStatus,
+    pub allowed_domains: Vec<String>,
+    pub rate_limit: u32,
+    pub max_connections: u32,
+    pub client_events: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+/// Admin keys act on every app; app keys on one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    Admin,
+    App,
+}
+
+impl KeyKind {
+    /// The stored spelling, also the one in `rc_<kind>_` key prefixes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Admin => "admin",
+            KeyKind::App => "app",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(KeyKind::Admin),
+            "app" => Some(KeyKind::App),
+            _ => None,
+        }
+    }
+}
+
+/// An API key as stored: only the SHA-256 of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub key_id: String,
+    pub kind: KeyKind,
+    /// `None` for admin keys.
+    pub app_id: Option<String>,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// Lower-case hex SHA-256 of the secret part.
+    pub secret_hash: String,
+    /// The app's primary key, the one `regenerate-api-key` replaces.
+    pub primary: bool,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Everything the caches need, read in one go.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub apps: Vec<AppRecord>,
+    pub keys: Vec<KeyRecord>,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A record with that id already exists.
+    #[error("already exists")]
+    Conflict,
+    /// The record to change does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The backing database failed or cannot be reached; retrying later may work.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data does not parse; a bug or outside tampering.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Durable storage of apps and keys.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Every app (deleted ones too) and every key.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+    /// Creates an app with its primary key, atomically. `Conflict` when the id is taken.
+    async fn insert_app(&self, app: &AppRecord, primary_key: &KeyRecord) -> Result<(), StoreError>;
+    /// Replaces an existing app. `NotFound` when it does not exist.
+    async fn update_app(&self, app: &AppRecord) -> Result<(), StoreError>;
+    /// Creates a key. `Conflict` when the key id is taken.
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Writes changed keys and inserts new ones in one transaction.
+    async fn save_keys(&self, keys: &[KeyRecord]) -> Result<(), StoreError>;
+    /// Records when keys were last used.
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError>;
+    /// A number that changes when another process wrote to the store, so caches can reload.
+    async fn change_marker(&self) -> Result<u64, StoreError>;
+    /// Cheap liveness probe for `/health`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,427 @@
+//! The embedded store: one SQLite file in WAL mode, versioned migrations through
+//! `PRAGMA user_version`, every call on the blocking pool so no runtime thread waits on disk.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{AppRecord, AppStatus, KeyKind, KeyRecord, Snapshot, Store, StoreError};
+
+/// Schema changes in order; entry `i` moves `user_version` from `i` to `i + 1`. Never edit a
+/// released entry: append a new one.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE apps (
+        app_id          TEXT PRIMARY KEY NOT NULL,
+        name            TEXT NOT NULL,
+        secret          TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        allowed_domains TEXT NOT NULL,
+        rate_limit      INTEGER NOT NULL,
+        max_connections INTEGER NOT NULL,
+        client_events   INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        deleted_at      INTEGER
+    );
+    CREATE TABLE api_keys (
+        key_id       TEXT PRIMARY KEY NOT NULL,
+        kind         TEXT NOT NULL,
+        app_id       TEXT REFERENCES apps(app_id),
+        name         TEXT NOT NULL,
+        scopes       TEXT NOT NULL,
+        secret_hash  TEXT NOT NULL,
+        is_primary   INTEGER NOT NULL,
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER,
+        last_used_at INTEGER,
+        revoked_at   INTEGER
+    );
+    CREATE INDEX api_keys_by_app ON api_keys(app_id);
+"];
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(path).map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(unavailable)?;
+        migrate(&mut conn)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock poisons it; the connection itself is still sound
+            // because every write runs in a transaction that rolls back on drop.
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).map_err(unavailable)? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {current} is newer than this binary ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction().map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.pragma_update(None, "user_version", (version + 1) as i64).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn write_error(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StoreError::Conflict
+        }
+        other => unavailable(other),
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("bad {what}: {value:?}").into(),
+    )
+}
+
+fn json_list(text: &str, what: &str) -> rusqlite::Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|_| corrupt(what, text))
+}
+
+fn app_from_row(row: &Row<'_>) -> rusqlite::Result<AppRecord> {
+    let status: String = row.get("status")?;
+    let domains: String = row.get("allowed_domains")?;
+    Ok(AppRecord {
+        app_id: row.get("app_id")?,
+        name: row.get("name")?,
+        secret: row.get("secret")?,
+        status: AppStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        allowed_domains: json_list(&domains, "allowed_domains")?,
+        rate_limit: row.get("rate_limit")?,
+        max_connections: row.get("max_connections")?,
+        client_events: row.get("client_events")?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+        deleted_at: row.get("deleted_at")?,
+    })
+}
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let kind: String = row.get("kind")?;
+    let scopes: String = row.get("scopes")?;
+    Ok(KeyRecord {
+        key_id: row.get("key_id")?,
+        kind: KeyKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+        app_id: row.get("app_id")?,
+        name: row.get("name")?,
+        scopes: json_list(&scopes, "scopes")?,
+        secret_hash: row.get("secret_hash")?,
+        primary: row.get("is_primary")?,
+        created_at: row.get("created_at")?,
+        expires_at: row.get("expires_at")?,
+        last_used_at: row.get("last_used_at")?,
+        revoked_at: row.get("revoked_at")?,
+    })
+}
+
+fn to_json(list: &[String]) -> String {
+    serde_json::to_string(list).expect("a list of strings always serializes")
+}
+
+fn insert_key(conn: &Connection, key: &KeyRecord) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO api_keys (key_id, kind, app_id, name, scopes, secret_hash, is_primary,
+                               created_at, expires_at, last_used_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            key.key_id,
+            key.kind.as_str(),
+            key.app_id,
+            key.name,
+            to_json(&key.scopes),
+            key.secret_hash,
+            key.primary,
+            key.created_at,
+            key.expires_at,
+            key.last_used_at,
+            key.revoked_at
+        ],
+    )
+}
+
+fn upsert_key(conn: &Connection, key: &KeyRecord) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO api_keys (key_id, kind, app_id, name, scopes, secret_hash, is_primary,
+                               created_at, expires_at, last_used_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT(key_id) DO UPDATE SET name = excluded.name, scopes = excluded.scopes,
+             is_primary = excluded.is_primary, expires_at = excluded.expires_at,
+             last_used_at = excluded.last_used_at, revoked_at = excluded.revoked_at",
+        params![
+            key.key_id,
+            key.kind.as_str(),
+            key.app_id,
+            key.name,
+            to_json(&key.scopes),
+            key.secret_hash,
+            key.primary,
+            key.created_at,
+            key.expires_at,
+            key.last_used_at,
+            key.revoked_at
+        ],
+    )
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.with(|conn| {
+            let read = |conn: &Connection| -> rusqlite::Result<Snapshot> {
+                let apps = conn
+                    .prepare("SELECT * FROM apps ORDER BY app_id")?
+                    .query_map([], app_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let keys = conn
+                    .prepare("SELECT * FROM api_keys ORDER BY created_at, key_id")?
+                    .query_map([], key_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(Snapshot { apps, keys })
+            };
+            read(conn).map_err(|e| match e {
+                rusqlite::Error::FromSqlConversionFailure(_, _, reason) => {
+                    StoreError::Corrupt(reason.to_string())
+                }
+                other => unavailable(other),
+            })
+        })
+        .await
+    }
+
+    async fn insert_app(&self, app: &AppRecord, primary_key: &KeyRecord) -> Result<(), StoreError> {
+        let app = app.clone();
+        let key = primary_key.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO apps (app_id, name, secret, status, allowed_domains, rate_limit,
+                                   max_connections, client_events, created_at, updated_at, deleted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    app.app_id,
+                    app.name,
+                    app.secret,
+                    app.status.as_str(),
+                    to_json(&app.allowed_domains),
+                    app.rate_limit,
+                    app.max_connections,
+                    app.client_events,
+                    app.created_at,
+                    app.updated_at,
+                    app.deleted_at
+                ],
+            )
+            .map_err(write_error)?;
+            insert_key(&tx, &key).map_err(write_error)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn update_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        let app = app.clone();
+        self.with(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE apps SET name = ?2, secret = ?3, status = ?4, allowed_domains = ?5,
+                         rate_limit = ?6, max_connections = ?7, client_events = ?8,
+                         updated_at = ?9, deleted_at = ?10
+                     WHERE app_id = ?1",
+                    params![
+                        app.app_id,
+                        app.name,
+                        app.secret,
+                        app.status.as_str(),
+                        to_json(&app.allowed_domains),
+                        app.rate_limit,
+                        app.max_connections,
+                        app.client_events,
+                        app.updated_at,
+                        app.deleted_at
+                    ],
+                )
+                .map_err(write_error)?;
+            if changed == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.with(move |conn| insert_key(conn, &key).map(drop).map_err(write_error)).await
+    }
+
+    async fn save_keys(&self, keys: &[KeyRecord]) -> Result<(), StoreError> {
+        let keys = keys.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            for key in &keys {
+                upsert_key(&tx, key).map_err(write_error)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        let used = used.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            for (key_id, at) in &used {
+                tx.execute(
+                    "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2)
+                     WHERE key_id = ?1",
+                    params![key_id, at],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn change_marker(&self) -> Result<u64, StoreError> {
+        self.with(|conn| {
+            conn.pragma_query_value(None, "data_version", |r| r.get::<_, i64>(0))
+                .map(|v| v as u64)
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).optional().map(drop).map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(id: &str) -> AppRecord {
+        AppRecord {
+            app_id: id.into(),
+            name: "Test".into(),
+            secret: "s3cret".into(),
+            status: AppStatus::Enabled,
+            allowed_domains: vec!["example.com".into()],
+            rate_limit: 1000,
+            max_connections: 10,
+            client_events: false,
+            created_at: 1,
+            updated_at: 1,
+            deleted_at: None,
+        }
+    }
+
+    fn key(id: &str, app_id: &str) -> KeyRecord {
+        KeyRecord {
+            key_id: id.into(),
+            kind: KeyKind::App,
+            app_id: Some(app_id.into()),
+            name: "primary".into(),
+            scopes: vec!["broadcast:write".into()],
+            secret_hash: "ab".repeat(32),
+            primary: true,
+            created_at: 1,
+            expires_at: None,
+            last_used_at: None,
+            revoked_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/roomcast.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.insert_app(&app("app-one"), &key("k1", "app-one")).await.unwrap();
+        assert!(matches!(
+            store.insert_app(&app("app-one"), &key("k2", "app-one")).await,
+            Err(StoreError::Conflict)
+        ));
+        let mut changed = app("app-one");
+        changed.name = "Renamed".into();
+        store.update_app(&changed).await.unwrap();
+        assert!(matches!(store.update_app(&app("nope")).await, Err(StoreError::NotFound)));
+        store.touch_keys(&[("k1".into(), 99)]).await.unwrap();
+        drop(store);
+
+        let store = SqliteStore::open(&path).unwrap();
+        let snap = store.snapshot().await.unwrap();
+        assert_eq!(snap.apps, vec![changed]);
+        let mut expected = key("k1", "app-one");
+        expected.last_used_at = Some(99);
+        assert_eq!(snap.keys, vec![expected]);
+    }
+
+    #[tokio::test]
+    async fn other_connections_move_the_change_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roomcast.db");
+        let server = SqliteStore::open(&path).unwrap();
+        let before = server.change_marker().await.unwrap();
+        let cli = SqliteStore::open(&path).unwrap();
+        cli.insert_app(&app("app-two"), &key("k9", "app-two")).await.unwrap();
+        assert_ne!(server.change_marker().await.unwrap(), before);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roomcast.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Corrupt(_))));
+    }
+}

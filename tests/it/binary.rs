@@ -1,0 +1,123 @@
+//! The `roomcast` binary itself: bootstrap key, default store path, the admin CLI, SIGTERM, and
+//! start-up errors.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::{Ending, WAIT, Ws, split};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
+
+fn command(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("ROOMCAST_ADMIN_KEY")
+        .env_remove("RUST_LOG")
+        .env("ROOMCAST_SERVER__LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Starts `roomcast` in `dir`; returns the child, the printed admin key if any, and the address.
+async fn start(dir: &std::path::Path) -> (Child, Option<String>, String) {
+    let mut child = command(dir).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut key = None;
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(k) = line.strip_prefix("ROOMCAST_ADMIN_KEY=") {
+                key = Some(k.to_owned());
+            }
+            if let Some(addr) = line.strip_prefix("roomcast listening on http://") {
+                return addr.to_owned();
+            }
+        }
+        panic!("roomcast exited before listening");
+    })
+    .await
+    .expect("roomcast starts in time");
+    (child, key, addr)
+}
+
+#[tokio::test]
+async fn the_binary_bootstraps_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, key, addr) = start(dir.path()).await;
+    let key = key.expect("first start prints an admin key");
+    assert!(dir.path().join("data/roomcast.db").exists(), "the default store path is data/roomcast.db");
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{addr}{p}");
+    let (status, v) = split(http.get(url("/api/test")).header("X-API-Key", &key).send().await.unwrap()).await;
+    assert_eq!((status, v["kind"].as_str()), (StatusCode::OK, Some("admin")));
+
+    // `admin create-key` writes to the same store; the running hub picks the key up.
+    let out = command(dir.path()).args(["admin", "create-key", "--name", "ops"]).output().await.unwrap();
+    assert!(out.status.success());
+    let cli_key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(cli_key.starts_with("rc_admin_"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let res = http.get(url("/api/test")).header("X-API-Key", &cli_key).send().await.unwrap();
+        if res.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new key was never accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (_, created) = split(
+        http.post(url("/api/applications"))
+            .header("X-API-Key", &key)
+            .json(&json!({"app_id": "bin-app"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let body = json!({"app_id": "bin-app", "app_secret": created["app_secret"]});
+    let (_, token) = split(http.post(url("/api/token")).json(&body).send().await.unwrap()).await;
+    let req =
+        format!("ws://{addr}/ws?token={}", token["token"].as_str().unwrap()).into_client_request().unwrap();
+    let (mut ws, _) = Ws::open(req).await.unwrap();
+
+    let pid = child.id().unwrap().to_string();
+    let signalled = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(ws.closed().await, Ending::Closed(1012));
+    let status =
+        tokio::time::timeout(Duration::from_secs(5), child.wait()).await.expect("exits within 5 s").unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+
+    // A second start finds the admin keys and prints none.
+    let (mut child, key, _) = start(dir.path()).await;
+    assert_eq!(key, None);
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn start_up_errors_name_the_setting_and_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, named) in [
+        ("ROOMCAST_WEBSOCKET__HEARTBEAT_S", "0", "websocket.heartbeat_s"),
+        ("ROOMCAST_LIMITS__MAX_BODY_BYTES", "lots", "limits.max_body_bytes"),
+        ("ROOMCAST_SERVER__LISTEN", "nowhere", "server.listen"),
+        ("ROOMCAST_ADMIN_KEY", "rc_admin_short_key", "ROOMCAST_ADMIN_KEY"),
+    ] {
+        let out = command(dir.path()).env(var, value).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{var}: {stderr}");
+        assert!(stderr.contains(named), "{var}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let out = command(dir.path()).args(["--config", "missing.toml"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}

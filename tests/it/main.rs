@@ -1,0 +1,12 @@
+//! The one integration test binary: the real server on port 0, a temporary SQLite file, and real
+//! HTTP and WebSocket clients. `TEST_LOG=1` shows the server's logs.
+
+#![allow(unreachable_pub)]
+
+mod api;
+mod binary;
+mod broadcast;
+mod fanout;
+mod lifecycle;
+mod support;
+mod ws;

@@ -1,0 +1,291 @@
+//! Spawning the hub and talking to it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Once;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use roomcast::auth::api_key::PresentedKey;
+use roomcast::config::Config;
+use roomcast::server::Server;
+use roomcast::store::KeyKind;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single expected event may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt().with_env_filter("roomcast=debug,info").with_test_writer().init();
+        }
+    });
+}
+
+/// A running hub with its data directory and an admin key.
+pub struct TestHub {
+    pub addr: SocketAddr,
+    pub admin_key: String,
+    pub http: reqwest::Client,
+    pub dir: TempDir,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+/// A config for tests: port 0, a store in `dir`, and a fixed admin key.
+pub fn test_config(dir: &Path, admin_key: &str) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.store.path = dir.join("roomcast.db");
+    config.admin_key = Some(admin_key.to_owned());
+    config
+}
+
+/// Starts a hub with default test settings.
+pub async fn spawn_hub() -> TestHub {
+    spawn_hub_with(|_| {}).await
+}
+
+/// Starts a hub after `adjust` changed its config.
+pub async fn spawn_hub_with(adjust: impl FnOnce(&mut Config)) -> TestHub {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = PresentedKey::generate(KeyKind::Admin).plaintext();
+    spawn_hub_in(dir, admin_key, adjust).await
+}
+
+/// Starts a hub on an existing data directory (a restart).
+pub async fn spawn_hub_in(dir: TempDir, admin_key: String, adjust: impl FnOnce(&mut Config)) -> TestHub {
+    init_logs();
+    let mut config = test_config(dir.path(), &admin_key);
+    adjust(&mut config);
+    let server = Server::build(config).await.expect("server builds");
+    let addr = server.local_addr();
+    let shutdown = server.shutdown_token();
+    let task = tokio::spawn(server.run(std::future::pending()));
+    TestHub { addr, admin_key, http: reqwest::Client::new(), dir, shutdown, task }
+}
+
+/// A created app with its one-time secrets.
+#[derive(Debug, Clone)]
+pub struct TestApp {
+    pub app_id: String,
+    pub secret: String,
+    pub api_key: String,
+}
+
+impl TestHub {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the hub like SIGTERM does; returns the data directory for a restart and whether
+    /// the drain finished in time.
+    pub async fn stop(self) -> (TempDir, String, bool) {
+        self.shutdown.cancel();
+        let drained = tokio::time::timeout(WAIT, self.task).await.expect("server stops").unwrap();
+        (self.dir, self.admin_key, drained)
+    }
+
+    /// `GET` with a key in `X-API-Key`.
+    pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        let res = self.http.get(self.url(path)).header("X-API-Key", key).send().await.unwrap();
+        split(res).await
+    }
+
+    /// `method` with a JSON body and a key in `X-API-Key`.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .request(method, self.url(path))
+            .header("X-API-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        split(res).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, key, body).await
+    }
+
+    pub async fn put(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::PUT, path, key, body).await
+    }
+
+    /// Creates an app (admin key) and returns its id, secret and primary key.
+    pub async fn create_app(&self, body: Value) -> TestApp {
+        let (status, v) = self.post("/api/applications", &self.admin_key.clone(), body).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        TestApp {
+            app_id: v["app"]["app_id"].as_str().unwrap().to_owned(),
+            secret: v["app_secret"].as_str().unwrap().to_owned(),
+            api_key: v["api_key"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Mints a client token through `POST /api/token`.
+    pub async fn token(&self, app: &TestApp, payload: Value) -> String {
+        let res = self
+            .http
+            .post(self.url("/api/token"))
+            .json(&json!({"app_id": app.app_id, "app_secret": app.secret, "payload": payload}))
+            .send()
+            .await
+            .unwrap();
+        let (status, v) = split(res).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Broadcasts with an app's key; asserts success and returns the body.
+    pub async fn broadcast(&self, app: &TestApp, room: &str, event: &str, data: Value) -> Value {
+        let (status, v) = self
+            .post("/api/broadcast", &app.api_key, json!({"room": room, "event": event, "data": data}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Opens a WebSocket with `?token=` and reads the `connected` frame.
+    pub async fn connect(&self, token: &str) -> Ws {
+        let (mut ws, hello) = self.try_connect(token).await.expect("upgrade accepted");
+        assert_eq!(hello["type"], "connected", "{hello}");
+        ws.connection_id = hello["connection_id"].as_str().unwrap().to_owned();
+        ws
+    }
+
+    /// Opens a WebSocket; `Err(status)` when the upgrade was refused.
+    pub async fn try_connect(&self, token: &str) -> Result<(Ws, Value), (u16, Value)> {
+        let req = format!("ws://{}/ws?token={}", self.addr, token).into_client_request().unwrap();
+        Ws::open(req).await
+    }
+
+    /// Connects a client to `rooms` of `app` with `payload` claims and waits for each `subscribed`.
+    pub async fn subscriber(&self, app: &TestApp, payload: Value, rooms: &[&str]) -> Ws {
+        let token = self.token(app, payload).await;
+        let mut ws = self.connect(&token).await;
+        for room in rooms {
+            ws.subscribe(room).await;
+        }
+        ws
+    }
+}
+
+/// Status and JSON body of a response.
+pub async fn split(res: reqwest::Response) -> (StatusCode, Value) {
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// Asserts an error answer of the DESIGN §2.2 shape.
+#[track_caller]
+pub fn assert_error(got: &(StatusCode, Value), status: u16, code: &str) {
+    assert_eq!(got.0.as_u16(), status, "{}", got.1);
+    assert_eq!(got.1["success"], false, "{}", got.1);
+    assert_eq!(got.1["code"], code, "{}", got.1);
+    assert!(got.1["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", got.1);
+}
+
+/// A WebSocket client.
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub connection_id: String,
+}
+
+/// How a socket ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    Closed(u16),
+    Dropped,
+}
+
+impl Ws {
+    pub async fn open(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<(Ws, Value), (u16, Value)> {
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((stream, _)) => {
+                let mut ws = Ws { stream, connection_id: String::new() };
+                let hello = ws.next_json().await;
+                ws.connection_id = hello["connection_id"].as_str().unwrap_or_default().to_owned();
+                Ok((ws, hello))
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                let status = res.status().as_u16();
+                let body = res
+                    .body()
+                    .as_ref()
+                    .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null);
+                Err((status, body))
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.stream.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream.send(Message::Text(text.to_owned().into())).await.unwrap();
+    }
+
+    /// The next text frame as JSON; panics on close or after [`WAIT`].
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a frame in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the socket ends, skipping frames; returns the close code.
+    pub async fn closed(&mut self) -> Ending {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next()).await.expect("close in time");
+            match msg {
+                Some(Ok(Message::Close(Some(frame)))) => return Ending::Closed(frame.code.into()),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Ending::Dropped,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Subscribes and waits for `subscribed`.
+    pub async fn subscribe(&mut self, room: &str) {
+        self.send_json(json!({"type": "subscribe", "room": room, "id": 1})).await;
+        let ack = self.next_json().await;
+        assert_eq!(ack, json!({"type": "subscribed", "room": room, "id": 1}));
+    }
+
+    /// Sends a ping with `id` and asserts the next frame is its pong: proof that every frame
+    /// sent before it was handled.
+    pub async fn roundtrip(&mut self, id: u64) {
+        self.send_json(json!({"type": "ping", "id": id})).await;
+        assert_eq!(self.next_json().await, json!({"type": "pong", "id": id}));
+    }
+}
