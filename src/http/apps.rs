@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Authed, Principal, Query};
+use super::extract::{Authed, Principal, Query, opt_int};
 use super::keys::KeyView;
 use super::{AppState, iso8601};
 use crate::apps::{check_app_id, generate_app_id};
@@ -67,12 +67,35 @@ impl From<&AppRecord> for AppView {
     }
 }
 
+/// An `allowed_domains` entry: a host name, or `*.` and a host name for its subdomains.
+#[derive(Debug, ToSchema)]
+#[schema(pattern = r"^(\*\.)?[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$", max_length = 255)]
+pub struct DomainPattern(#[allow(dead_code, reason = "describes the schema only")] String);
+
 /// `status` as a word or as the seed API's boolean.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum StatusInput {
     Flag(bool),
     Word(String),
+}
+
+/// How `status` is documented: what [`StatusInput`] accepts.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, reason = "describes the schema only")]
+pub enum StatusSchema {
+    Flag(bool),
+    Word(StatusWord),
+}
+
+/// `enabled` or `disabled`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code, reason = "describes the schema only")]
+pub enum StatusWord {
+    Enabled,
+    Disabled,
 }
 
 impl StatusInput {
@@ -94,16 +117,31 @@ impl StatusInput {
 #[serde(default)]
 pub struct CreateApp {
     /// Slug `[a-z0-9][a-z0-9-]{2,63}`; generated when absent.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{2,63}$")]
     pub app_id: Option<String>,
     /// Display name; defaults to the `app_id`.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
     /// Origin allow-list (host names, `*.example.com`); empty allows any origin.
+    #[schema(value_type = Option<Vec<DomainPattern>>)]
     pub allowed_domains: Option<Vec<String>>,
     /// A single domain, replacing the list with `[value]`.
+    #[schema(value_type = Option<DomainPattern>)]
     pub allowed_domain: Option<String>,
+    /// HTTP requests per minute for the app's keys (1–1000000, default 1000).
+    #[serde(deserialize_with = "opt_int")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub rate_limit: Option<u32>,
+    /// Concurrent WebSocket connections.
+    #[serde(deserialize_with = "opt_int")]
+    #[schema(minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_connections: Option<u32>,
     pub client_events: Option<bool>,
+    #[schema(value_type = Option<StatusSchema>)]
     pub status: Option<StatusInput>,
 }
 
@@ -111,12 +149,25 @@ pub struct CreateApp {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct UpdateApp {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
+    #[schema(value_type = Option<Vec<DomainPattern>>)]
     pub allowed_domains: Option<Vec<String>>,
+    /// A single domain, replacing the list with `[value]`.
+    #[schema(value_type = Option<DomainPattern>)]
     pub allowed_domain: Option<String>,
+    #[serde(deserialize_with = "opt_int")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub rate_limit: Option<u32>,
+    #[serde(deserialize_with = "opt_int")]
+    #[schema(minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_connections: Option<u32>,
     pub client_events: Option<bool>,
+    #[schema(value_type = Option<StatusSchema>)]
     pub status: Option<StatusInput>,
 }
 
@@ -149,6 +200,7 @@ pub struct AppList {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListParams {
     /// 1–100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -161,6 +213,8 @@ pub struct ListParams {
 #[serde(default)]
 pub struct RegenerateKey {
     /// Seconds the old key keeps working (0–604800, default 0).
+    #[serde(deserialize_with = "opt_int")]
+    #[schema(minimum = 0, maximum = 604_800)]
     pub grace_seconds: Option<u64>,
 }
 
@@ -189,7 +243,7 @@ fn check_domains(domains: &[String]) -> Result<(), ApiError> {
     for (i, d) in domains.iter().enumerate() {
         let host = d.strip_prefix("*.").unwrap_or(d);
         let valid = !host.is_empty()
-            && host.len() <= 253
+            && d.len() <= 255
             && host.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
@@ -256,7 +310,7 @@ fn visible_app(
         .ok_or_else(|| ApiError::NotFound(format!("no app {target:?}")))
 }
 
-#[utoipa::path(post, path = "/api/applications", tag = "applications", request_body = CreateApp,
+#[utoipa::path(post, path = "/api/applications", tag = "applications", request_body = Option<CreateApp>,
     responses((status = 201, body = CreatedApp), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody)),
     security(("api_key" = [])))]
@@ -276,6 +330,10 @@ async fn create_app(
     };
     let name = body.name.unwrap_or_else(|| app_id.clone());
     check_name(&name)?;
+    // Both forms are checked even when `allowed_domain` wins, so bad input is never ignored.
+    if let Some(list) = &body.allowed_domains {
+        check_domains(list)?;
+    }
     let domains = lower_domains(match (body.allowed_domain, body.allowed_domains) {
         (Some(one), _) => vec![one],
         (None, Some(list)) => list,
@@ -359,7 +417,7 @@ async fn get_app(
     Ok(axum::Json(AppResponse { success: true, app: AppView::from(&*app) }))
 }
 
-#[utoipa::path(put, path = "/api/applications/{app_id}", tag = "applications", request_body = UpdateApp,
+#[utoipa::path(put, path = "/api/applications/{app_id}", tag = "applications", request_body = Option<UpdateApp>,
     params(("app_id" = String, Path, description = "the app")),
     responses((status = 200, body = AppResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)),
@@ -377,6 +435,9 @@ async fn update_app(
     if let Some(name) = body.name {
         check_name(&name)?;
         app.name = name;
+    }
+    if let Some(list) = &body.allowed_domains {
+        check_domains(list)?;
     }
     if let Some(one) = body.allowed_domain {
         app.allowed_domains = lower_domains(vec![one]);
@@ -410,7 +471,7 @@ async fn update_app(
 }
 
 #[utoipa::path(post, path = "/api/applications/{app_id}/regenerate-api-key", tag = "applications",
-    request_body(content = RegenerateKey, description = "optional"),
+    request_body = Option<RegenerateKey>,
     params(("app_id" = String, Path, description = "the app")),
     responses((status = 200, body = RegeneratedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),

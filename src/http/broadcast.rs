@@ -28,14 +28,14 @@ pub fn router() -> Router<AppState> {
 /// One event to publish.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct BroadcastRequest {
-    /// Required with an admin key; must match an app key's app when given.
+    /// Required with an admin key (400 without it); must match an app key's app when given.
     #[serde(default)]
     pub app_id: Option<String>,
     /// Client-facing room name.
     #[schema(value_type = String, pattern = r"^[A-Za-z0-9_\-=@,.;:]{1,164}$")]
     pub room: RoomName,
     /// 1–200 characters, not starting with `roomcast:`.
-    #[schema(value_type = String, min_length = 1, max_length = 200)]
+    #[schema(value_type = String, min_length = 1, max_length = 200, pattern = r"^(?!roomcast:)[^\x00-\x1f\x7f-\x9f]+$")]
     pub event: EventName,
     /// Any JSON value; its compact form must fit `limits.max_message_bytes`.
     #[serde(default)]
@@ -50,6 +50,7 @@ pub struct BroadcastRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct BatchRequest {
     /// At most `limits.max_batch_events` (100) events.
+    #[schema(min_items = 1, max_items = 100)]
     pub events: Vec<BroadcastRequest>,
 }
 

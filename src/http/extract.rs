@@ -128,9 +128,15 @@ fn check_json_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiEr
     }
 }
 
-/// Deserializes `body` (empty counts as `{}`) naming the path of any bad field.
+/// Deserializes a body that must be a JSON object (empty or `null` counts as `{}`), naming the
+/// path of any bad field.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let trimmed = body.trim_ascii();
+    let body: &[u8] = if trimmed.is_empty() || trimmed == b"null" { b"{}" } else { body };
+    // serde would also build a struct from a positional array; the API speaks objects only.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(ApiError::InvalidRequest("body: must be a JSON object".into()));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -209,4 +215,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             ApiError::field(&format!("query {path}"), e.into_inner())
         })
     }
+}
+
+/// `deserialize_with` for optional integer fields: accepts `5` and `5.0` (JSON Schema counts both
+/// as integers), refuses fractions, negatives and values out of `T`'s range.
+pub fn opt_int<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64).map(|f| f as u64)
+    });
+    let whole = whole.ok_or_else(|| D::Error::custom(format!("must be a non-negative integer, got {n}")))?;
+    T::try_from(whole).map(Some).map_err(|_| D::Error::custom(format!("{whole} is out of range")))
 }

@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::Json;
+use super::extract::{Json, opt_int};
 use super::{AppState, iso8601};
 use crate::apps::is_active;
 use crate::auth::token::{TokenError, check_payload, mint};
@@ -33,7 +33,8 @@ pub struct TokenRequest {
     #[schema(value_type = Object)]
     pub payload: Option<Map<String, Value>>,
     /// Seconds, 60–2592000; default 86400.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_int")]
+    #[schema(minimum = 60, maximum = 2_592_000)]
     pub expires_in: Option<u64>,
 }
 

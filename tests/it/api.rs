@@ -186,6 +186,14 @@ async fn malformed_bodies_get_clear_errors_and_the_server_keeps_serving() {
     assert!(got.1["error"].as_str().unwrap().contains("app_id"), "{}", got.1);
     let got = split(post(r#"{"app_id": "x-y-z"} trailing"#, "application/json").await.unwrap()).await;
     assert_error(&got, 400, "invalid_request");
+    // A positional array is not an object, even though every field is optional.
+    let got = split(post("[null, null]", "application/json").await.unwrap()).await;
+    assert_error(&got, 400, "invalid_request");
+    let got = split(post(r#"{"rate_limit": 1.5}"#, "application/json").await.unwrap()).await;
+    assert_error(&got, 400, "invalid_request");
+    assert!(got.1["error"].as_str().unwrap().contains("rate_limit"), "{}", got.1);
+    let got = split(post(r#"{"rate_limit": -3}"#, "application/json").await.unwrap()).await;
+    assert_error(&got, 400, "invalid_request");
     let got = split(post("app_id=x", "application/x-www-form-urlencoded").await.unwrap()).await;
     assert_error(&got, 415, "unsupported_media_type");
     let huge = format!(r#"{{"app_id": "big-one", "name": "{}"}}"#, "n".repeat(2 * 1024 * 1024));
@@ -245,12 +253,13 @@ async fn updating_apps() {
     let hub = spawn_hub().await;
     let app = hub.create_app(json!({"app_id": "upd-app", "name": "Before"})).await;
     let path = "/api/applications/upd-app";
+    // `10.0` is an integer to JSON Schema, so it is accepted as one.
     let (status, v) = hub
         .put(
             path,
             &app.api_key,
             json!({"name": "After", "allowed_domain": "one.example", "client_events": true,
-            "max_connections": 5, "rate_limit": 10, "unknown_field": 1, "app_secret": "hijack"}),
+            "max_connections": 5, "rate_limit": 10.0, "unknown_field": 1, "app_secret": "hijack"}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");

@@ -6,6 +6,7 @@
 mod api;
 mod binary;
 mod broadcast;
+mod browser;
 mod fanout;
 mod lifecycle;
 mod support;

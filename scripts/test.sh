@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, the integration binary (real server, real SQLite file, real
+# HTTP/WebSocket clients) and the browser test (Debian's Chromium driven by playwright-core).
+# Installs the browser tooling when it is missing; needs root (or sudo) for apt-get then.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "test.sh: installing nodejs and npm"
+  apt_install nodejs npm
+fi
+if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
+  echo "test.sh: installing chromium"
+  apt_install chromium
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "test.sh: installing playwright-core"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+cargo test --locked
+bash scripts/schemathesis.sh

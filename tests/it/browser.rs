@@ -1,0 +1,46 @@
+//! `examples/browser.html` in a real browser (Debian's Chromium via playwright-core): it
+//! connects, subscribes and prints a broadcast. `scripts/test.sh` installs both.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::{WAIT, spawn_hub};
+
+#[tokio::test]
+async fn the_browser_example_prints_broadcast_events() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let hub = spawn_hub().await;
+    let app = hub.create_app(json!({"app_id": "browser-app"})).await;
+    let token = hub.token(&app, json!({"user_id": "browser"})).await;
+    let page = format!(
+        "file://{}?url=ws://{}/ws&token={token}&room=chat",
+        root.join("examples/browser.html").display(),
+        hub.addr
+    );
+    let shot = hub.dir.path().join("browser.png");
+    let mut child = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/browser.mjs"))
+        .arg(&page)
+        .arg(&shot)
+        .current_dir(root.join("tests/browser"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed (scripts/test.sh installs the browser tooling)");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || tokio::time::timeout(WAIT * 3, lines.next_line()).await.unwrap().unwrap();
+
+    assert_eq!(next().await.as_deref(), Some("READY"));
+    let v = hub.broadcast(&app, "chat", "new-message", json!({"text": "hello browser"})).await;
+    assert_eq!(v["subscriber_count"], 1);
+    assert_eq!(next().await.as_deref(), Some(r#"EVENT #1 chat new-message {"text":"hello browser"}"#));
+    assert!(next().await.is_some_and(|l| l.starts_with("SHOT ")));
+    assert!(child.wait().await.unwrap().success());
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "a real screenshot was taken");
+    if let Ok(dir) = std::env::var("ROOMCAST_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, Path::new(&dir).join("browser.png")).unwrap();
+    }
+}
