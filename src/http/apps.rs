@@ -112,14 +112,16 @@ impl StatusInput {
     }
 }
 
-/// Body of `POST /api/applications`.
+/// An app's settings: the body of `POST /api/applications` and of `PUT …/{app_id}`. Every field
+/// is optional; unknown fields are ignored.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
-pub struct CreateApp {
-    /// Slug `[a-z0-9][a-z0-9-]{2,63}`; generated when absent.
+pub struct AppSettings {
+    /// On create only: slug `[a-z0-9][a-z0-9-]{2,63}`, generated when absent. `PUT` ignores it
+    /// (an app's id never changes).
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{2,63}$")]
     pub app_id: Option<String>,
-    /// Display name; defaults to the `app_id`.
+    /// Display name; on create it defaults to the `app_id`.
     #[schema(
         min_length = 1,
         max_length = 200,
@@ -140,35 +142,53 @@ pub struct CreateApp {
     #[serde(deserialize_with = "opt_int")]
     #[schema(minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_connections: Option<u32>,
+    /// Whether clients may publish (their tokens need `can_publish` too).
     pub client_events: Option<bool>,
     #[schema(value_type = Option<StatusSchema>)]
     pub status: Option<StatusInput>,
 }
 
-/// Body of `PUT /api/applications/{app_id}`: every field optional; unknown fields are ignored.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(default)]
-pub struct UpdateApp {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    )]
-    pub name: Option<String>,
-    #[schema(value_type = Option<Vec<DomainPattern>>)]
-    pub allowed_domains: Option<Vec<String>>,
-    /// A single domain, replacing the list with `[value]`.
-    #[schema(value_type = Option<DomainPattern>)]
-    pub allowed_domain: Option<String>,
-    #[serde(deserialize_with = "opt_int")]
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    pub rate_limit: Option<u32>,
-    #[serde(deserialize_with = "opt_int")]
-    #[schema(minimum = 0, maximum = 4_294_967_295_u64)]
-    pub max_connections: Option<u32>,
-    pub client_events: Option<bool>,
-    #[schema(value_type = Option<StatusSchema>)]
-    pub status: Option<StatusInput>,
+impl AppSettings {
+    /// Checks every given field, then applies them all to `app`; on error `app` is unchanged.
+    fn apply(self, app: &mut AppRecord) -> Result<(), ApiError> {
+        if let Some(name) = &self.name {
+            check_name(name)?;
+        }
+        // Both domain forms are checked even when `allowed_domain` wins: bad input is never
+        // silently ignored.
+        if let Some(list) = &self.allowed_domains {
+            check_domains(list)?;
+        }
+        if let Some(one) = &self.allowed_domain {
+            check_domains(std::slice::from_ref(one))?;
+        }
+        if let Some(rate_limit) = self.rate_limit {
+            check_rate_limit(rate_limit)?;
+        }
+        let status = self.status.as_ref().map(StatusInput::parse).transpose()?;
+
+        if let Some(name) = self.name {
+            app.name = name;
+        }
+        if let Some(one) = self.allowed_domain {
+            app.allowed_domains = lower_domains(vec![one]);
+        } else if let Some(list) = self.allowed_domains {
+            app.allowed_domains = lower_domains(list);
+        }
+        if let Some(rate_limit) = self.rate_limit {
+            app.rate_limit = rate_limit;
+        }
+        if let Some(max) = self.max_connections {
+            app.max_connections = max;
+        }
+        if let Some(flag) = self.client_events {
+            app.client_events = flag;
+        }
+        if let Some(status) = status {
+            app.status = status;
+        }
+        Ok(())
+    }
 }
 
 /// `{"success", "app"}`.
@@ -310,56 +330,42 @@ fn visible_app(
         .ok_or_else(|| ApiError::NotFound(format!("no app {target:?}")))
 }
 
-#[utoipa::path(post, path = "/api/applications", tag = "applications", request_body = Option<CreateApp>,
+#[utoipa::path(post, path = "/api/applications", tag = "applications", request_body = Option<AppSettings>,
     responses((status = 201, body = CreatedApp), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody)),
     security(("api_key" = [])))]
 async fn create_app(
     State(state): State<AppState>,
-    call: Authed<CreateApp>,
+    call: Authed<AppSettings>,
 ) -> Result<impl IntoResponse, ApiError> {
     call.principal.require_admin()?;
     let _writes = state.writes.lock().await;
-    let body = call.body;
-    let app_id = match body.app_id {
+    let mut settings = call.body;
+    let app_id = match settings.app_id.take() {
         Some(id) => {
             check_app_id(&id).map_err(|e| ApiError::field("app_id", e))?;
             id
         }
         None => generate_app_id(),
     };
-    let name = body.name.unwrap_or_else(|| app_id.clone());
-    check_name(&name)?;
-    // Both forms are checked even when `allowed_domain` wins, so bad input is never ignored.
-    if let Some(list) = &body.allowed_domains {
-        check_domains(list)?;
-    }
-    let domains = lower_domains(match (body.allowed_domain, body.allowed_domains) {
-        (Some(one), _) => vec![one],
-        (None, Some(list)) => list,
-        (None, None) => Vec::new(),
-    });
-    check_domains(&domains)?;
-    let rate_limit = body.rate_limit.unwrap_or(state.config.apps.default_rate_limit);
-    check_rate_limit(rate_limit)?;
-    let status = body.status.as_ref().map(StatusInput::parse).transpose()?.unwrap_or(AppStatus::Enabled);
-    if state.apps.get(&app_id).is_some() {
-        return Err(ApiError::Conflict(format!("app_id {app_id:?} is already taken")));
-    }
     let now = now_ms();
-    let app = AppRecord {
+    let mut app = AppRecord {
         app_id: app_id.clone(),
-        name,
+        name: app_id.clone(),
         secret: random_base62(SECRET_LEN),
-        status,
-        allowed_domains: domains,
-        rate_limit,
-        max_connections: body.max_connections.unwrap_or(state.config.apps.default_max_connections),
-        client_events: body.client_events.unwrap_or(false),
+        status: AppStatus::Enabled,
+        allowed_domains: Vec::new(),
+        rate_limit: state.config.apps.default_rate_limit,
+        max_connections: state.config.apps.default_max_connections,
+        client_events: false,
         created_at: now,
         updated_at: now,
         deleted_at: None,
     };
+    settings.apply(&mut app)?;
+    if state.apps.get(&app_id).is_some() {
+        return Err(ApiError::Conflict(format!("app_id {app_id:?} is already taken")));
+    }
     let (key, record) = new_primary_key(&app_id, now);
     state.store.insert_app(&app, &record).await.map_err(|e| match e {
         crate::store::StoreError::Conflict => {
@@ -417,7 +423,7 @@ async fn get_app(
     Ok(axum::Json(AppResponse { success: true, app: AppView::from(&*app) }))
 }
 
-#[utoipa::path(put, path = "/api/applications/{app_id}", tag = "applications", request_body = Option<UpdateApp>,
+#[utoipa::path(put, path = "/api/applications/{app_id}", tag = "applications", request_body = Option<AppSettings>,
     params(("app_id" = String, Path, description = "the app")),
     responses((status = 200, body = AppResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)),
@@ -425,39 +431,13 @@ async fn get_app(
 async fn update_app(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
-    call: Authed<UpdateApp>,
+    call: Authed<AppSettings>,
 ) -> Result<axum::Json<AppResponse>, ApiError> {
     call.principal.require(Scope::AppsWrite)?;
     let _writes = state.writes.lock().await;
     let current = visible_app(&state, &call.principal, &app_id)?;
-    let body = call.body;
     let mut app = (*current).clone();
-    if let Some(name) = body.name {
-        check_name(&name)?;
-        app.name = name;
-    }
-    if let Some(list) = &body.allowed_domains {
-        check_domains(list)?;
-    }
-    if let Some(one) = body.allowed_domain {
-        app.allowed_domains = lower_domains(vec![one]);
-    } else if let Some(list) = body.allowed_domains {
-        app.allowed_domains = lower_domains(list);
-    }
-    check_domains(&app.allowed_domains)?;
-    if let Some(rate_limit) = body.rate_limit {
-        check_rate_limit(rate_limit)?;
-        app.rate_limit = rate_limit;
-    }
-    if let Some(max) = body.max_connections {
-        app.max_connections = max;
-    }
-    if let Some(flag) = body.client_events {
-        app.client_events = flag;
-    }
-    if let Some(status) = &body.status {
-        app.status = status.parse()?;
-    }
+    call.body.apply(&mut app)?;
     app.updated_at = now_ms().max(current.updated_at);
     state.store.update_app(&app).await?;
     let disabled = current.status == AppStatus::Enabled && app.status == AppStatus::Disabled;

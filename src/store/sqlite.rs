@@ -163,35 +163,49 @@ fn to_json(list: &[String]) -> String {
     serde_json::to_string(list).expect("a list of strings always serializes")
 }
 
-fn insert_key(conn: &Connection, key: &KeyRecord) -> rusqlite::Result<usize> {
+const INSERT_APP: &str = "INSERT INTO apps (app_id, name, secret, status, allowed_domains, rate_limit,
+                      max_connections, client_events, created_at, updated_at, deleted_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// Takes the same parameters as [`INSERT_APP`]; `created_at` (?9) never changes.
+const UPDATE_APP: &str = "UPDATE apps SET name = ?2, secret = ?3, status = ?4, allowed_domains = ?5,
+        rate_limit = ?6, max_connections = ?7, client_events = ?8, updated_at = ?10, deleted_at = ?11
+    WHERE app_id = ?1";
+
+fn write_app(conn: &Connection, sql: &str, app: &AppRecord) -> rusqlite::Result<usize> {
     conn.execute(
-        "INSERT INTO api_keys (key_id, kind, app_id, name, scopes, secret_hash, is_primary,
-                               created_at, expires_at, last_used_at, revoked_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        sql,
         params![
-            key.key_id,
-            key.kind.as_str(),
-            key.app_id,
-            key.name,
-            to_json(&key.scopes),
-            key.secret_hash,
-            key.primary,
-            key.created_at,
-            key.expires_at,
-            key.last_used_at,
-            key.revoked_at
+            app.app_id,
+            app.name,
+            app.secret,
+            app.status.as_str(),
+            to_json(&app.allowed_domains),
+            app.rate_limit,
+            app.max_connections,
+            app.client_events,
+            app.created_at,
+            app.updated_at,
+            app.deleted_at
         ],
     )
 }
 
-fn upsert_key(conn: &Connection, key: &KeyRecord) -> rusqlite::Result<usize> {
+const INSERT_KEY: &str = "INSERT INTO api_keys (key_id, kind, app_id, name, scopes, secret_hash, is_primary,
+                          created_at, expires_at, last_used_at, revoked_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// Only the mutable columns change on conflict: a key's id, kind, app and hash never do.
+const UPSERT_KEY: &str = "INSERT INTO api_keys (key_id, kind, app_id, name, scopes, secret_hash, is_primary,
+                          created_at, expires_at, last_used_at, revoked_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+    ON CONFLICT(key_id) DO UPDATE SET name = excluded.name, scopes = excluded.scopes,
+        is_primary = excluded.is_primary, expires_at = excluded.expires_at,
+        last_used_at = excluded.last_used_at, revoked_at = excluded.revoked_at";
+
+fn write_key(conn: &Connection, sql: &str, key: &KeyRecord) -> rusqlite::Result<usize> {
     conn.execute(
-        "INSERT INTO api_keys (key_id, kind, app_id, name, scopes, secret_hash, is_primary,
-                               created_at, expires_at, last_used_at, revoked_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT(key_id) DO UPDATE SET name = excluded.name, scopes = excluded.scopes,
-             is_primary = excluded.is_primary, expires_at = excluded.expires_at,
-             last_used_at = excluded.last_used_at, revoked_at = excluded.revoked_at",
+        sql,
         params![
             key.key_id,
             key.kind.as_str(),
@@ -238,26 +252,8 @@ impl Store for SqliteStore {
         let key = primary_key.clone();
         self.with(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
-            tx.execute(
-                "INSERT INTO apps (app_id, name, secret, status, allowed_domains, rate_limit,
-                                   max_connections, client_events, created_at, updated_at, deleted_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    app.app_id,
-                    app.name,
-                    app.secret,
-                    app.status.as_str(),
-                    to_json(&app.allowed_domains),
-                    app.rate_limit,
-                    app.max_connections,
-                    app.client_events,
-                    app.created_at,
-                    app.updated_at,
-                    app.deleted_at
-                ],
-            )
-            .map_err(write_error)?;
-            insert_key(&tx, &key).map_err(write_error)?;
+            write_app(&tx, INSERT_APP, &app).map_err(write_error)?;
+            write_key(&tx, INSERT_KEY, &key).map_err(write_error)?;
             tx.commit().map_err(unavailable)
         })
         .await
@@ -266,26 +262,7 @@ impl Store for SqliteStore {
     async fn update_app(&self, app: &AppRecord) -> Result<(), StoreError> {
         let app = app.clone();
         self.with(move |conn| {
-            let changed = conn
-                .execute(
-                    "UPDATE apps SET name = ?2, secret = ?3, status = ?4, allowed_domains = ?5,
-                         rate_limit = ?6, max_connections = ?7, client_events = ?8,
-                         updated_at = ?9, deleted_at = ?10
-                     WHERE app_id = ?1",
-                    params![
-                        app.app_id,
-                        app.name,
-                        app.secret,
-                        app.status.as_str(),
-                        to_json(&app.allowed_domains),
-                        app.rate_limit,
-                        app.max_connections,
-                        app.client_events,
-                        app.updated_at,
-                        app.deleted_at
-                    ],
-                )
-                .map_err(write_error)?;
+            let changed = write_app(conn, UPDATE_APP, &app).map_err(write_error)?;
             if changed == 0 { Err(StoreError::NotFound) } else { Ok(()) }
         })
         .await
@@ -293,7 +270,7 @@ impl Store for SqliteStore {
 
     async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let key = key.clone();
-        self.with(move |conn| insert_key(conn, &key).map(drop).map_err(write_error)).await
+        self.with(move |conn| write_key(conn, INSERT_KEY, &key).map(drop).map_err(write_error)).await
     }
 
     async fn save_keys(&self, keys: &[KeyRecord]) -> Result<(), StoreError> {
@@ -301,7 +278,7 @@ impl Store for SqliteStore {
         self.with(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             for key in &keys {
-                upsert_key(&tx, key).map_err(write_error)?;
+                write_key(&tx, UPSERT_KEY, key).map_err(write_error)?;
             }
             tx.commit().map_err(unavailable)
         })
