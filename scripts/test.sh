@@ -24,5 +24,5 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-cargo test --locked
+cargo test --locked --workspace
 bash scripts/schemathesis.sh

@@ -83,6 +83,8 @@ pub struct WebSocketConfig {
     pub idle_timeout_s: u64,
     /// Frames waiting for one client; a client whose queue is full is closed with 4008.
     pub outbound_queue_messages: usize,
+    /// Bytes of frames waiting for one client; over this the client is closed with 4008.
+    pub outbound_queue_bytes: usize,
     /// Socket read buffer per connection, in bytes.
     pub read_buffer_bytes: usize,
     /// Bytes buffered before the writer flushes to the socket.
@@ -167,7 +169,8 @@ impl Default for WebSocketConfig {
             heartbeat_s: 25,
             idle_timeout_s: 60,
             outbound_queue_messages: 1024,
-            read_buffer_bytes: 4 * 1024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
             max_write_buffer_bytes: 4 * 1024 * 1024,
         }
@@ -265,6 +268,9 @@ impl Config {
         positive("store.reload_interval_ms", self.store.reload_interval_ms);
         if self.websocket.idle_timeout_s <= self.websocket.heartbeat_s {
             problems.push("websocket.idle_timeout_s: must be greater than websocket.heartbeat_s".into());
+        }
+        if self.websocket.outbound_queue_bytes < self.limits.max_message_bytes + 1024 {
+            problems.push("websocket.outbound_queue_bytes: must hold one largest event (limits.max_message_bytes + 1024)".into());
         }
         if self.limits.max_body_bytes < self.limits.max_message_bytes {
             problems.push("limits.max_body_bytes: must be at least limits.max_message_bytes".into());

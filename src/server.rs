@@ -16,8 +16,7 @@ use crate::broker::local::LocalBroker;
 use crate::config::Config;
 use crate::http::{AppState, Shared, router};
 use crate::hub::registry::Registry;
-use crate::hub::{Hub, now_ms};
-use crate::protocol::CloseCode;
+use crate::hub::{Hub, OutboxLimits, now_ms};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{KeyKind, KeyRecord, Store, StoreError};
 
@@ -61,11 +60,14 @@ impl Server {
         keys.replace_all(snapshot.keys);
         let bootstrap_key = bootstrap_admin(&config, store.as_ref(), &keys).await?;
 
-        let listener = TcpListener::bind(config.server.listen)
-            .await
+        let listener = bind(config.server.listen)
             .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
         let registry = Arc::new(Registry::default());
-        let hub = Arc::new(Hub::new(registry.clone(), Arc::new(LocalBroker::new(registry))));
+        let limits = OutboxLimits {
+            messages: config.websocket.outbound_queue_messages,
+            bytes: config.websocket.outbound_queue_bytes,
+        };
+        let hub = Arc::new(Hub::new(registry.clone(), Arc::new(LocalBroker::new(registry)), limits));
         let node_id =
             config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
         let state = AppState::new(Shared {
@@ -121,6 +123,7 @@ impl Server {
         });
         tracker.spawn(reload_caches(state.clone(), marker));
         tracker.spawn(flush_key_uses(state.clone()));
+        tracker.spawn(heartbeat(state.clone()));
 
         let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = %state.node_id, "roomcast listening");
@@ -130,9 +133,8 @@ impl Server {
             tracing::error!(error = %e, "HTTP server failed");
             token.cancel();
         }
-        // Sessions react to the token themselves (1012); this catches any that were between
-        // upgrade and their first poll.
-        state.hub.close_connections(None, CloseCode::ServiceRestart);
+        let closing = state.hub.shutdown();
+        tracing::info!(connections = closing, "closing client connections with 1012");
         tracker.close();
         let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
         if let Err(e) = state.store.touch_keys(&state.keys.unflushed_uses()).await {
@@ -145,6 +147,19 @@ impl Server {
         }
         drained
     }
+}
+
+/// Connections the kernel queues before `accept`. Reconnect storms (a node restarting, a load
+/// test) arrive faster than one accept loop drains; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Registers `admin_key` (or `ROOMCAST_ADMIN_KEY`), or creates an admin key when the store has
@@ -248,6 +263,25 @@ async fn reload_caches(state: AppState, mut marker: u64) {
             }
         }
         marker = current;
+    }
+}
+
+/// Drives heartbeats: once a second, closes connections silent for `idle_timeout_s` and pings
+/// the connections whose turn it is, so each is pinged every `heartbeat_s` without a timer per
+/// connection.
+async fn heartbeat(state: AppState) {
+    let ws = &state.config.websocket;
+    let (ping_every, idle_ms) = (ws.heartbeat_s, ws.idle_timeout_s * 1000);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        state.hub.heartbeat(n, ping_every, idle_ms);
     }
 }
 

@@ -1,79 +1,25 @@
 //! The hub: the one handle HTTP and WebSocket code call to join, leave and broadcast.
 
+pub mod conn;
 pub mod events;
 pub mod registry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use serde_json::value::RawValue;
-use tokio::sync::{Notify, mpsc};
 
 use crate::broker::{Broker, BrokerError, Publication};
 use crate::protocol::{CloseCode, EventName, RoomName, ServerFrame};
+pub use conn::{ConnHandle, Delivery, OutboxLimits, Wake};
 use events::{EventBus, HubEvent, PublishKind};
 use registry::{FanoutOutcome, Registry, RoomKey};
 
 /// One encoded server frame; clones share the bytes.
 pub type Frame = Utf8Bytes;
-
-/// Result of offering a frame to one connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    Queued,
-    /// The queue was full: the connection is being closed with 4008.
-    Full,
-    /// The connection is already closing.
-    Gone,
-}
-
-/// The shared part of one connection: what the registry holds for it.
-#[derive(Debug)]
-pub struct ConnHandle {
-    /// Process-unique number; registry maps key on it.
-    pub seq: u64,
-    /// `c_…`, the id clients see (and `exclude_connection_id` names).
-    pub id: Arc<str>,
-    pub app_id: Arc<str>,
-    pub user_id: Option<Arc<str>>,
-    queue: mpsc::Sender<Frame>,
-    close_code: AtomicU16,
-    close: Notify,
-}
-
-impl ConnHandle {
-    /// Places `frame` in the connection's queue without waiting.
-    pub fn deliver(&self, frame: &Frame) -> Delivery {
-        match self.queue.try_send(frame.clone()) {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseCode::SlowConsumer);
-                Delivery::Full
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
-        }
-    }
-
-    /// Asks the connection's task to close with `code`; the first request wins.
-    pub fn close(&self, code: CloseCode) {
-        if self.close_code.compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.close.notify_one();
-        }
-    }
-
-    /// Resolves once [`ConnHandle::close`] was called; returns the code asked for.
-    pub async fn close_requested(&self) -> u16 {
-        loop {
-            let code = self.close_code.load(Ordering::Acquire);
-            if code != 0 {
-                return code;
-            }
-            self.close.notified().await;
-        }
-    }
-}
 
 /// What `Hub::broadcast` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,18 +37,31 @@ pub struct Hub {
     connections: DashMap<Arc<str>, Arc<ConnHandle>>,
     events: EventBus,
     next_seq: AtomicU64,
+    limits: OutboxLimits,
+    /// Origin of the hub clock that connections' `last_seen` is measured on.
+    started: Instant,
+    /// Set at shutdown: connections that arrive afterwards are closed at once.
+    closing: AtomicBool,
 }
 
 impl Hub {
-    /// A hub over `registry`, publishing through `broker`.
-    pub fn new(registry: Arc<Registry>, broker: Arc<dyn Broker>) -> Self {
+    /// A hub over `registry`, publishing through `broker`, with outboxes bounded by `limits`.
+    pub fn new(registry: Arc<Registry>, broker: Arc<dyn Broker>, limits: OutboxLimits) -> Self {
         Self {
             registry,
             broker,
             connections: DashMap::new(),
             events: EventBus::default(),
             next_seq: AtomicU64::new(1),
+            limits,
+            started: Instant::now(),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// Milliseconds since the hub started: the clock of connections' `last_seen`.
+    pub fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// The stream listeners subscribe to.
@@ -110,31 +69,26 @@ impl Hub {
         &self.events
     }
 
-    /// Registers a new connection with a queue of `queue_len` frames; returns its handle and
-    /// the receiving end of its queue.
-    pub fn connect(
-        &self,
-        app_id: &str,
-        user_id: Option<&str>,
-        queue_len: usize,
-    ) -> (Arc<ConnHandle>, mpsc::Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(queue_len);
-        let handle = Arc::new(ConnHandle {
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-            id: Arc::from(format!("c_{}", crate::auth::random_base62(16))),
-            app_id: Arc::from(app_id),
-            user_id: user_id.map(Arc::from),
-            queue: tx,
-            close_code: AtomicU16::new(0),
-            close: Notify::new(),
-        });
+    /// Registers a new connection. After [`Hub::shutdown`] it is born closing (1012).
+    pub fn connect(&self, app_id: &str, user_id: Option<&str>) -> Arc<ConnHandle> {
+        let handle = Arc::new(ConnHandle::new(
+            self.next_seq.fetch_add(1, Ordering::Relaxed),
+            Arc::from(format!("c_{}", crate::auth::random_base62(16))),
+            Arc::from(app_id),
+            user_id.map(Arc::from),
+            self.limits,
+            self.clock_ms(),
+        ));
         self.connections.insert(handle.id.clone(), handle.clone());
+        if self.closing.load(Ordering::Acquire) {
+            handle.close(CloseCode::ServiceRestart);
+        }
         self.events.emit(HubEvent::ConnectionOpened {
             app_id: app_id.to_owned(),
             connection_id: handle.id.to_string(),
             user_id: user_id.map(str::to_owned),
         });
-        (handle, rx)
+        handle
     }
 
     /// Forgets a connection that has left all its rooms.
@@ -226,6 +180,28 @@ impl Hub {
     pub fn connection_count(&self) -> usize {
         self.connections.len()
     }
+
+    /// Closes every connection with 1012 and every later one at birth.
+    pub fn shutdown(&self) -> usize {
+        self.closing.store(true, Ordering::Release);
+        self.close_connections(None, CloseCode::ServiceRestart)
+    }
+
+    /// One heartbeat tick (the sweeper calls it every second): closes connections silent for
+    /// `idle_ms` with 4000, and asks the connections whose turn it is to ping. Each connection's
+    /// turn comes once every `ping_every` ticks, so pings are spread over the period instead of
+    /// all firing at once.
+    pub fn heartbeat(&self, tick: u64, ping_every: u64, idle_ms: u64) {
+        let now = self.clock_ms();
+        let ping_every = ping_every.max(1);
+        for conn in self.connections.iter() {
+            if now.saturating_sub(conn.last_seen_ms()) >= idle_ms {
+                conn.close(CloseCode::IdleTimeout);
+            } else if conn.seq % ping_every == tick % ping_every {
+                conn.request_ping();
+            }
+        }
+    }
 }
 
 /// Delivers a publication to this node's subscribers: the last step of every broker.
@@ -254,9 +230,17 @@ mod tests {
     use super::*;
     use crate::broker::local::LocalBroker;
 
-    fn hub() -> Hub {
+    fn hub_with(messages: usize) -> Hub {
         let registry = Arc::new(Registry::default());
-        Hub::new(registry.clone(), Arc::new(LocalBroker::new(registry)))
+        Hub::new(
+            registry.clone(),
+            Arc::new(LocalBroker::new(registry)),
+            OutboxLimits { messages, bytes: 1 << 20 },
+        )
+    }
+
+    fn hub() -> Hub {
+        hub_with(16)
     }
 
     fn raw(s: &str) -> Box<RawValue> {
@@ -267,33 +251,37 @@ mod tests {
     async fn events_reach_only_the_same_apps_room() {
         let hub = hub();
         let room = RoomName::parse("chat").unwrap();
-        let (a, mut a_rx) = hub.connect("app-a", None, 8);
-        let (b, mut b_rx) = hub.connect("app-b", None, 8);
+        let a = hub.connect("app-a", None);
+        let b = hub.connect("app-b", None);
         hub.join(&a, &room).await.unwrap();
         hub.join(&b, &room).await.unwrap();
         let ev = EventName::parse("m").unwrap();
         let out = hub.broadcast("app-a", &room, &ev, &raw("1"), None, PublishKind::Broadcast).await.unwrap();
         assert_eq!((out.subscriber_count, out.offset), (1, 1));
-        assert!(a_rx.try_recv().unwrap().as_str().contains(r#""offset":1"#));
-        assert!(b_rx.try_recv().is_err());
+        assert!(a.next_frame().unwrap().as_str().contains(r#""offset":1"#));
+        assert!(b.next_frame().is_none());
     }
 
     #[tokio::test]
     async fn full_queue_closes_with_4008_and_others_keep_receiving() {
-        let hub = hub();
+        let hub = hub_with(2);
         let room = RoomName::parse("r").unwrap();
-        let (slow, _slow_rx) = hub.connect("app-a", None, 2);
-        let (fast, mut fast_rx) = hub.connect("app-a", None, 16);
+        let slow = hub.connect("app-a", None);
+        let fast = hub.connect("app-a", None);
         hub.join(&slow, &room).await.unwrap();
         hub.join(&fast, &room).await.unwrap();
         let ev = EventName::parse("m").unwrap();
-        for _ in 0..3 {
+        for _ in 0..2 {
             hub.broadcast("app-a", &room, &ev, &raw("null"), None, PublishKind::Broadcast).await.unwrap();
         }
-        assert_eq!(slow.close_requested().await, 4008);
-        for offset in 1..=3 {
-            assert!(fast_rx.try_recv().unwrap().as_str().contains(&format!(r#""offset":{offset}"#)));
+        // `fast` reads its frames; `slow` does not, and the third broadcast overflows it.
+        for offset in 1..=2 {
+            assert!(fast.next_frame().unwrap().as_str().contains(&format!(r#""offset":{offset}"#)));
         }
+        hub.broadcast("app-a", &room, &ev, &raw("null"), None, PublishKind::Broadcast).await.unwrap();
+        assert_eq!(slow.closing().await, 4008);
+        assert!(fast.next_frame().unwrap().as_str().contains(r#""offset":3"#));
+        assert_eq!(fast.close_code(), None);
     }
 
     #[tokio::test]
@@ -301,8 +289,8 @@ mod tests {
         let hub = hub();
         let mut rx = hub.events().subscribe(16);
         let room = RoomName::parse("r").unwrap();
-        let (a, _qa) = hub.connect("app-a", Some("u1"), 4);
-        let (b, _qb) = hub.connect("app-a", None, 4);
+        let a = hub.connect("app-a", Some("u1"));
+        let b = hub.connect("app-a", None);
         hub.join(&a, &room).await.unwrap();
         hub.join(&b, &room).await.unwrap();
         assert!(hub.leave(&a, &room).await);
@@ -324,16 +312,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn heartbeat_pings_in_turn_and_closes_the_silent() {
+        let hub = hub();
+        let conns: Vec<_> = (0..4).map(|_| hub.connect("app-a", None)).collect();
+        hub.heartbeat(0, 2, 60_000);
+        let pinged: Vec<bool> = conns.iter().map(|c| c.take_ping()).collect();
+        assert_eq!(pinged.iter().filter(|p| **p).count(), 2, "half of them this tick");
+        hub.heartbeat(1, 2, 60_000);
+        for (c, before) in conns.iter().zip(pinged) {
+            assert_ne!(c.take_ping(), before, "the other half next tick");
+        }
+        assert!(conns.iter().all(|c| c.close_code().is_none()));
+        hub.heartbeat(2, 2, 0);
+        assert!(conns.iter().all(|c| c.close_code() == Some(4000)));
+    }
+
+    #[tokio::test]
+    async fn connections_after_shutdown_are_born_closing() {
+        let hub = hub();
+        let before = hub.connect("app-a", None);
+        assert_eq!(hub.shutdown(), 1);
+        assert_eq!(before.close_code(), Some(1012));
+        assert_eq!(hub.connect("app-a", None).close_code(), Some(1012));
+    }
+
+    #[tokio::test]
     async fn exclude_skips_only_that_connection() {
         let hub = hub();
         let room = RoomName::parse("r").unwrap();
-        let (a, mut qa) = hub.connect("app-a", None, 4);
-        let (b, mut qb) = hub.connect("app-a", None, 4);
+        let a = hub.connect("app-a", None);
+        let b = hub.connect("app-a", None);
         hub.join(&a, &room).await.unwrap();
         hub.join(&b, &room).await.unwrap();
         let ev = EventName::parse("m").unwrap();
         hub.broadcast("app-a", &room, &ev, &raw("{}"), Some(&a.id), PublishKind::Client).await.unwrap();
-        assert!(qa.try_recv().is_err());
-        assert!(qb.try_recv().is_ok());
+        assert!(a.next_frame().is_none());
+        assert!(b.next_frame().is_some());
     }
 }

@@ -1,5 +1,8 @@
-//! One client: a single task that reads frames, drains the outbound queue in batches, pings,
-//! and owns the connection's rooms. Nothing here is shared except the [`ConnHandle`].
+//! One client: a single task that reads frames, drains the connection's outbox in batches,
+//! sends the pings the heartbeat sweeper asks for, and owns the connection's rooms. Nothing here
+//! is shared except the [`ConnHandle`]. The waiting state is kept small, since an idle hub is
+//! mostly this task times the number of clients: rarely used paths (handling a client frame,
+//! closing) run in boxed futures.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,14 +11,12 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::apps::is_active;
 use crate::auth::token::Identity;
 use crate::http::AppState;
 use crate::hub::events::PublishKind;
-use crate::hub::{ConnHandle, Frame};
+use crate::hub::{ConnHandle, Wake};
 use crate::protocol::{ClientFrame, CloseCode, ErrorCode, FrameError, RoomName, ServerFrame};
 
 /// Most queued frames written before one flush.
@@ -30,7 +31,7 @@ const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 enum End {
     /// Send this close code, then drop the socket.
     Close(CloseCode),
-    /// A close code requested through the handle (slow consumer, app disabled).
+    /// A close code requested through the handle (slow consumer, app disabled, idle, restart).
     Requested(u16),
     /// The peer closed or the socket failed; nothing more to send.
     Gone,
@@ -47,62 +48,55 @@ struct Session {
 pub async fn run(state: AppState, mut socket: WebSocket, identity: Identity) {
     // Held for the whole session, so shutdown waits for this connection to say goodbye.
     let _tracked = state.tracker.token();
-    let cfg = state.config.websocket.clone();
-    let (conn, mut queue) =
-        state.hub.connect(&identity.app_id, identity.user_id.as_deref(), cfg.outbound_queue_messages);
+    let conn = state.hub.connect(&identity.app_id, identity.user_id.as_deref());
     tracing::debug!(connection_id = %conn.id, app_id = %identity.app_id, "connection opened");
-    let shutdown = state.shutdown.clone();
-    let mut session = Session { state, identity, conn: conn.clone(), rooms: HashSet::new() };
+    let mut session = Session { state, identity, conn, rooms: HashSet::new() };
+    let end = serve(&mut session, &mut socket).await;
+    Box::pin(finish(session, socket, end)).await;
+}
 
-    let hello = ServerFrame::connected(&conn.id, &conn.app_id, conn.user_id.as_deref(), cfg.heartbeat_s);
-    let mut end = match socket.send(Message::Text(hello.into())).await {
-        Ok(()) => None,
-        Err(_) => Some(End::Gone),
-    };
-
-    let idle_timeout = Duration::from_secs(cfg.idle_timeout_s);
-    let period = Duration::from_secs(cfg.heartbeat_s);
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
-
-    while end.is_none() {
-        end = tokio::select! {
+async fn serve(session: &mut Session, socket: &mut WebSocket) -> End {
+    let conn = session.conn.clone();
+    let hello = ServerFrame::connected(
+        &conn.id,
+        &conn.app_id,
+        conn.user_id.as_deref(),
+        session.state.config.websocket.heartbeat_s,
+    );
+    if socket.send(Message::Text(hello.into())).await.is_err() {
+        return End::Gone;
+    }
+    loop {
+        tokio::select! {
             biased;
-            _ = shutdown.cancelled() => Some(End::Close(CloseCode::ServiceRestart)),
-            code = conn.close_requested() => Some(End::Requested(code)),
-            frame = queue.recv() => match frame {
-                Some(frame) => {
+            wake = conn.wake() => match wake {
+                Wake::Close(code) => return End::Requested(code),
+                Wake::Work => {
+                    // A slow client can block the flush; a close request must still get through.
                     tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => Some(End::Close(CloseCode::ServiceRestart)),
-                        code = conn.close_requested() => Some(End::Requested(code)),
-                        written = write_batch(&mut socket, frame, &mut queue) => written.err(),
+                        code = conn.closing() => return End::Requested(code),
+                        written = write_outbox(socket, &conn) => if written.is_err() { return End::Gone },
                     }
                 }
-                None => Some(End::Gone),
             },
             incoming = socket.next() => match incoming {
-                None => Some(End::Gone),
-                Some(Err(e)) => Some(read_error(e)),
+                None => return End::Gone,
+                Some(Err(e)) => return read_error(e),
                 Some(Ok(message)) => {
-                    last_seen = Instant::now();
-                    session.on_message(&mut socket, message).await
-                }
-            },
-            _ = heartbeat.tick() => {
-                if last_seen.elapsed() >= idle_timeout {
-                    Some(End::Close(CloseCode::IdleTimeout))
-                } else {
-                    match socket.send(Message::Ping(Default::default())).await {
-                        Ok(()) => None,
-                        Err(_) => Some(End::Gone),
+                    conn.touch(session.state.hub.clock_ms());
+                    if let Some(end) = Box::pin(session.on_message(socket, message)).await {
+                        return end;
                     }
                 }
-            }
-        };
+            },
+        }
     }
+}
 
+/// Leaves every room, forgets the connection, and says goodbye with the close code if any.
+async fn finish(mut session: Session, mut socket: WebSocket, end: End) {
+    let conn = session.conn.clone();
     // Leave rooms first so no more frames are queued for a socket that is going away.
     let rooms: Vec<RoomName> = session.rooms.drain().collect();
     for room in &rooms {
@@ -110,9 +104,9 @@ pub async fn run(state: AppState, mut socket: WebSocket, identity: Identity) {
     }
     session.state.hub.disconnect(&conn);
     let close = match end {
-        Some(End::Close(code)) => Some((code.code(), code.reason())),
-        Some(End::Requested(code)) => Some((code, reason_of(code))),
-        Some(End::Gone) | None => None,
+        End::Close(code) => Some((code.code(), code.reason())),
+        End::Requested(code) => Some((code, reason_of(code))),
+        End::Gone => None,
     };
     if let Some((code, reason)) = close {
         let frame = CloseFrame { code, reason: reason.into() };
@@ -137,20 +131,20 @@ fn read_error(e: axum::Error) -> End {
     if too_big { End::Close(CloseCode::MessageTooBig) } else { End::Gone }
 }
 
-/// Writes `first` and whatever else is already queued (up to [`MAX_BATCH`]), then flushes once.
-async fn write_batch(
-    socket: &mut WebSocket,
-    first: Frame,
-    queue: &mut mpsc::Receiver<Frame>,
-) -> Result<(), End> {
-    socket.feed(Message::Text(first)).await.map_err(|_| End::Gone)?;
-    for _ in 1..MAX_BATCH {
-        match queue.try_recv() {
-            Ok(frame) => socket.feed(Message::Text(frame)).await.map_err(|_| End::Gone)?,
-            Err(_) => break,
-        }
+/// Writes a requested ping and up to [`MAX_BATCH`] waiting frames, then flushes once. Frames
+/// left over wake the task again at once.
+async fn write_outbox(socket: &mut WebSocket, conn: &ConnHandle) -> Result<(), axum::Error> {
+    let mut wrote = false;
+    if conn.take_ping() {
+        socket.feed(Message::Ping(Default::default())).await?;
+        wrote = true;
     }
-    socket.flush().await.map_err(|_| End::Gone)
+    for _ in 0..MAX_BATCH {
+        let Some(frame) = conn.next_frame() else { break };
+        socket.feed(Message::Text(frame)).await?;
+        wrote = true;
+    }
+    if wrote { socket.flush().await } else { Ok(()) }
 }
 
 impl Session {

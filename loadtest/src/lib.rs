@@ -1,0 +1,481 @@
+//! roomcast load generator: opens many WebSocket subscribers, publishes over HTTP at a target
+//! rate with a send time and per-room sequence number in each event, and reports connect rate,
+//! deliveries per second, publish→deliver latency, loss, duplicates, and the hub's memory and CPU.
+//!
+//! Every run is bounded: it connects a fixed number of clients, publishes for a fixed time, waits
+//! at most `drain` for stragglers, and stops by itself.
+
+pub mod target;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use target::{Socket, Target};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// N connections over M rooms, no traffic: memory per connection.
+    Idle,
+    /// One room, N subscribers, broadcasts at `rate`.
+    Fanout,
+    /// N subscribers spread over M rooms, broadcasts at `rate` spread over the rooms.
+    Rooms,
+    /// Connect/subscribe/disconnect cycles at `churn_rate` while broadcasting to steady subscribers.
+    Churn,
+    /// HTTP publish throughput with few subscribers.
+    Publish,
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub scenario: Scenario,
+    pub target: Target,
+    pub connections: usize,
+    pub rooms: usize,
+    /// Broadcasts per second over all publishers; 0 = as fast as the hub answers.
+    pub rate: f64,
+    pub duration: Duration,
+    /// Concurrent HTTP keep-alive connections publishing.
+    pub publishers: usize,
+    /// Padding added to each event's data.
+    pub payload_bytes: usize,
+    /// The hub's process id, for RSS and CPU figures.
+    pub hub_pid: Option<u32>,
+    /// Source addresses 127.0.0.1 ..= 127.0.0.N, spreading ephemeral ports.
+    pub source_ips: u8,
+    /// Connections opened at once during the connect phase.
+    pub connect_concurrency: usize,
+    /// Connect/disconnect cycles per second (churn scenario).
+    pub churn_rate: f64,
+    /// Longest wait for in-flight deliveries after publishing stops.
+    pub drain: Duration,
+}
+
+/// Latency figures in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub protocol: String,
+    pub connections: usize,
+    pub rooms: usize,
+    pub connect_errors: u64,
+    pub connect_seconds: f64,
+    pub connects_per_second: f64,
+    pub publish_seconds: f64,
+    pub published: u64,
+    pub publish_errors: u64,
+    pub publishes_per_second: f64,
+    pub expected_deliveries: u64,
+    pub delivered: u64,
+    pub deliveries_per_second: f64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub latency: Latency,
+    pub churn_cycles: u64,
+    pub churn_errors: u64,
+    pub hub_rss_before_kib: Option<u64>,
+    pub hub_rss_after_kib: Option<u64>,
+    /// (after − before) / connections, measured once every client is connected and subscribed.
+    pub hub_rss_per_connection_bytes: Option<f64>,
+    pub hub_cpu_seconds: Option<f64>,
+    pub generator_cpu_seconds: Option<f64>,
+}
+
+impl Report {
+    /// A few readable lines.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} against {}: {} connections in {} rooms\n",
+            self.scenario, self.protocol, self.connections, self.rooms
+        );
+        s += &format!(
+            "  connect: {:.2} s, {:.0}/s, {} errors\n",
+            self.connect_seconds, self.connects_per_second, self.connect_errors
+        );
+        if let (Some(before), Some(after)) = (self.hub_rss_before_kib, self.hub_rss_after_kib) {
+            s += &format!(
+                "  hub RSS: {before} KiB -> {after} KiB ({:.0} bytes per connection)\n",
+                self.hub_rss_per_connection_bytes.unwrap_or(0.0)
+            );
+        }
+        if self.published > 0 {
+            s += &format!(
+                "  published {} in {:.2} s ({:.0}/s, {} errors); delivered {}/{} ({:.0}/s)\n",
+                self.published,
+                self.publish_seconds,
+                self.publishes_per_second,
+                self.publish_errors,
+                self.delivered,
+                self.expected_deliveries,
+                self.deliveries_per_second
+            );
+            let l = &self.latency;
+            s += &format!(
+                "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+            s += &format!(
+                "  lost {}  duplicated {}  out of order {}\n",
+                self.lost, self.duplicated, self.out_of_order
+            );
+        }
+        if self.churn_cycles > 0 || self.churn_errors > 0 {
+            s += &format!("  churn: {} cycles, {} errors\n", self.churn_cycles, self.churn_errors);
+        }
+        if let (Some(hub), Some(generator)) = (self.hub_cpu_seconds, self.generator_cpu_seconds) {
+            s += &format!("  CPU seconds: hub {hub:.2}, generator {generator:.2}\n");
+        }
+        s
+    }
+}
+
+/// Raises the open-files soft limit to the hard limit, so 100,000 sockets fit.
+pub fn raise_fd_limit() -> Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// VmRSS of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().split(' ').next()?.parse().ok())
+}
+
+/// User + system CPU seconds of `pid` (or this process).
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = pid.map_or("/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn source(i: usize, spread: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (i % spread.max(1) as usize) as u8)
+}
+
+fn room_name(i: usize) -> String {
+    format!("lt-room-{i}")
+}
+
+/// Shared counters and latency histograms of the receivers.
+struct Collect {
+    histograms: Vec<Mutex<Histogram<u64>>>,
+    delivered: AtomicU64,
+    /// Flipped to `true` once publishing and draining are over.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Per-connection sequence checking: the last sequence number seen from each publisher.
+#[derive(Default, Debug)]
+struct ConnCheck {
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    received: u64,
+}
+
+async fn receive(
+    target: Arc<Target>,
+    mut ws: Socket,
+    shard: usize,
+    publishers: usize,
+    collect: Arc<Collect>,
+) -> ConnCheck {
+    let mut last = vec![0u64; publishers.max(1)];
+    let mut check = ConnCheck::default();
+    let mut stop = collect.stop.subscribe();
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            msg = ws.next() => match msg {
+                None | Some(Err(_)) => break,
+                Some(Ok(msg)) => msg,
+            },
+        };
+        let Message::Text(text) = msg else { continue };
+        let Some(payload) = target.payload_of(text.as_str()) else { continue };
+        let latency = now_us().saturating_sub(payload.t).max(1);
+        if let Ok(mut h) = collect.histograms[shard].lock() {
+            let _ = h.record(latency);
+        }
+        collect.delivered.fetch_add(1, Ordering::Relaxed);
+        check.received += 1;
+        let Some(seen) = last.get_mut(payload.p) else { continue };
+        if payload.s == *seen + 1 {
+            *seen = payload.s;
+        } else if payload.s <= *seen {
+            check.duplicated += 1;
+        } else {
+            check.lost += payload.s - *seen - 1;
+            check.out_of_order += 1;
+            *seen = payload.s;
+        }
+    }
+    check
+}
+
+/// Runs one scenario to completion.
+pub async fn run(opts: Options) -> Result<Report> {
+    let target = Arc::new(opts.target.clone());
+    let rooms = match opts.scenario {
+        Scenario::Fanout | Scenario::Publish | Scenario::Churn => 1,
+        Scenario::Idle | Scenario::Rooms => opts.rooms.max(1),
+    };
+    let mut report = Report {
+        scenario: format!("{:?}", opts.scenario).to_lowercase(),
+        protocol: format!("{:?}", target.protocol).to_lowercase(),
+        connections: opts.connections,
+        rooms,
+        ..Default::default()
+    };
+    let gen_cpu_before = cpu_seconds(None);
+    let hub_cpu_before = opts.hub_pid.and_then(|p| cpu_seconds(Some(p)));
+    report.hub_rss_before_kib = opts.hub_pid.and_then(rss_kib);
+
+    // Connect phase.
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(opts.connect_concurrency.max(1)));
+    let mut pending = Vec::with_capacity(opts.connections);
+    for i in 0..opts.connections {
+        let (target, gate) = (target.clone(), gate.clone());
+        let spread = opts.source_ips;
+        pending.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let room = room_name(i % rooms);
+            (i % rooms, target.connect(source(i, spread), &room, i as u64).await)
+        }));
+    }
+    let mut sockets = Vec::with_capacity(opts.connections);
+    for p in pending {
+        match p.await? {
+            (room, Ok(ws)) => sockets.push((room, ws)),
+            (_, Err(e)) => {
+                if report.connect_errors == 0 {
+                    eprintln!("first connect error: {e:#}");
+                }
+                report.connect_errors += 1;
+            }
+        }
+    }
+    report.connect_seconds = started.elapsed().as_secs_f64();
+    report.connects_per_second = sockets.len() as f64 / report.connect_seconds.max(1e-9);
+    if let Some(pid) = opts.hub_pid {
+        // Let allocator and kernel settle before reading memory.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        report.hub_rss_after_kib = rss_kib(pid);
+        if let (Some(before), Some(after)) = (report.hub_rss_before_kib, report.hub_rss_after_kib)
+            && !sockets.is_empty()
+        {
+            report.hub_rss_per_connection_bytes =
+                Some((after as f64 - before as f64) * 1024.0 / sockets.len() as f64);
+        }
+    }
+
+    if opts.scenario == Scenario::Idle {
+        tokio::time::sleep(opts.duration).await;
+        report.hub_cpu_seconds =
+            opts.hub_pid.and_then(|p| cpu_seconds(Some(p))).zip(hub_cpu_before).map(|(a, b)| a - b);
+        report.generator_cpu_seconds = cpu_seconds(None).zip(gen_cpu_before).map(|(a, b)| a - b);
+        drop(sockets);
+        return Ok(report);
+    }
+
+    // Receivers.
+    let collect = Arc::new(Collect {
+        histograms: (0..32)
+            .map(|_| Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")))
+            .collect(),
+        delivered: AtomicU64::new(0),
+        stop: tokio::sync::watch::Sender::new(false),
+    });
+    let publishers = opts.publishers.max(1);
+    let mut subscribers_per_room = vec![0u64; rooms];
+    let mut receivers = Vec::with_capacity(sockets.len());
+    for (i, (room, ws)) in sockets.into_iter().enumerate() {
+        subscribers_per_room[room] += 1;
+        receivers.push(tokio::spawn(receive(target.clone(), ws, i % 32, publishers, collect.clone())));
+    }
+
+    let churn = (opts.scenario == Scenario::Churn && opts.churn_rate > 0.0).then(|| {
+        let (target, collect) = (target.clone(), collect.clone());
+        let (rate, spread) = (opts.churn_rate, opts.source_ips);
+        tokio::spawn(churn_loop(target, collect, rate, spread))
+    });
+
+    // Publish phase.
+    let publish_started = Instant::now();
+    let deadline = publish_started + opts.duration;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(publishers).build()?;
+    let pad = "x".repeat(opts.payload_bytes);
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let (target, http, pad) = (target.clone(), http.clone(), pad.clone());
+        let period = (opts.rate > 0.0).then(|| Duration::from_secs_f64(publishers as f64 / opts.rate));
+        tasks.push(tokio::spawn(async move {
+            let mut sent = vec![0u64; rooms];
+            let mut errors = 0u64;
+            let mut k = 0usize;
+            let mut next = Instant::now();
+            while Instant::now() < deadline {
+                if let Some(period) = period {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += period;
+                }
+                let room = (p + k * publishers) % rooms;
+                k += 1;
+                let payload = format!(r#"{{"p":{p},"s":{},"t":{},"pad":"{pad}"}}"#, sent[room] + 1, now_us());
+                match target.publish_request(&http, &room_name(room), &payload).send().await {
+                    Ok(res) if res.status().is_success() => {
+                        let _ = res.bytes().await;
+                        sent[room] += 1;
+                    }
+                    Ok(res) => {
+                        if errors == 0 {
+                            eprintln!(
+                                "publish refused: {} {}",
+                                res.status(),
+                                res.text().await.unwrap_or_default()
+                            );
+                        }
+                        errors += 1;
+                    }
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("publish failed: {e}");
+                        }
+                        errors += 1;
+                    }
+                }
+            }
+            (sent, errors)
+        }));
+    }
+    let mut sent_per_room = vec![0u64; rooms];
+    for t in tasks {
+        let (sent, errors) = t.await?;
+        for (room, n) in sent.into_iter().enumerate() {
+            sent_per_room[room] += n;
+        }
+        report.publish_errors += errors;
+    }
+    report.publish_seconds = publish_started.elapsed().as_secs_f64();
+    report.published = sent_per_room.iter().sum();
+    report.publishes_per_second = report.published as f64 / report.publish_seconds.max(1e-9);
+    report.expected_deliveries = sent_per_room.iter().zip(&subscribers_per_room).map(|(s, n)| s * n).sum();
+
+    // Drain: wait for the deliveries still in flight, up to `drain`.
+    let drain_until = Instant::now() + opts.drain;
+    while collect.delivered.load(Ordering::Relaxed) < report.expected_deliveries
+        && Instant::now() < drain_until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivery_seconds = publish_started.elapsed().as_secs_f64();
+    collect.stop.send_replace(true);
+    if let Some(churn) = churn {
+        let (cycles, errors) = churn.await?;
+        report.churn_cycles = cycles;
+        report.churn_errors = errors;
+    }
+    let mut tail_lost = 0u64;
+    for (r, room) in receivers.into_iter().zip(
+        subscribers_per_room.iter().enumerate().flat_map(|(room, n)| std::iter::repeat_n(room, *n as usize)),
+    ) {
+        let check = r.await?;
+        report.delivered += check.received;
+        report.duplicated += check.duplicated;
+        report.out_of_order += check.out_of_order;
+        report.lost += check.lost;
+        // Events never seen at the end of a stream are lost too.
+        tail_lost += sent_per_room[room].saturating_sub(check.received - check.duplicated + check.lost);
+    }
+    report.lost += tail_lost;
+    report.deliveries_per_second = report.delivered as f64 / delivery_seconds.max(1e-9);
+
+    let mut all = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
+    for h in &collect.histograms {
+        if let Ok(h) = h.lock() {
+            all.add(&*h).ok();
+        }
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    if !all.is_empty() {
+        report.latency = Latency {
+            p50_ms: ms(all.value_at_quantile(0.5)),
+            p90_ms: ms(all.value_at_quantile(0.9)),
+            p99_ms: ms(all.value_at_quantile(0.99)),
+            p999_ms: ms(all.value_at_quantile(0.999)),
+            max_ms: ms(all.max()),
+        };
+    }
+    report.hub_cpu_seconds =
+        opts.hub_pid.and_then(|p| cpu_seconds(Some(p))).zip(hub_cpu_before).map(|(a, b)| a - b);
+    report.generator_cpu_seconds = cpu_seconds(None).zip(gen_cpu_before).map(|(a, b)| a - b);
+    Ok(report)
+}
+
+/// Opens, subscribes and closes sockets at `rate` per second until told to stop.
+async fn churn_loop(target: Arc<Target>, collect: Arc<Collect>, rate: f64, spread: u8) -> (u64, u64) {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut tick = tokio::time::interval(period);
+    let (mut cycles, mut errors) = (0u64, 0u64);
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut i = 0usize;
+    while !*collect.stop.borrow() {
+        tick.tick().await;
+        let target = target.clone();
+        i += 1;
+        let n = i;
+        inflight.spawn(async move {
+            let mut ws = target.connect(source(n, spread), &format!("lt-churn-{}", n % 50), n as u64).await?;
+            ws.close(None).await.ok();
+            anyhow::Ok(())
+        });
+        while let Some(done) = inflight.try_join_next() {
+            match done {
+                Ok(Ok(())) => cycles += 1,
+                _ => errors += 1,
+            }
+        }
+    }
+    while let Some(done) = inflight.join_next().await {
+        match done {
+            Ok(Ok(())) => cycles += 1,
+            _ => errors += 1,
+        }
+    }
+    (cycles, errors)
+}

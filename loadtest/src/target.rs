@@ -1,0 +1,246 @@
+//! The two hubs the generator speaks to: roomcast's own protocol, and the Pusher protocol v7
+//! (Sockudo, Soketi, Pusher) for side-by-side runs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use md5::Md5;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+/// Which protocol the hub speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Roomcast,
+    Pusher,
+}
+
+/// Credentials and addresses of the app the run uses.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub protocol: Protocol,
+    /// `http://host:port`.
+    pub base: String,
+    pub host: SocketAddr,
+    pub app_id: String,
+    /// roomcast: the app secret (signs client JWTs). Pusher: the app secret (signs API calls).
+    pub secret: String,
+    /// roomcast: the app's API key. Pusher: the app key (public, in the WebSocket URL).
+    pub key: String,
+}
+
+/// A connected, subscribed client socket.
+pub type Socket = WebSocketStream<TcpStream>;
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Target {
+    /// For roomcast with an admin key: creates a fresh app with room for `connections` clients.
+    pub async fn roomcast_with_new_app(base: &str, admin_key: &str, connections: usize) -> Result<Self> {
+        let http = reqwest::Client::new();
+        let app_id = format!("lt-{}", rand::random::<u32>());
+        let res = http
+            .post(format!("{base}/api/applications"))
+            .header("X-ADMIN-API-KEY", admin_key)
+            .json(&json!({"app_id": app_id, "max_connections": connections as u64 + 1000, "rate_limit": 1_000_000}))
+            .send()
+            .await
+            .context("creating the load-test app")?;
+        let status = res.status();
+        let body: Value = res.json().await?;
+        if !status.is_success() {
+            bail!("creating the load-test app: {status} {body}");
+        }
+        Ok(Self {
+            protocol: Protocol::Roomcast,
+            base: base.to_owned(),
+            host: host_of(base)?,
+            app_id,
+            secret: body["app_secret"].as_str().context("app_secret")?.to_owned(),
+            key: body["api_key"].as_str().context("api_key")?.to_owned(),
+        })
+    }
+
+    /// A target with known credentials.
+    pub fn new(protocol: Protocol, base: &str, app_id: &str, secret: &str, key: &str) -> Result<Self> {
+        Ok(Self {
+            protocol,
+            base: base.to_owned(),
+            host: host_of(base)?,
+            app_id: app_id.to_owned(),
+            secret: secret.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Opens a socket from `source` (a 127.0.0.x address, to spread the ephemeral ports), waits
+    /// for the hub's hello, subscribes to `room` and waits for the acknowledgement.
+    pub async fn connect(&self, source: Ipv4Addr, room: &str, user: u64) -> Result<Socket> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+        let tcp = socket.connect(self.host).await.context("TCP connect")?;
+        tcp.set_nodelay(true)?;
+        let host = self.host;
+        let url = match self.protocol {
+            Protocol::Roomcast => format!("ws://{host}/ws?token={}", self.client_token(user)),
+            Protocol::Pusher => {
+                format!("ws://{host}/app/{}?protocol=7&client=roomcast-loadtest&version=1", self.key)
+            }
+        };
+        // Small buffers: the generator holds up to 100,000 of these sockets.
+        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+        let (mut ws, _) = client_async_with_config(url.into_client_request()?, tcp, Some(config))
+            .await
+            .context("WebSocket handshake")?;
+        let hello = next_text(&mut ws).await?;
+        let subscribe = match self.protocol {
+            Protocol::Roomcast => {
+                if !hello.contains("\"connected\"") {
+                    bail!("unexpected first frame {hello}");
+                }
+                json!({"type": "subscribe", "room": room}).to_string()
+            }
+            Protocol::Pusher => {
+                if !hello.contains("pusher:connection_established") {
+                    bail!("unexpected first frame {hello}");
+                }
+                json!({"event": "pusher:subscribe", "data": {"channel": room}}).to_string()
+            }
+        };
+        ws.send(Message::Text(subscribe.into())).await?;
+        let ack = next_text(&mut ws).await?;
+        let ok = match self.protocol {
+            Protocol::Roomcast => ack.contains("\"subscribed\""),
+            Protocol::Pusher => ack.contains("subscription_succeeded"),
+        };
+        if !ok {
+            bail!("subscribe refused: {ack}");
+        }
+        Ok(ws)
+    }
+
+    /// A client JWT signed here with the app secret, as a backend would.
+    fn client_token(&self, user: u64) -> String {
+        let now = unix_now();
+        let claims =
+            json!({"app_id": self.app_id, "iat": now, "exp": now + 3600, "user_id": format!("u{user}")});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+        .expect("HS256 signing cannot fail")
+    }
+
+    /// The HTTP request publishing `payload` (a JSON object text) as event `event` into `room`.
+    pub fn publish_request(
+        &self,
+        http: &reqwest::Client,
+        room: &str,
+        payload: &str,
+    ) -> reqwest::RequestBuilder {
+        match self.protocol {
+            Protocol::Roomcast => {
+                let body = format!(r#"{{"room":"{room}","event":"lt","data":{payload}}}"#);
+                http.post(format!("{}/api/broadcast", self.base))
+                    .header("X-APP-API-KEY", &self.key)
+                    .header("Content-Type", "application/json")
+                    .body(body)
+            }
+            Protocol::Pusher => {
+                let body = json!({"name": "lt", "channels": [room], "data": payload}).to_string();
+                let path = format!("/apps/{}/events", self.app_id);
+                let body_md5 = hex(&Md5::digest(body.as_bytes()));
+                let query = format!(
+                    "auth_key={}&auth_timestamp={}&auth_version=1.0&body_md5={body_md5}",
+                    self.key,
+                    unix_now()
+                );
+                let to_sign = format!("POST\n{path}\n{query}");
+                let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.as_bytes()).expect("any key length");
+                mac.update(to_sign.as_bytes());
+                let signature = hex(&mac.finalize().into_bytes());
+                http.post(format!("{}{path}?{query}&auth_signature={signature}", self.base))
+                    .header("Content-Type", "application/json")
+                    .body(body)
+            }
+        }
+    }
+
+    /// Pulls the load-test payload out of an incoming text frame, if it is one.
+    pub fn payload_of(&self, frame: &str) -> Option<Payload> {
+        match self.protocol {
+            Protocol::Roomcast => {
+                #[derive(Deserialize)]
+                struct Event {
+                    data: Payload,
+                }
+                if !frame.starts_with(r#"{"type":"event""#) {
+                    return None;
+                }
+                serde_json::from_str::<Event>(frame).ok().map(|e| e.data)
+            }
+            Protocol::Pusher => {
+                #[derive(Deserialize)]
+                struct Event<'a> {
+                    event: &'a str,
+                    data: Option<String>,
+                }
+                let e: Event<'_> = serde_json::from_str(frame).ok()?;
+                if e.event != "lt" {
+                    return None;
+                }
+                serde_json::from_str(&e.data?).ok()
+            }
+        }
+    }
+}
+
+/// What each published event carries: publisher, its sequence number in that room, and the
+/// send time.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Payload {
+    /// Publisher index.
+    pub p: usize,
+    /// Sequence number of this publisher's events in this room, from 1.
+    pub s: u64,
+    /// Send time, microseconds since the epoch.
+    pub t: u64,
+}
+
+async fn next_text(ws: &mut Socket) -> Result<String> {
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(30), ws.next())
+            .await
+            .context("timed out waiting for a frame")?
+            .ok_or_else(|| anyhow!("socket closed"))??;
+        match msg {
+            Message::Text(t) => return Ok(t.to_string()),
+            Message::Close(c) => bail!("closed: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+fn host_of(base: &str) -> Result<SocketAddr> {
+    let rest = base.strip_prefix("http://").context("the URL must start with http://")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.replace("localhost", "127.0.0.1");
+    authority.parse().with_context(|| format!("{authority} is not an IP:port"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
