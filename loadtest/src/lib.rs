@@ -61,6 +61,9 @@ pub struct Options {
     pub churn_rate: f64,
     /// Longest wait for in-flight deliveries after publishing stops.
     pub drain: Duration,
+    /// Extra subscribers in room 0 that never read a byte (slow consumers); they are not
+    /// counted in deliveries, only in how the others fare.
+    pub stalled: usize,
 }
 
 /// Latency figures in milliseconds.
@@ -96,6 +99,7 @@ pub struct Report {
     pub latency: Latency,
     pub churn_cycles: u64,
     pub churn_errors: u64,
+    pub stalled_clients: usize,
     pub hub_rss_before_kib: Option<u64>,
     pub hub_rss_after_kib: Option<u64>,
     /// (after − before) / connections, measured once every client is connected and subscribed.
@@ -141,6 +145,9 @@ impl Report {
                 "  lost {}  duplicated {}  out of order {}\n",
                 self.lost, self.duplicated, self.out_of_order
             );
+        }
+        if self.stalled_clients > 0 {
+            s += &format!("  with {} subscribers that never read\n", self.stalled_clients);
         }
         if self.churn_cycles > 0 || self.churn_errors > 0 {
             s += &format!("  churn: {} cycles, {} errors\n", self.churn_cycles, self.churn_errors);
@@ -215,6 +222,16 @@ async fn receive(
 ) -> ConnCheck {
     let mut last = vec![0u64; publishers.max(1)];
     let mut check = ConnCheck::default();
+    // Latencies are recorded in batches: one histogram lock per batch, not per message.
+    let mut pending: Vec<u64> = Vec::new();
+    let flush = |pending: &mut Vec<u64>| {
+        if let Ok(mut h) = collect.histograms[shard].lock() {
+            for &v in pending.iter() {
+                let _ = h.record(v);
+            }
+        }
+        pending.clear();
+    };
     let mut stop = collect.stop.subscribe();
     loop {
         let msg = tokio::select! {
@@ -227,9 +244,9 @@ async fn receive(
         };
         let Message::Text(text) = msg else { continue };
         let Some(payload) = target.payload_of(text.as_str()) else { continue };
-        let latency = now_us().saturating_sub(payload.t).max(1);
-        if let Ok(mut h) = collect.histograms[shard].lock() {
-            let _ = h.record(latency);
+        pending.push(now_us().saturating_sub(payload.t).max(1));
+        if pending.len() >= 64 {
+            flush(&mut pending);
         }
         collect.delivered.fetch_add(1, Ordering::Relaxed);
         check.received += 1;
@@ -244,6 +261,7 @@ async fn receive(
             *seen = payload.s;
         }
     }
+    flush(&mut pending);
     check
 }
 
@@ -313,6 +331,16 @@ pub async fn run(opts: Options) -> Result<Report> {
         return Ok(report);
     }
 
+    // Slow consumers: subscribed, then never read. Held until the end of the run.
+    let mut stalled = Vec::with_capacity(opts.stalled);
+    for i in 0..opts.stalled {
+        match target.connect(source(i, opts.source_ips), &room_name(0), (opts.connections + i) as u64).await {
+            Ok(ws) => stalled.push(ws),
+            Err(e) => eprintln!("stalled client failed to connect: {e:#}"),
+        }
+    }
+    report.stalled_clients = stalled.len();
+
     // Receivers.
     let collect = Arc::new(Collect {
         histograms: (0..32)
@@ -326,7 +354,8 @@ pub async fn run(opts: Options) -> Result<Report> {
     let mut receivers = Vec::with_capacity(sockets.len());
     for (i, (room, ws)) in sockets.into_iter().enumerate() {
         subscribers_per_room[room] += 1;
-        receivers.push(tokio::spawn(receive(target.clone(), ws, i % 32, publishers, collect.clone())));
+        receivers
+            .push((room, tokio::spawn(receive(target.clone(), ws, i % 32, publishers, collect.clone()))));
     }
 
     let churn = (opts.scenario == Scenario::Churn && opts.churn_rate > 0.0).then(|| {
@@ -411,9 +440,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         report.churn_errors = errors;
     }
     let mut tail_lost = 0u64;
-    for (r, room) in receivers.into_iter().zip(
-        subscribers_per_room.iter().enumerate().flat_map(|(room, n)| std::iter::repeat_n(room, *n as usize)),
-    ) {
+    for (room, r) in receivers {
         let check = r.await?;
         report.delivered += check.received;
         report.duplicated += check.duplicated;
@@ -424,6 +451,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     }
     report.lost += tail_lost;
     report.deliveries_per_second = report.delivered as f64 / delivery_seconds.max(1e-9);
+    drop(stalled);
 
     let mut all = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
     for h in &collect.histograms {

@@ -66,6 +66,9 @@ struct Cli {
     /// Longest wait for in-flight deliveries after publishing stops, in seconds.
     #[arg(long, env = "LT_DRAIN", default_value_t = 10.0)]
     drain: f64,
+    /// Extra subscribers in the first room that never read (slow consumers).
+    #[arg(long, env = "LT_STALLED", default_value_t = 0)]
+    stalled: usize,
     /// Also write the report as JSON to this file.
     #[arg(long, env = "LT_JSON")]
     json: Option<std::path::PathBuf>,
@@ -105,6 +108,7 @@ async fn main() -> Result<()> {
         connect_concurrency: cli.connect_concurrency,
         churn_rate: cli.churn_rate,
         drain: Duration::from_secs_f64(cli.drain),
+        stalled: cli.stalled,
     })
     .await?;
     print!("{}", report.summary());

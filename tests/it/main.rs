@@ -9,5 +9,6 @@ mod broadcast;
 mod browser;
 mod fanout;
 mod lifecycle;
+mod smoke;
 mod support;
 mod ws;

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Runs the same load scenarios against roomcast and Sockudo 5.2.0 (a Rust, Pusher-protocol hub),
+# alternately, in one run, and prints a table with ratios. Not part of CI: it takes ~15 minutes
+# plus ~7 to build Sockudo the first time. Everything listens on 127.0.0.1 only.
+#
+#   bash loadtest/compare.sh                 # every scenario
+#   SCENARIOS="idle fanout" bash loadtest/compare.sh
+#
+# Results (JSON per run, and table.md) go to $OUT (default target/compare-<date>).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SOCKUDO_VERSION=5.2.0
+SOCKUDO_ROOT=${SOCKUDO_ROOT:-/opt/sockudo}
+SOCKUDO=$SOCKUDO_ROOT/bin/sockudo
+OUT=${OUT:-target/compare-$(date +%Y%m%d-%H%M%S)}
+SCENARIOS=${SCENARIOS:-"idle connect fanout slow peak sustained rooms publish churn"}
+RC_PORT=18080
+SK_PORT=16001
+ADMIN=rc_admin_CompareRunKy_$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32)
+mkdir -p "$OUT"
+OUT=$(realpath "$OUT")
+
+if [ ! -x "$SOCKUDO" ]; then
+  echo "compare.sh: installing Sockudo $SOCKUDO_VERSION (about 7 minutes)"
+  command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler >/dev/null; }
+  cargo install sockudo --version "$SOCKUDO_VERSION" --no-default-features --features local --locked --root "$SOCKUDO_ROOT"
+fi
+cargo build --release --locked -p roomcast -p roomcast-loadtest
+LT=$PWD/target/release/roomcast-loadtest
+RC=$PWD/target/release/roomcast
+ulimit -n "$(ulimit -Hn)"
+
+hub_pid=
+stop_hub() { [ -n "$hub_pid" ] && kill "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null; hub_pid=; }
+trap stop_hub EXIT
+
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "compare.sh: nothing listens on $1"; exit 1
+}
+
+start_roomcast() {
+  local dir; dir=$(mktemp -d)
+  (cd "$dir" && ROOMCAST_SERVER__LISTEN=127.0.0.1:$RC_PORT ROOMCAST_ADMIN_KEY=$ADMIN ROOMCAST_LOG__LEVEL=warn \
+    exec "$RC" >/dev/null 2>"$OUT/roomcast.log") &
+  hub_pid=$!
+  wait_port $RC_PORT
+}
+
+start_sockudo() {
+  local dir; dir=$(mktemp -d)
+  (cd "$dir" && HOST=127.0.0.1 PORT=$SK_PORT ADAPTER_DRIVER=local APP_MANAGER_DRIVER=memory CACHE_DRIVER=memory \
+    QUEUE_DRIVER=none RATE_LIMITER_ENABLED=false METRICS_ENABLED=false \
+    SOCKUDO_DEFAULT_APP_ID=lt-app SOCKUDO_DEFAULT_APP_KEY=lt-key SOCKUDO_DEFAULT_APP_SECRET=lt-secret \
+    SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=100000000 \
+    SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS=100000000 SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS=100000000 \
+    RUST_LOG=warn exec "$SOCKUDO" >/dev/null 2>"$OUT/sockudo.log") &
+  hub_pid=$!
+  wait_port $SK_PORT
+}
+
+# run NAME HUB ARGS... : one generator run against a freshly started hub; JSON to $OUT/NAME-HUB.json
+run() {
+  local name=$1 hub=$2; shift 2
+  local target
+  if [ "$hub" = roomcast ]; then
+    start_roomcast
+    target=(--url "http://127.0.0.1:$RC_PORT" --admin-key "$ADMIN")
+  else
+    start_sockudo
+    target=(--protocol pusher --url "http://127.0.0.1:$SK_PORT" --app-id lt-app --app-secret lt-secret --app-key lt-key)
+  fi
+  sleep 1
+  "$LT" "$@" "${target[@]}" --hub-pid "$hub_pid" --json "$OUT/$name-$hub.json" >"$OUT/$name-$hub.txt" 2>&1 || true
+  stop_hub
+  sed -n '1,8p' "$OUT/$name-$hub.txt" | sed "s/^/[$name $hub] /"
+}
+
+both() { local name=$1; shift; run "$name" roomcast "$@"; run "$name" sockudo "$@"; }
+
+field() { jq -r "$2 // \"n/a\"" "$OUT/$1.json" 2>/dev/null || echo n/a; }
+
+row() { # row LABEL NAME JQ-EXPR BETTER(high|low)
+  local a b ratio
+  a=$(field "$2-roomcast" "$3"); b=$(field "$2-sockudo" "$3")
+  ratio=$(awk -v a="$a" -v b="$b" -v better="$4" 'BEGIN {
+    if (a == "n/a" || b == "n/a" || a + 0 == 0 || b + 0 == 0) { print "n/a"; exit }
+    if (better == "high") printf "%.2fx", a / b; else printf "%.2fx", b / a }')
+  printf '| %s | %s | %s | %s |\n' "$1" "$a" "$b" "$ratio" | tee -a "$OUT/table.md"
+}
+
+for s in $SCENARIOS; do
+  case $s in
+    idle) both idle idle -n 10000 -m 100 -d 2 ;;
+    connect) both connect idle -n 19000 -m 100 -d 1 --connect-concurrency 512 ;;
+    fanout) both fanout fanout -n 5000 -r 10 -d 20 ;;
+    slow)
+      # The same run twice per hub, the second with one subscriber that never reads.
+      both slow-without fanout -n 2000 -r 50 -d 10 --payload-bytes 2000
+      both slow-with fanout -n 2000 -r 50 -d 10 --payload-bytes 2000 --stalled 1 ;;
+    peak) both peak fanout -n 5000 -r 0 -p 4 -d 10 ;;
+    sustained)
+      for r in 40 80 120 160 200 240; do both "sustained-$r" fanout -n 5000 -r "$r" -p 4 -d 10 --drain 5; done ;;
+    rooms) both rooms rooms -n 10000 -m 1000 -r 2000 -p 8 -d 10 ;;
+    publish) both publish publish -n 10 -r 0 -p 8 -d 10 ;;
+    churn) both churn churn -n 1000 -r 10 --churn-rate 200 -d 10 ;;
+  esac
+done
+
+{
+  echo
+  echo "| measure | roomcast | Sockudo $SOCKUDO_VERSION | roomcast advantage |"
+  echo "| --- | --- | --- | --- |"
+} | tee -a "$OUT/table.md"
+[ -f "$OUT/idle-roomcast.json" ] && row "idle: hub RSS per connection, bytes (10k conns)" idle .hub_rss_per_connection_bytes low
+[ -f "$OUT/connect-roomcast.json" ] && row "connects per second (19k conns)" connect .connects_per_second high
+[ -f "$OUT/connect-roomcast.json" ] && row "idle: hub RSS per connection, bytes (19k conns)" connect .hub_rss_per_connection_bytes low
+[ -f "$OUT/fanout-roomcast.json" ] && row "10/s to 5,000: p99 ms" fanout .latency.p99_ms low
+[ -f "$OUT/fanout-roomcast.json" ] && row "10/s to 5,000: p50 ms" fanout .latency.p50_ms low
+[ -f "$OUT/slow-without-roomcast.json" ] && row "50/s to 2,000, 2 KB events: p99 ms" slow-without .latency.p99_ms low
+[ -f "$OUT/slow-with-roomcast.json" ] && row "same, plus 1 subscriber that never reads: p99 ms" slow-with .latency.p99_ms low
+[ -f "$OUT/slow-with-roomcast.json" ] && row "same: lost by the readers" slow-with .lost low
+[ -f "$OUT/peak-roomcast.json" ] && row "peak deliveries/s, one room of 5,000" peak .deliveries_per_second high
+[ -f "$OUT/peak-roomcast.json" ] && row "peak: lost" peak .lost low
+for r in 40 80 120 160 200 240; do
+  [ -f "$OUT/sustained-$r-roomcast.json" ] && row "$r/s to 5,000: deliveries/s (p99 ms r/s: $(field sustained-$r-roomcast .latency.p99_ms)/$(field sustained-$r-sockudo .latency.p99_ms), lost $(field sustained-$r-roomcast .lost)/$(field sustained-$r-sockudo .lost))" "sustained-$r" .deliveries_per_second high
+done
+[ -f "$OUT/rooms-roomcast.json" ] && row "10,000 subs / 1,000 rooms at 2,000/s: p99 ms" rooms .latency.p99_ms low
+[ -f "$OUT/publish-roomcast.json" ] && row "HTTP publishes per second" publish .publishes_per_second high
+[ -f "$OUT/churn-roomcast.json" ] && row "churn: cycles completed (200/s target)" churn .churn_cycles high
+echo "compare.sh: results in $OUT"
