@@ -82,6 +82,11 @@ fn init_tracing(config: &Config) {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    // Every client is a file descriptor: take the hard limit rather than the usual soft 1,024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let server = match Server::build(config).await {
         Ok(s) => s,
         Err(e) => {
