@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Authed, Principal, Query, opt_int};
+use super::extract::{Authed, Principal, Query, from_value, opt_int};
 use super::keys::KeyView;
 use super::{AppState, iso8601};
 use crate::apps::{check_app_id, generate_app_id};
@@ -112,15 +112,12 @@ impl StatusInput {
     }
 }
 
-/// An app's settings: the body of `POST /api/applications` and of `PUT …/{app_id}`. Every field
-/// is optional; unknown fields are ignored.
+/// An app's settings: the body of `PUT /api/applications/{app_id}`, and with `app_id` the body of
+/// `POST /api/applications`. Every field is optional; unknown fields (an `app_id` on `PUT`, since
+/// ids never change) are ignored.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct AppSettings {
-    /// On create only: slug `[a-z0-9][a-z0-9-]{2,63}`, generated when absent. `PUT` ignores it
-    /// (an app's id never changes).
-    #[schema(pattern = "^[a-z0-9][a-z0-9-]{2,63}$")]
-    pub app_id: Option<String>,
     /// Display name; on create it defaults to the `app_id`.
     #[schema(
         min_length = 1,
@@ -146,6 +143,18 @@ pub struct AppSettings {
     pub client_events: Option<bool>,
     #[schema(value_type = Option<StatusSchema>)]
     pub status: Option<StatusInput>,
+}
+
+/// Body of `POST /api/applications` (documentation only: the handler reads `app_id` and then the
+/// settings from the same object, so errors name fields by their plain path).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code, reason = "describes the schema only")]
+pub struct CreateApp {
+    /// Slug `[a-z0-9][a-z0-9-]{2,63}`; generated when absent.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{2,63}$")]
+    app_id: Option<String>,
+    #[serde(flatten)]
+    settings: AppSettings,
 }
 
 impl AppSettings {
@@ -330,24 +339,26 @@ fn visible_app(
         .ok_or_else(|| ApiError::NotFound(format!("no app {target:?}")))
 }
 
-#[utoipa::path(post, path = "/api/applications", tag = "applications", request_body = Option<AppSettings>,
+#[utoipa::path(post, path = "/api/applications", tag = "applications", request_body = Option<CreateApp>,
     responses((status = 201, body = CreatedApp), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody)),
     security(("api_key" = [])))]
 async fn create_app(
     State(state): State<AppState>,
-    call: Authed<AppSettings>,
+    call: Authed<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
     call.principal.require_admin()?;
     let _writes = state.writes.lock().await;
-    let mut settings = call.body;
-    let app_id = match settings.app_id.take() {
-        Some(id) => {
+    let mut body = call.body;
+    let app_id = match body.remove("app_id") {
+        Some(serde_json::Value::String(id)) => {
             check_app_id(&id).map_err(|e| ApiError::field("app_id", e))?;
             id
         }
-        None => generate_app_id(),
+        None | Some(serde_json::Value::Null) => generate_app_id(),
+        Some(_) => return Err(ApiError::field("app_id", "must be a string")),
     };
+    let settings: AppSettings = from_value(serde_json::Value::Object(body))?;
     let now = now_ms();
     let mut app = AppRecord {
         app_id: app_id.clone(),

@@ -151,6 +151,19 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Deserializes an already parsed JSON value, naming the path of any bad field.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::InvalidRequest(format!("body: {inner}"))
+        } else {
+            ApiError::field(&path, inner)
+        }
+    })
+}
+
 /// A JSON body, with 413/415/400 answers in the API's error shape.
 #[derive(Debug)]
 pub struct Json<T>(pub T);

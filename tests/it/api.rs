@@ -275,6 +275,9 @@ async fn updating_apps() {
     let bad = hub.put(path, &app.api_key, json!({"name": "Changed", "rate_limit": 0})).await;
     assert_error(&bad, 400, "invalid_request");
     assert!(bad.1["error"].as_str().unwrap().contains("rate_limit"));
+    // Ids never change: an app_id in a PUT body is an unknown field and ignored.
+    let (status, v) = hub.put(path, &app.api_key, json!({"app_id": "renamed-app"})).await;
+    assert_eq!((status, v["app"]["app_id"].as_str()), (StatusCode::OK, Some("upd-app")));
     let bad = hub.put(path, &app.api_key, json!({"status": "paused"})).await;
     assert_error(&bad, 400, "invalid_request");
     assert!(bad.1["error"].as_str().unwrap().contains("status"));
