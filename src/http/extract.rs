@@ -138,30 +138,25 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::InvalidRequest("body: must be a JSON object".into()));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            ApiError::InvalidRequest(format!("body: {inner}"))
-        } else {
-            ApiError::field(&path, inner)
-        }
-    })?;
+    let value = serde_path_to_error::deserialize(&mut de).map_err(body_error)?;
     de.end().map_err(|e| ApiError::InvalidRequest(format!("body: {e}")))?;
     Ok(value)
 }
 
 /// Deserializes an already parsed JSON value, naming the path of any bad field.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            ApiError::InvalidRequest(format!("body: {inner}"))
-        } else {
-            ApiError::field(&path, inner)
-        }
-    })
+    serde_path_to_error::deserialize(value).map_err(body_error)
+}
+
+/// A body that did not deserialize: 400 naming the field's path, or the body as a whole.
+fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if path == "." || path.is_empty() {
+        ApiError::InvalidRequest(format!("body: {inner}"))
+    } else {
+        ApiError::field(&path, inner)
+    }
 }
 
 /// A JSON body, with 413/415/400 answers in the API's error shape.
