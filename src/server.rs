@@ -75,6 +75,7 @@ impl Server {
             store,
             apps,
             keys,
+            tickets: Default::default(),
             hub,
             node_id,
             started: Instant::now(),
@@ -282,6 +283,7 @@ async fn heartbeat(state: AppState) {
         }
         n += 1;
         state.hub.heartbeat(n, ping_every, idle_ms);
+        state.tickets.sweep(crate::hub::now_ms());
     }
 }
 

@@ -1,6 +1,7 @@
 //! Credentials: server-side API keys and client JWTs.
 
 pub mod api_key;
+pub mod ticket;
 pub mod token;
 
 use rand::Rng;

@@ -137,7 +137,7 @@ pub struct AppSettings {
     pub rate_limit: Option<u32>,
     /// Concurrent WebSocket connections.
     #[serde(deserialize_with = "opt_int")]
-    #[schema(minimum = 0, maximum = 4_294_967_295_u64)]
+    #[schema(minimum = 0, maximum = 2_147_483_647)]
     pub max_connections: Option<u32>,
     /// Whether clients may publish (their tokens need `can_publish` too).
     pub client_events: Option<bool>,
@@ -173,6 +173,9 @@ impl AppSettings {
         }
         if let Some(rate_limit) = self.rate_limit {
             check_rate_limit(rate_limit)?;
+        }
+        if self.max_connections.is_some_and(|m| m > i32::MAX as u32) {
+            return Err(ApiError::field("max_connections", "must be between 0 and 2147483647"));
         }
         let status = self.status.as_ref().map(StatusInput::parse).transpose()?;
 

@@ -39,7 +39,7 @@ pub struct BroadcastRequest {
     pub event: EventName,
     /// Any JSON value; its compact form must fit `limits.max_message_bytes`.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub data: Option<Box<RawValue>>,
     /// A `c_…` connection that must not receive the event (usually the sender's own).
     #[serde(default, alias = "socket_id")]

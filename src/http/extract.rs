@@ -131,10 +131,14 @@ fn check_json_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiEr
 /// Deserializes a body that must be a JSON object (empty or `null` counts as `{}`), naming the
 /// path of any bad field.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let trimmed = body.trim_ascii();
+    // JSON whitespace only: a form feed or vertical tab is not "empty", it is not JSON.
+    let json_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let start = body.iter().position(|b| !json_space(b)).unwrap_or(body.len());
+    let end = body.iter().rposition(|b| !json_space(b)).map_or(start, |i| i + 1);
+    let trimmed = &body[start..end];
     let body: &[u8] = if trimmed.is_empty() || trimmed == b"null" { b"{}" } else { body };
     // serde would also build a struct from a positional array; the API speaks objects only.
-    if !body.trim_ascii_start().starts_with(b"{") {
+    if body.iter().find(|b| !json_space(b)).is_none_or(|b| *b != b'{') {
         return Err(ApiError::InvalidRequest("body: must be a JSON object".into()));
     }
     let mut de = serde_json::Deserializer::from_slice(body);

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod keys;
 pub mod openapi;
+pub mod tickets;
 pub mod token;
 
 use std::ops::Deref;
@@ -21,6 +22,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::apps::{AppCache, is_active};
 use crate::auth::api_key::{KeyRing, PresentedKey};
+use crate::auth::ticket::TicketBook;
+use crate::auth::token::{Identity, peek_app_id, verify};
 use crate::config::Config;
 use crate::hub::{Hub, now_ms};
 use crate::store::{KeyKind, Store};
@@ -38,6 +41,7 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     pub apps: AppCache,
     pub keys: KeyRing,
+    pub tickets: TicketBook,
     pub hub: Arc<Hub>,
     pub node_id: String,
     pub started: Instant,
@@ -99,6 +103,19 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Verifies a client JWT against its app's current secret (DESIGN §3).
+    pub fn verify_client_token(&self, token: &str) -> Result<Identity, ApiError> {
+        let invalid = || ApiError::InvalidToken("invalid token".into());
+        let app_id = peek_app_id(token).ok_or_else(invalid)?;
+        let app = self.apps.get(&app_id).ok_or_else(invalid)?;
+        verify(token, &app.secret, self.config.tokens.leeway_s).map_err(|e| {
+            tracing::debug!(error = %e, "token refused");
+            invalid()
+        })
+    }
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -106,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .merge(keys::router())
         .merge(apps::router())
         .merge(token::router())
+        .merge(tickets::router())
         .merge(broadcast::router())
         .route("/ws", get(crate::session::upgrade))
         .merge(openapi::router())

@@ -23,6 +23,7 @@ use super::AppState;
         super::apps::regenerate_api_key,
         super::apps::regenerate_secret,
         super::token::create_token,
+        super::tickets::create_ticket,
         super::broadcast::broadcast,
         super::broadcast::broadcast_batch,
     ),

@@ -30,7 +30,7 @@ pub struct TokenRequest {
     pub app_secret: String,
     /// Extra claims: `user_id`, `user_info`, `rooms`, `can_publish`, and anything else.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub payload: Option<Map<String, Value>>,
     /// Seconds, 60–2592000; default 86400.
     #[serde(default, deserialize_with = "opt_int")]

@@ -11,7 +11,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use crate::apps::is_active;
-use crate::auth::token::{Identity, peek_app_id, verify};
+use crate::auth::token::Identity;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::Query;
@@ -54,24 +54,17 @@ pub async fn upgrade(
 }
 
 fn authenticate(state: &AppState, params: &WsParams, headers: &HeaderMap) -> Result<Identity, ApiError> {
-    if params.ticket.is_some() {
-        // Tickets are not issued by this version, so every ticket is unknown.
-        return Err(ApiError::InvalidTicket);
+    if let Some(ticket) = &params.ticket {
+        return state.tickets.redeem(ticket, crate::hub::now_ms()).ok_or(ApiError::InvalidTicket);
     }
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     let token = params.token.as_deref().or(bearer).ok_or_else(|| {
-        ApiError::InvalidToken("a token is required (?token= or Authorization: Bearer)".into())
+        ApiError::InvalidToken("a token is required (?token=, ?ticket= or Authorization: Bearer)".into())
     })?;
-    let invalid = || ApiError::InvalidToken("invalid token".into());
-    let app_id = peek_app_id(token).ok_or_else(invalid)?;
-    let app = state.apps.get(&app_id).ok_or_else(invalid)?;
-    verify(token, &app.secret, state.config.tokens.leeway_s).map_err(|e| {
-        tracing::debug!(error = %e, "token refused");
-        invalid()
-    })
+    state.verify_client_token(token)
 }
 
 /// Whether a browser `Origin` matches an app's allow-list; an empty list allows any origin.

@@ -422,6 +422,7 @@ async fn openapi_document_and_pages() {
         "/api/applications/{app_id}/regenerate-secret",
         "/api/test",
         "/health",
+        "/api/tickets",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }

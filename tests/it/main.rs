@@ -11,4 +11,5 @@ mod fanout;
 mod lifecycle;
 mod smoke;
 mod support;
+mod tickets;
 mod ws;

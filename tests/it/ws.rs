@@ -65,8 +65,7 @@ async fn bad_credentials_are_refused_before_the_upgrade() {
         100,
     );
     assert_eq!(refused(hub.try_connect(&expired).await).0, 401);
-    // Tickets are single-use credentials this version does not issue: every one is unknown.
-    let req = format!("ws://{}/ws?ticket=abc", hub.addr).into_client_request().unwrap();
+    let req = format!("ws://{}/ws?ticket=tk_unknown", hub.addr).into_client_request().unwrap();
     let (status, body) = refused(Ws::open(req).await);
     assert_eq!((status, body["code"].as_str()), (401, Some("invalid_ticket")));
 
