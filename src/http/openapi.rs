@@ -16,6 +16,9 @@ use super::AppState;
     paths(
         super::health::health,
         super::keys::test_key,
+        super::keys::list_keys,
+        super::keys::create_key,
+        super::keys::revoke_key,
         super::apps::create_app,
         super::apps::list_apps,
         super::apps::get_app,

@@ -8,6 +8,7 @@ mod binary;
 mod broadcast;
 mod browser;
 mod fanout;
+mod keys;
 mod lifecycle;
 mod smoke;
 mod support;
