@@ -23,10 +23,14 @@ use crate::store::{AppRecord, AppStatus, KeyKind, KeyRecord};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/applications", get(list_apps).post(create_app))
-        .route("/api/applications/{app_id}", get(get_app).put(update_app))
+        .route("/api/applications/{app_id}", get(get_app).put(update_app).delete(delete_app))
+        .route("/api/applications/{app_id}/restore", post(restore_app))
         .route("/api/applications/{app_id}/regenerate-api-key", post(regenerate_api_key))
         .route("/api/applications/{app_id}/regenerate-secret", post(regenerate_secret))
 }
+
+/// How long a soft-deleted app can be restored, in milliseconds (30 days).
+const RESTORE_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// Length of generated app secrets.
 const SECRET_LEN: usize = 48;
@@ -423,18 +427,83 @@ async fn list_apps(
 }
 
 #[utoipa::path(get, path = "/api/applications/{app_id}", tag = "applications",
-    params(("app_id" = String, Path, description = "the app")),
-    responses((status = 200, body = AppResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    params(("app_id" = String, Path, description = "the app"), ShowParams),
+    responses((status = 200, body = AppResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("api_key" = [])))]
 async fn get_app(
     State(state): State<AppState>,
     principal: Principal,
     Path(app_id): Path<String>,
+    Query(params): Query<ShowParams>,
 ) -> Result<axum::Json<AppResponse>, ApiError> {
     principal.require(Scope::AppsRead)?;
+    if params.include_deleted == Some(true) && principal.require_admin().is_ok() {
+        let app = state.apps.get(&app_id).ok_or_else(|| ApiError::NotFound(format!("no app {app_id:?}")))?;
+        return Ok(axum::Json(AppResponse { success: true, app: AppView::from(&*app) }));
+    }
     let app = visible_app(&state, &principal, &app_id)?;
     Ok(axum::Json(AppResponse { success: true, app: AppView::from(&*app) }))
+}
+
+/// Options of `GET /api/applications/{app_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ShowParams {
+    /// Admins only: show the app even when it is soft-deleted.
+    pub include_deleted: Option<bool>,
+}
+
+#[utoipa::path(delete, path = "/api/applications/{app_id}", tag = "applications",
+    params(("app_id" = String, Path, description = "the app")),
+    responses((status = 200, body = AppResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn delete_app(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(app_id): Path<String>,
+) -> Result<axum::Json<AppResponse>, ApiError> {
+    principal.require_admin()?;
+    let _writes = state.writes.lock().await;
+    let current = visible_app(&state, &principal, &app_id)?;
+    let mut app = (*current).clone();
+    let now = now_ms().max(current.updated_at);
+    app.deleted_at = Some(now);
+    app.updated_at = now;
+    state.store.update_app(&app).await?;
+    let view = AppView::from(&app);
+    state.apps.put(app);
+    let closed = state.hub.close_connections(Some(&app_id), CloseCode::AppDisabled);
+    tracing::info!(app_id, closed, "app soft-deleted; restorable for 30 days");
+    Ok(axum::Json(AppResponse { success: true, app: view }))
+}
+
+#[utoipa::path(post, path = "/api/applications/{app_id}/restore", tag = "applications",
+    params(("app_id" = String, Path, description = "the app")),
+    responses((status = 200, body = AppResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn restore_app(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(app_id): Path<String>,
+) -> Result<axum::Json<AppResponse>, ApiError> {
+    principal.require_admin()?;
+    let _writes = state.writes.lock().await;
+    let now = now_ms();
+    let current = state
+        .apps
+        .get(&app_id)
+        .filter(|a| a.deleted_at.is_some_and(|at| now - at <= RESTORE_WINDOW_MS))
+        .ok_or_else(|| ApiError::NotFound(format!("no deleted app {app_id:?} within the 30-day window")))?;
+    let mut app = (*current).clone();
+    app.deleted_at = None;
+    app.updated_at = now.max(current.updated_at);
+    state.store.update_app(&app).await?;
+    let view = AppView::from(&app);
+    state.apps.put(app);
+    tracing::info!(app_id, "app restored");
+    Ok(axum::Json(AppResponse { success: true, app: view }))
 }
 
 #[utoipa::path(put, path = "/api/applications/{app_id}", tag = "applications", request_body = Option<AppSettings>,

@@ -23,6 +23,8 @@ use super::AppState;
         super::apps::list_apps,
         super::apps::get_app,
         super::apps::update_app,
+        super::apps::delete_app,
+        super::apps::restore_app,
         super::apps::regenerate_api_key,
         super::apps::regenerate_secret,
         super::token::create_token,

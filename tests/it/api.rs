@@ -445,3 +445,53 @@ async fn other_methods_on_known_routes() {
     let res = hub.http.request(Method::PATCH, hub.url("/api/applications")).send().await.unwrap();
     assert_error(&split(res).await, 405, "method_not_allowed");
 }
+
+#[tokio::test]
+async fn soft_delete_and_restore() {
+    use crate::support::Ending;
+    let hub = spawn_hub().await;
+    let admin = hub.admin_key.clone();
+    let app = hub.create_app(json!({"app_id": "gone-app"})).await;
+    let token = hub.token(&app, json!({})).await;
+    let mut ws = hub.subscriber(&app, json!({}), &["r"]).await;
+    let path = "/api/applications/gone-app";
+
+    assert_error(&hub.send(Method::DELETE, path, &app.api_key, json!({})).await, 403, "forbidden");
+    let (status, v) = hub.send(Method::DELETE, path, &admin, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["app"]["deleted_at"].is_string());
+    assert_eq!(ws.closed().await, Ending::Closed(4003));
+
+    assert_error(&hub.get(path, &admin).await, 404, "not_found");
+    assert_error(&hub.get("/api/test", &app.api_key).await, 403, "app_disabled");
+    assert_eq!(hub.try_connect(&token).await.err().unwrap().0, 403);
+    let res = hub
+        .http
+        .post(hub.url("/api/token"))
+        .json(&json!({"app_id": "gone-app", "app_secret": app.secret}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(&split(res).await, 401, "invalid_key");
+    assert_eq!(hub.get("/api/applications", &admin).await.1["applications"], json!([]));
+    let (_, all) = hub.get("/api/applications?include_deleted=true", &admin).await;
+    assert_eq!(all["applications"][0]["app_id"], "gone-app");
+    let (status, shown) = hub.get(&format!("{path}?include_deleted=true"), &admin).await;
+    assert_eq!((status, shown["app"]["app_id"].as_str()), (StatusCode::OK, Some("gone-app")));
+    // The id stays taken while the app can be restored.
+    assert_error(
+        &hub.post("/api/applications", &admin, json!({"app_id": "gone-app"})).await,
+        409,
+        "conflict",
+    );
+    assert_error(&hub.send(Method::DELETE, path, &admin, json!({})).await, 404, "not_found");
+
+    let (status, v) = hub.post(&format!("{path}/restore"), &admin, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["app"]["deleted_at"], Value::Null);
+    // Keys and secret come back with it.
+    assert_eq!(hub.get("/api/test", &app.api_key).await.0, StatusCode::OK);
+    hub.connect(&hub.token(&app, json!({})).await).await;
+    assert_error(&hub.post(&format!("{path}/restore"), &admin, json!({})).await, 404, "not_found");
+    assert_error(&hub.post("/api/applications/never-was/restore", &admin, json!({})).await, 404, "not_found");
+}
