@@ -71,6 +71,12 @@ pub struct LimitsConfig {
     pub max_rooms_per_connection: usize,
     /// Events in one `POST /api/broadcast/batch`.
     pub max_batch_events: usize,
+    /// Client frames per second per connection (pings included).
+    pub client_messages_per_second: u32,
+    /// Client frames a connection may send at once above the steady rate.
+    pub client_messages_burst: u32,
+    /// Refused frames in a row after which the connection is closed with 4029.
+    pub client_abuse_close_after: u32,
 }
 
 /// WebSocket sessions.
@@ -159,6 +165,9 @@ impl Default for LimitsConfig {
             max_body_bytes: 1024 * 1024,
             max_rooms_per_connection: 100,
             max_batch_events: 100,
+            client_messages_per_second: 10,
+            client_messages_burst: 20,
+            client_abuse_close_after: 100,
         }
     }
 }
@@ -259,6 +268,9 @@ impl Config {
         positive("limits.max_body_bytes", self.limits.max_body_bytes as u64);
         positive("limits.max_rooms_per_connection", self.limits.max_rooms_per_connection as u64);
         positive("limits.max_batch_events", self.limits.max_batch_events as u64);
+        positive("limits.client_messages_per_second", u64::from(self.limits.client_messages_per_second));
+        positive("limits.client_messages_burst", u64::from(self.limits.client_messages_burst));
+        positive("limits.client_abuse_close_after", u64::from(self.limits.client_abuse_close_after));
         positive("websocket.heartbeat_s", self.websocket.heartbeat_s);
         positive("websocket.idle_timeout_s", self.websocket.idle_timeout_s);
         positive("websocket.outbound_queue_messages", self.websocket.outbound_queue_messages as u64);

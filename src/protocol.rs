@@ -216,6 +216,16 @@ struct RawFrame<'a> {
 }
 
 impl ClientFrame {
+    /// The `id` the frame carried, for echoing.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Subscribe { id, .. }
+            | ClientFrame::Unsubscribe { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Ping { id } => *id,
+        }
+    }
+
     /// Parses one text frame.
     pub fn parse(text: &str) -> Result<Self, FrameError> {
         let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| FrameError {
@@ -322,6 +332,8 @@ pub enum CloseCode {
     AppDisabled,
     /// 4008: the client read too slowly and its queue filled; reconnect and catch up.
     SlowConsumer,
+    /// 4029: the client kept sending over its rate limit; reconnect later, slower.
+    RateLimited,
 }
 
 impl CloseCode {
@@ -334,6 +346,7 @@ impl CloseCode {
             CloseCode::IdleTimeout => 4000,
             CloseCode::AppDisabled => 4003,
             CloseCode::SlowConsumer => 4008,
+            CloseCode::RateLimited => 4029,
         }
     }
 
@@ -346,6 +359,7 @@ impl CloseCode {
             CloseCode::IdleTimeout => "idle timeout",
             CloseCode::AppDisabled => "app disabled",
             CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::RateLimited => "rate limited",
         }
     }
 }

@@ -37,11 +37,17 @@ enum End {
     Gone,
 }
 
+/// A per-connection limiter of client frames (no key, no shared state).
+type FrameLimiter = governor::DefaultDirectRateLimiter;
+
 struct Session {
     state: AppState,
     identity: Identity,
     conn: Arc<ConnHandle>,
     rooms: HashSet<RoomName>,
+    limiter: FrameLimiter,
+    /// Frames refused in a row by the limiter.
+    refused: u32,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -50,7 +56,8 @@ pub async fn run(state: AppState, mut socket: WebSocket, identity: Identity) {
     let _tracked = state.tracker.token();
     let conn = state.hub.connect(&identity.app_id, identity.user_id.as_deref());
     tracing::debug!(connection_id = %conn.id, app_id = %identity.app_id, "connection opened");
-    let mut session = Session { state, identity, conn, rooms: HashSet::new() };
+    let limiter = frame_limiter(&state.config.limits);
+    let mut session = Session { state, identity, conn, rooms: HashSet::new(), limiter, refused: 0 };
     let end = serve(&mut session, &mut socket).await;
     Box::pin(finish(session, socket, end)).await;
 }
@@ -116,11 +123,25 @@ async fn finish(mut session: Session, mut socket: WebSocket, end: End) {
     tracing::debug!(connection_id = %conn.id, close = ?close.map(|c| c.0), "connection closed");
 }
 
+fn frame_limiter(limits: &crate::config::LimitsConfig) -> FrameLimiter {
+    use std::num::NonZeroU32;
+    // validate() guarantees both are positive.
+    let rate = NonZeroU32::new(limits.client_messages_per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(limits.client_messages_burst).unwrap_or(NonZeroU32::MIN);
+    governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+}
+
 fn reason_of(code: u16) -> &'static str {
-    [CloseCode::SlowConsumer, CloseCode::AppDisabled, CloseCode::ServiceRestart, CloseCode::IdleTimeout]
-        .into_iter()
-        .find(|c| c.code() == code)
-        .map_or("closed", CloseCode::reason)
+    [
+        CloseCode::SlowConsumer,
+        CloseCode::AppDisabled,
+        CloseCode::ServiceRestart,
+        CloseCode::IdleTimeout,
+        CloseCode::RateLimited,
+    ]
+    .into_iter()
+    .find(|c| c.code() == code)
+    .map_or("closed", CloseCode::reason)
 }
 
 fn read_error(e: axum::Error) -> End {
@@ -149,6 +170,19 @@ async fn write_outbox(socket: &mut WebSocket, conn: &ConnHandle) -> Result<(), a
 
 impl Session {
     async fn on_message(&mut self, socket: &mut WebSocket, message: Message) -> Option<End> {
+        if matches!(message, Message::Text(_) | Message::Binary(_)) && self.limiter.check().is_err() {
+            self.refused += 1;
+            if self.refused >= self.state.config.limits.client_abuse_close_after {
+                return Some(End::Close(CloseCode::RateLimited));
+            }
+            let id = match &message {
+                Message::Text(text) => ClientFrame::parse(text.as_str()).ok().and_then(|f| f.id()),
+                _ => None,
+            };
+            let reply = ServerFrame::error(ErrorCode::RateLimited, "too many messages; slow down", id);
+            return socket.send(Message::Text(reply.into())).await.err().map(|_| End::Gone);
+        }
+        self.refused = 0;
         let reply = match message {
             Message::Text(text) => match ClientFrame::parse(text.as_str()) {
                 Ok(frame) => self.on_frame(frame).await,

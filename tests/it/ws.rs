@@ -258,3 +258,45 @@ async fn a_slow_consumer_is_closed_with_4008_and_others_get_everything() {
     fast.roundtrip(1).await;
     assert_eq!(slow.closed().await, Ending::Closed(4008));
 }
+
+#[tokio::test]
+async fn client_frames_are_rate_limited_and_abuse_closes_with_4029() {
+    let hub = spawn_hub_with(|c| {
+        c.limits.client_messages_per_second = 1;
+        c.limits.client_messages_burst = 5;
+        c.limits.client_abuse_close_after = 10;
+    })
+    .await;
+    let app = hub.create_app(json!({"app_id": "rl-app"})).await;
+    let token = hub.token(&app, json!({})).await;
+    let mut ws = hub.connect(&token).await;
+    for id in 0..8u64 {
+        ws.send_json(json!({"type": "ping", "id": id})).await;
+    }
+    let mut pongs = 0;
+    let mut limited = Vec::new();
+    for _ in 0..8 {
+        let v = ws.next_json().await;
+        match v["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                limited.push(v["id"].as_u64().unwrap());
+            }
+            _ => panic!("{v}"),
+        }
+    }
+    // The burst of 5 passes (a sixth may have been earned meanwhile); the rest are refused, ids echoed.
+    assert!((5..=6).contains(&pongs), "{pongs} pongs");
+    assert_eq!(limited.last(), Some(&7));
+    // A client that keeps going is disconnected.
+    for id in 8..40u64 {
+        if ws.stream.send(Message::Text(json!({"type": "ping", "id": id}).to_string().into())).await.is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(ws.closed().await, Ending::Closed(4029));
+    // Other connections are unaffected.
+    hub.subscriber(&app, json!({}), &["r"]).await.roundtrip(1).await;
+}
