@@ -77,6 +77,8 @@ pub struct LimitsConfig {
     pub client_messages_burst: u32,
     /// Refused frames in a row after which the connection is closed with 4029.
     pub client_abuse_close_after: u32,
+    /// API requests per minute shared by all admin keys.
+    pub admin_rate_limit: u32,
 }
 
 /// WebSocket sessions.
@@ -168,6 +170,7 @@ impl Default for LimitsConfig {
             client_messages_per_second: 10,
             client_messages_burst: 20,
             client_abuse_close_after: 100,
+            admin_rate_limit: 6000,
         }
     }
 }
@@ -271,6 +274,7 @@ impl Config {
         positive("limits.client_messages_per_second", u64::from(self.limits.client_messages_per_second));
         positive("limits.client_messages_burst", u64::from(self.limits.client_messages_burst));
         positive("limits.client_abuse_close_after", u64::from(self.limits.client_abuse_close_after));
+        positive("limits.admin_rate_limit", u64::from(self.limits.admin_rate_limit));
         positive("websocket.heartbeat_s", self.websocket.heartbeat_s);
         positive("websocket.idle_timeout_s", self.websocket.idle_timeout_s);
         positive("websocket.outbound_queue_messages", self.websocket.outbound_queue_messages as u64);

@@ -30,6 +30,7 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod session;

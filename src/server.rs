@@ -70,12 +70,14 @@ impl Server {
         let hub = Arc::new(Hub::new(registry.clone(), Arc::new(LocalBroker::new(registry)), limits));
         let node_id =
             config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
+        let admin_rate_limit = config.limits.admin_rate_limit;
         let state = AppState::new(Shared {
             config,
             store,
             apps,
             keys,
             tickets: Default::default(),
+            limits: crate::limits::ApiLimits::new(admin_rate_limit),
             hub,
             node_id,
             started: Instant::now(),
@@ -284,6 +286,9 @@ async fn heartbeat(state: AppState) {
         n += 1;
         state.hub.heartbeat(n, ping_every, idle_ms);
         state.tickets.sweep(crate::hub::now_ms());
+        if n.is_multiple_of(60) {
+            state.limits.sweep();
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::api_key::Scope;
+use crate::limits::RateSlot;
 use crate::store::KeyKind;
 
 /// Where a key was found, in the order they are looked at (DESIGN §2.1).
@@ -102,7 +103,9 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let (source, key) = find_key(parts).ok_or(ApiError::MissingApiKey)?;
-        state.authenticate(source, &key)
+        let principal = state.authenticate(source, &key)?;
+        state.charge(&principal, parts.extensions.get::<RateSlot>())?;
+        Ok(principal)
     }
 }
 
@@ -207,6 +210,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Authed<T> {
                 state.authenticate(KeySource::Body, &key)?
             }
         };
+        state.charge(&principal, parts.extensions.get::<RateSlot>())?;
         check_json_content_type(&parts.headers, &bytes)?;
         Ok(Authed { principal, body: parse_json(&bytes)? })
     }
@@ -245,4 +249,17 @@ where
     });
     let whole = whole.ok_or_else(|| D::Error::custom(format!("must be a non-negative integer, got {n}")))?;
     T::try_from(whole).map(Some).map_err(|_| D::Error::custom(format!("{whole} is out of range")))
+}
+
+/// The client's address as the socket saw it (no proxy headers are trusted yet).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(ClientIp(peer.map(|c| c.0.ip())))
+    }
 }

@@ -42,6 +42,7 @@ pub struct Shared {
     pub apps: AppCache,
     pub keys: KeyRing,
     pub tickets: TicketBook,
+    pub limits: crate::limits::ApiLimits,
     pub hub: Arc<Hub>,
     pub node_id: String,
     pub started: Instant,
@@ -104,6 +105,45 @@ impl AppState {
 }
 
 impl AppState {
+    /// Charges an authenticated call to its bucket (the app's, or the admin keys'), noting the
+    /// bucket state for the `X-RateLimit-*` headers; 429 past the limit.
+    pub fn charge(
+        &self,
+        principal: &Principal,
+        slot: Option<&crate::limits::RateSlot>,
+    ) -> Result<(), ApiError> {
+        let info = match &principal.app_id {
+            Some(app_id) => {
+                let per_minute = self.apps.get(app_id).map_or(1, |a| a.rate_limit);
+                self.limits.charge_app(app_id, per_minute)
+            }
+            None => self.limits.charge_admin(),
+        };
+        Self::report(info, slot)
+    }
+
+    /// Charges a call to its client IP's bucket (`/api/token`, `/api/tickets`).
+    pub fn charge_ip(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        slot: Option<&crate::limits::RateSlot>,
+    ) -> Result<(), ApiError> {
+        match ip {
+            Some(ip) => Self::report(self.limits.charge_ip(ip), slot),
+            None => Ok(()),
+        }
+    }
+
+    fn report(info: crate::limits::RateInfo, slot: Option<&crate::limits::RateSlot>) -> Result<(), ApiError> {
+        if let Some(slot) = slot {
+            slot.set(info);
+        }
+        match info.retry_after {
+            Some(retry_after) => Err(ApiError::RateLimited { retry_after }),
+            None => Ok(()),
+        }
+    }
+
     /// Verifies a client JWT against its app's current secret (DESIGN §3).
     pub fn verify_client_token(&self, token: &str) -> Result<Identity, ApiError> {
         let invalid = || ApiError::InvalidToken("invalid token".into());
@@ -129,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::limits::headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Json, Principal, find_key, opt_int};
+use super::extract::{ClientIp, Json, Principal, find_key, opt_int};
 use crate::apps::is_active;
 use crate::auth::api_key::Scope;
 use crate::auth::token::{Identity, TokenError, check_payload};
@@ -75,6 +75,8 @@ impl FromRequestParts<AppState> for Buyer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        state.charge_ip(ip, parts.extensions.get::<crate::limits::RateSlot>())?;
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -129,7 +131,7 @@ fn identity_from_body(app_id: String, body: &TicketRequest) -> Result<Identity, 
 
 #[utoipa::path(post, path = "/api/tickets", tag = "tokens", request_body = Option<TicketRequest>,
     responses((status = 200, body = TicketResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 415, body = ErrorBody)),
+        (status = 403, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("api_key" = [])))]
 async fn create_ticket(
     State(state): State<AppState>,

@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Json, opt_int};
+use super::extract::{ClientIp, Json, opt_int};
 use super::{AppState, iso8601};
 use crate::apps::is_active;
 use crate::auth::token::{TokenError, check_payload, mint};
@@ -50,11 +50,14 @@ pub struct TokenResponse {
 
 #[utoipa::path(post, path = "/api/token", tag = "tokens", request_body = TokenRequest,
     responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 415, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn create_token(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    slot: Option<axum::Extension<crate::limits::RateSlot>>,
     Json(req): Json<TokenRequest>,
 ) -> Result<axum::Json<TokenResponse>, ApiError> {
+    state.charge_ip(ip, slot.as_deref())?;
     let ttl = req.expires_in.unwrap_or(state.config.tokens.default_ttl_s);
     if !TTL_RANGE.contains(&ttl) {
         return Err(ApiError::field("expires_in", "must be between 60 and 2592000 seconds"));

@@ -10,6 +10,7 @@ mod browser;
 mod fanout;
 mod keys;
 mod lifecycle;
+mod limits;
 mod smoke;
 mod support;
 mod tickets;
