@@ -332,6 +332,21 @@ pub fn new_primary_key(app_id: &str, now: i64) -> (PresentedKey, KeyRecord) {
     (key, record)
 }
 
+/// Writes a changed copy of `current` to the store, then to the cache, and returns it. `change`
+/// may refuse, in which case nothing is written. Callers hold `state.writes`.
+async fn save_app(
+    state: &AppState,
+    current: &AppRecord,
+    change: impl FnOnce(&mut AppRecord) -> Result<(), ApiError>,
+) -> Result<AppRecord, ApiError> {
+    let mut app = current.clone();
+    change(&mut app)?;
+    app.updated_at = now_ms().max(current.updated_at);
+    state.store.update_app(&app).await?;
+    state.apps.put(app.clone());
+    Ok(app)
+}
+
 /// The app the caller may act on, refusing other tenants and unknown or deleted apps.
 fn visible_app(
     state: &AppState,
@@ -466,13 +481,13 @@ async fn delete_app(
     principal.require_admin()?;
     let _writes = state.writes.lock().await;
     let current = visible_app(&state, &principal, &app_id)?;
-    let mut app = (*current).clone();
-    let now = now_ms().max(current.updated_at);
-    app.deleted_at = Some(now);
-    app.updated_at = now;
-    state.store.update_app(&app).await?;
+    let now = now_ms();
+    let app = save_app(&state, &current, |app| {
+        app.deleted_at = Some(now);
+        Ok(())
+    })
+    .await?;
     let view = AppView::from(&app);
-    state.apps.put(app);
     let closed = state.hub.close_connections(Some(&app_id), CloseCode::AppDisabled);
     tracing::info!(app_id, closed, "app soft-deleted; restorable for 30 days");
     Ok(axum::Json(AppResponse { success: true, app: view }))
@@ -496,12 +511,12 @@ async fn restore_app(
         .get(&app_id)
         .filter(|a| a.deleted_at.is_some_and(|at| now - at <= RESTORE_WINDOW_MS))
         .ok_or_else(|| ApiError::NotFound(format!("no deleted app {app_id:?} within the 30-day window")))?;
-    let mut app = (*current).clone();
-    app.deleted_at = None;
-    app.updated_at = now.max(current.updated_at);
-    state.store.update_app(&app).await?;
+    let app = save_app(&state, &current, |app| {
+        app.deleted_at = None;
+        Ok(())
+    })
+    .await?;
     let view = AppView::from(&app);
-    state.apps.put(app);
     tracing::info!(app_id, "app restored");
     Ok(axum::Json(AppResponse { success: true, app: view }))
 }
@@ -519,13 +534,9 @@ async fn update_app(
     call.principal.require(Scope::AppsWrite)?;
     let _writes = state.writes.lock().await;
     let current = visible_app(&state, &call.principal, &app_id)?;
-    let mut app = (*current).clone();
-    call.body.apply(&mut app)?;
-    app.updated_at = now_ms().max(current.updated_at);
-    state.store.update_app(&app).await?;
+    let app = save_app(&state, &current, |app| call.body.apply(app)).await?;
     let disabled = current.status == AppStatus::Enabled && app.status == AppStatus::Disabled;
     let view = AppView::from(&app);
-    state.apps.put(app);
     if disabled {
         let closed = state.hub.close_connections(Some(&app_id), CloseCode::AppDisabled);
         tracing::info!(app_id, closed, "app disabled; its connections are closing");
@@ -597,12 +608,12 @@ async fn regenerate_secret(
     call.principal.require(Scope::KeysWrite)?;
     let _writes = state.writes.lock().await;
     let current = visible_app(&state, &call.principal, &app_id)?;
-    let mut app = (*current).clone();
-    app.secret = random_base62(SECRET_LEN);
-    app.updated_at = now_ms().max(current.updated_at);
-    state.store.update_app(&app).await?;
-    let secret = app.secret.clone();
-    state.apps.put(app);
+    let app = save_app(&state, &current, |app| {
+        app.secret = random_base62(SECRET_LEN);
+        Ok(())
+    })
+    .await?;
+    let secret = app.secret;
     tracing::info!(app_id, "app secret regenerated");
     Ok(axum::Json(RegeneratedSecret { success: true, app_secret: secret }))
 }
