@@ -35,6 +35,8 @@ pub struct Hub {
     registry: Arc<Registry>,
     broker: Arc<dyn Broker>,
     connections: DashMap<Arc<str>, Arc<ConnHandle>>,
+    /// Open connections per app, for `max_connections`.
+    per_app: DashMap<Arc<str>, usize>,
     events: EventBus,
     next_seq: AtomicU64,
     limits: OutboxLimits,
@@ -51,6 +53,7 @@ impl Hub {
             registry,
             broker,
             connections: DashMap::new(),
+            per_app: DashMap::new(),
             events: EventBus::default(),
             next_seq: AtomicU64::new(1),
             limits,
@@ -80,6 +83,7 @@ impl Hub {
             self.clock_ms(),
         ));
         self.connections.insert(handle.id.clone(), handle.clone());
+        *self.per_app.entry(handle.app_id.clone()).or_default() += 1;
         if self.closing.load(Ordering::Acquire) {
             handle.close(CloseCode::ServiceRestart);
         }
@@ -93,7 +97,12 @@ impl Hub {
 
     /// Forgets a connection that has left all its rooms.
     pub fn disconnect(&self, conn: &ConnHandle) {
-        self.connections.remove(&conn.id);
+        if self.connections.remove(&conn.id).is_some() {
+            self.per_app.remove_if_mut(&conn.app_id, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        }
         self.events.emit(HubEvent::ConnectionClosed {
             app_id: conn.app_id.to_string(),
             connection_id: conn.id.to_string(),
@@ -174,6 +183,11 @@ impl Hub {
             }
         }
         closed
+    }
+
+    /// Open connections of one app on this node.
+    pub fn app_connection_count(&self, app_id: &str) -> usize {
+        self.per_app.get(app_id).map_or(0, |n| *n)
     }
 
     /// Open connections on this node.

@@ -36,6 +36,11 @@ pub async fn upgrade(
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);
     }
+    // Checked, not reserved: upgrades racing for the last slots may pass it together, so the
+    // limit can be exceeded by the number of upgrades in flight at that moment.
+    if state.hub.app_connection_count(&app.app_id) >= app.max_connections as usize {
+        return Err(ApiError::ConnectionLimit);
+    }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
         && !origin_allowed(origin, &app.allowed_domains)
     {

@@ -300,3 +300,29 @@ async fn client_frames_are_rate_limited_and_abuse_closes_with_4029() {
     // Other connections are unaffected.
     hub.subscriber(&app, json!({}), &["r"]).await.roundtrip(1).await;
 }
+
+#[tokio::test]
+async fn max_connections_refuses_the_upgrade_with_429_and_frees_slots_on_close() {
+    let hub = spawn_hub().await;
+    let app = hub.create_app(json!({"app_id": "cap-app", "max_connections": 2})).await;
+    let token = hub.token(&app, json!({})).await;
+    let a = hub.connect(&token).await;
+    let mut b = hub.connect(&token).await;
+    let (status, body) = hub.try_connect(&token).await.err().expect("third refused");
+    assert_eq!((status, body["code"].as_str()), (429, Some("connection_limit")));
+    // Another app is not affected.
+    let other = hub.create_app(json!({"app_id": "cap-other"})).await;
+    hub.connect(&hub.token(&other, json!({})).await).await;
+    // A closed connection gives its slot back.
+    b.stream.close(None).await.unwrap();
+    assert_eq!(b.closed().await, Ending::Dropped);
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        match hub.try_connect(&token).await {
+            Ok(_) => break,
+            Err((429, _)) if std::time::Instant::now() < deadline => tokio::task::yield_now().await,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    drop(a);
+}
