@@ -348,17 +348,12 @@ async fn save_app(
 }
 
 /// The app the caller may act on, refusing other tenants and unknown or deleted apps.
-fn visible_app(
+pub(super) fn visible_app(
     state: &AppState,
     principal: &Principal,
     app_id: &str,
 ) -> Result<std::sync::Arc<AppRecord>, ApiError> {
-    let target = principal.target_app(Some(app_id))?;
-    state
-        .apps
-        .get(&target)
-        .filter(|a| a.deleted_at.is_none())
-        .ok_or_else(|| ApiError::NotFound(format!("no app {target:?}")))
+    state.live_app(&principal.target_app(Some(app_id))?)
 }
 
 #[utoipa::path(post, path = "/api/applications", tag = "applications", request_body = Option<CreateApp>,

@@ -93,8 +93,7 @@ fn check<'a>(
         }
         other => other,
     })?;
-    let app = state.apps.get(&app_id).filter(|a| a.deleted_at.is_none());
-    let app = app.ok_or_else(|| ApiError::NotFound(format!("no app {app_id:?}")))?;
+    let app = state.live_app(&app_id)?;
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);
     }

@@ -66,13 +66,7 @@ pub struct Done {
 /// The caller's target app for key management, which must exist.
 fn key_app(state: &AppState, principal: &Principal, app_id: &str) -> Result<String, ApiError> {
     principal.require(Scope::KeysWrite)?;
-    let target = principal.target_app(Some(app_id))?;
-    state
-        .apps
-        .get(&target)
-        .filter(|a| a.deleted_at.is_none())
-        .map(|a| a.app_id.clone())
-        .ok_or_else(|| ApiError::NotFound(format!("no app {target:?}")))
+    super::apps::visible_app(state, principal, app_id).map(|a| a.app_id.clone())
 }
 
 #[utoipa::path(get, path = "/api/applications/{app_id}/keys", tag = "keys",

@@ -144,6 +144,14 @@ impl AppState {
         }
     }
 
+    /// The app with this id unless it is unknown or soft-deleted (404 then).
+    pub fn live_app(&self, app_id: &str) -> Result<Arc<crate::store::AppRecord>, ApiError> {
+        self.apps
+            .get(app_id)
+            .filter(|a| a.deleted_at.is_none())
+            .ok_or_else(|| ApiError::NotFound(format!("no app {app_id:?}")))
+    }
+
     /// Verifies a client JWT against its app's current secret (DESIGN §3).
     pub fn verify_client_token(&self, token: &str) -> Result<Identity, ApiError> {
         let invalid = || ApiError::InvalidToken("invalid token".into());

@@ -150,8 +150,7 @@ async fn create_ticket(
             identity_from_body(app_id, &body)?
         }
     };
-    let app = state.apps.get(&identity.app_id).filter(|a| a.deleted_at.is_none());
-    let app = app.ok_or_else(|| ApiError::NotFound(format!("no app {:?}", identity.app_id)))?;
+    let app = state.live_app(&identity.app_id)?;
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);
     }
