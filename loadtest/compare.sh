@@ -42,7 +42,7 @@ wait_port() {
 
 start_roomcast() {
   local dir; dir=$(mktemp -d)
-  (cd "$dir" && ROOMCAST_SERVER__LISTEN=127.0.0.1:$RC_PORT ROOMCAST_ADMIN_KEY=$ADMIN ROOMCAST_LOG__LEVEL=warn \
+  (cd "$dir" && ROOMCAST_SERVER__LISTEN=127.0.0.1:$RC_PORT ROOMCAST_ADMIN_KEY=$ADMIN ROOMCAST_LOG__LEVEL=warn ROOMCAST_LIMITS__UPGRADE_RATE_LIMIT=0 \
     exec "$RC" >/dev/null 2>"$OUT/roomcast.log") &
   hub_pid=$!
   wait_port $RC_PORT

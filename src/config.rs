@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// Where the configuration file is looked for when `--config` is not given.
@@ -36,6 +37,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Seconds allowed for draining connections on shutdown before the process exits.
     pub shutdown_grace_s: u64,
+    /// Peers whose `X-Forwarded-For` is believed (addresses or CIDR ranges); the client IP is
+    /// the right-most address in that header not itself in this list.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The embedded store.
@@ -79,6 +83,10 @@ pub struct LimitsConfig {
     pub client_abuse_close_after: u32,
     /// API requests per minute shared by all admin keys.
     pub admin_rate_limit: u32,
+    /// Requests per minute per client IP on `/api/token` and `/api/tickets`.
+    pub ip_rate_limit: u32,
+    /// WebSocket upgrade attempts per minute per client IP; 0 turns the limit off.
+    pub upgrade_rate_limit: u32,
 }
 
 /// WebSocket sessions.
@@ -150,7 +158,14 @@ pub struct ClusterConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), shutdown_grace_s: 3 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_s: 3,
+            trusted_proxies: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .map(|net| net.parse().expect("a valid CIDR literal"))
+                .collect(),
+        }
     }
 }
 
@@ -171,6 +186,8 @@ impl Default for LimitsConfig {
             client_messages_burst: 20,
             client_abuse_close_after: 100,
             admin_rate_limit: 6000,
+            ip_rate_limit: 100,
+            upgrade_rate_limit: 1200,
         }
     }
 }
@@ -275,6 +292,7 @@ impl Config {
         positive("limits.client_messages_burst", u64::from(self.limits.client_messages_burst));
         positive("limits.client_abuse_close_after", u64::from(self.limits.client_abuse_close_after));
         positive("limits.admin_rate_limit", u64::from(self.limits.admin_rate_limit));
+        positive("limits.ip_rate_limit", u64::from(self.limits.ip_rate_limit));
         positive("websocket.heartbeat_s", self.websocket.heartbeat_s);
         positive("websocket.idle_timeout_s", self.websocket.idle_timeout_s);
         positive("websocket.outbound_queue_messages", self.websocket.outbound_queue_messages as u64);

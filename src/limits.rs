@@ -1,6 +1,7 @@
 //! API rate limits (governor, GCRA): one bucket per app shared by all its keys (the app's
-//! `rate_limit` per minute, applied at once after a change), one for admin keys, and one per
-//! client IP for `/api/token` and `/api/tickets`. Every limited answer carries `X-RateLimit-*`.
+//! `rate_limit` per minute, applied at once after a change), one for admin keys, one per client
+//! IP for `/api/token` and `/api/tickets`, and one per client IP for WebSocket upgrades. Every
+//! limited answer carries `X-RateLimit-*`.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -16,9 +17,6 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
-
-/// Requests per minute per client IP on `/api/token` and `/api/tickets`.
-pub const PER_IP_PER_MINUTE: u32 = 100;
 
 /// The state of one bucket after a request, for the `X-RateLimit-*` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,23 +51,67 @@ fn charge(limiter: &Limiter, limit: u32) -> RateInfo {
     }
 }
 
+/// One bucket per client IP, all of the same size; `per_minute == 0` admits everything.
+#[derive(Debug)]
+pub struct IpBuckets {
+    per_minute: u32,
+    buckets: DashMap<IpAddr, Arc<Limiter>>,
+}
+
+impl IpBuckets {
+    fn new(per_minute: u32) -> Self {
+        Self { per_minute, buckets: DashMap::new() }
+    }
+
+    /// Charges one request to `ip`; `None` when this group is switched off.
+    pub fn charge(&self, ip: IpAddr) -> Option<RateInfo> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        let bucket = self.buckets.entry(ip).or_insert_with(|| Arc::new(limiter(self.per_minute))).clone();
+        Some(charge(&bucket, self.per_minute))
+    }
+
+    /// Forgets buckets that are full again (idle for a minute), bounding memory.
+    fn sweep(&self) {
+        let full = NonZeroU32::new(self.per_minute).unwrap_or(NonZeroU32::MIN);
+        // A full bucket admits a whole burst; checking one cell would spend it, so ask for a
+        // burst of the full size: `check_n` spends nothing when it cannot pass.
+        self.buckets.retain(|_, l| l.check_n(full).map(|r| r.is_err()).unwrap_or(true));
+    }
+
+    /// Buckets held.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
 /// Every bucket of this node.
 #[derive(Debug)]
 pub struct ApiLimits {
     apps: DashMap<String, (u32, Arc<Limiter>)>,
     admin: Limiter,
     admin_limit: u32,
-    ips: DashMap<IpAddr, Arc<Limiter>>,
+    /// `/api/token` and `/api/tickets`, per client IP.
+    pub ips: IpBuckets,
+    /// WebSocket upgrades, per client IP.
+    pub upgrades: IpBuckets,
 }
 
 impl ApiLimits {
-    /// Buckets with `admin_per_minute` for admin keys.
-    pub fn new(admin_per_minute: u32) -> Self {
+    /// Buckets of the configured sizes.
+    pub fn new(limits: &crate::config::LimitsConfig) -> Self {
         Self {
             apps: DashMap::new(),
-            admin: limiter(admin_per_minute),
-            admin_limit: admin_per_minute,
-            ips: DashMap::new(),
+            admin: limiter(limits.admin_rate_limit),
+            admin_limit: limits.admin_rate_limit,
+            ips: IpBuckets::new(limits.ip_rate_limit),
+            upgrades: IpBuckets::new(limits.upgrade_rate_limit),
         }
     }
 
@@ -94,26 +136,11 @@ impl ApiLimits {
         charge(&self.admin, self.admin_limit)
     }
 
-    /// Charges one request to a client IP's bucket.
-    pub fn charge_ip(&self, ip: IpAddr) -> RateInfo {
-        let bucket = self.ips.entry(ip).or_insert_with(|| Arc::new(limiter(PER_IP_PER_MINUTE))).clone();
-        charge(&bucket, PER_IP_PER_MINUTE)
-    }
-
     /// Forgets IP buckets that are full again (idle for a minute), bounding memory.
     pub fn sweep(&self) {
-        self.ips.retain(|_, l| charge_peek(l));
+        self.ips.sweep();
+        self.upgrades.sweep();
     }
-}
-
-/// Whether a bucket has been used recently (not back to full).
-fn charge_peek(limiter: &Limiter) -> bool {
-    // A full bucket admits a whole burst; checking one cell would spend it, so look at a burst
-    // of the full size without spending (check_n fails without consuming when it cannot pass).
-    limiter
-        .check_n(NonZeroU32::new(PER_IP_PER_MINUTE).unwrap_or(NonZeroU32::MIN))
-        .map(|r| r.is_err())
-        .unwrap_or(true)
 }
 
 /// Where extractors leave the bucket state of the request for [`headers`] to report.
@@ -152,7 +179,7 @@ mod tests {
 
     #[test]
     fn buckets_refuse_past_the_limit_and_report_state() {
-        let limits = ApiLimits::new(5);
+        let limits = ApiLimits::new(&config(5));
         let first = limits.charge_app("a", 3);
         assert_eq!((first.limit, first.remaining, first.retry_after), (3, 2, None));
         assert!(first.reset_s > 0 && first.reset_s <= 60);
@@ -167,11 +194,17 @@ mod tests {
         assert_eq!(limits.charge_admin().limit, 5);
     }
 
+    fn config(admin: u32) -> crate::config::LimitsConfig {
+        crate::config::LimitsConfig { admin_rate_limit: admin, upgrade_rate_limit: 0, ..Default::default() }
+    }
+
     #[test]
-    fn idle_ip_buckets_are_swept() {
-        let limits = ApiLimits::new(5);
-        limits.charge_ip("127.0.0.1".parse().unwrap());
+    fn idle_ip_buckets_are_swept_and_zero_switches_a_group_off() {
+        let limits = ApiLimits::new(&config(5));
+        assert!(limits.ips.charge("127.0.0.1".parse().unwrap()).is_some());
         limits.sweep();
         assert_eq!(limits.ips.len(), 1, "a used bucket is kept");
+        assert_eq!(limits.upgrades.charge("127.0.0.1".parse().unwrap()), None);
+        assert!(limits.upgrades.is_empty());
     }
 }

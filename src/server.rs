@@ -14,6 +14,7 @@ use crate::apps::AppCache;
 use crate::auth::api_key::{KeyRing, PresentedKey};
 use crate::broker::local::LocalBroker;
 use crate::config::Config;
+use crate::http::apps::RESTORE_WINDOW_MS;
 use crate::http::{AppState, Shared, router};
 use crate::hub::registry::Registry;
 use crate::hub::{Hub, OutboxLimits, now_ms};
@@ -53,6 +54,11 @@ impl Server {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path).map_err(store_err)?);
         // Read before the snapshot, so a change racing with start-up triggers a reload later.
         let marker = store.change_marker().await.map_err(store_err)?;
+        // Apps past their restore window go before anything is cached or served.
+        let purged = store.purge_deleted(now_ms() - RESTORE_WINDOW_MS).await.map_err(store_err)?;
+        if !purged.is_empty() {
+            tracing::info!(apps = ?purged, "purged apps deleted more than 30 days ago");
+        }
         let snapshot = store.snapshot().await.map_err(store_err)?;
         let apps = AppCache::default();
         apps.replace_all(snapshot.apps);
@@ -70,14 +76,14 @@ impl Server {
         let hub = Arc::new(Hub::new(registry.clone(), Arc::new(LocalBroker::new(registry)), limits));
         let node_id =
             config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
-        let admin_rate_limit = config.limits.admin_rate_limit;
+        let api_limits = crate::limits::ApiLimits::new(&config.limits);
         let state = AppState::new(Shared {
             config,
             store,
             apps,
             keys,
             tickets: Default::default(),
-            limits: crate::limits::ApiLimits::new(admin_rate_limit),
+            limits: api_limits,
             hub,
             node_id,
             started: Instant::now(),
@@ -127,6 +133,7 @@ impl Server {
         tracker.spawn(reload_caches(state.clone(), marker));
         tracker.spawn(flush_key_uses(state.clone()));
         tracker.spawn(heartbeat(state.clone()));
+        tracker.spawn(purge_deleted_apps(state.clone()));
 
         let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = %state.node_id, "roomcast listening");
@@ -266,6 +273,39 @@ async fn reload_caches(state: AppState, mut marker: u64) {
             }
         }
         marker = current;
+    }
+}
+
+/// How often apps past their restore window are looked for (also once in [`Server::build`]).
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Erases apps soft-deleted more than 30 days ago, with their keys, and drops them from the
+/// caches; their ids can then be taken again.
+async fn purge_deleted_apps(state: AppState) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PURGE_EVERY, PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let _writes = state.writes.lock().await;
+        let cutoff = now_ms() - RESTORE_WINDOW_MS;
+        let purged = match state.store.purge_deleted(cutoff).await {
+            Ok(purged) if purged.is_empty() => continue,
+            Ok(purged) => purged,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot purge deleted apps");
+                continue;
+            }
+        };
+        match state.store.snapshot().await {
+            Ok(snapshot) => {
+                state.apps.replace_all(snapshot.apps);
+                state.keys.replace_all(snapshot.keys);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reload the store after a purge"),
+        }
+        tracing::info!(apps = ?purged, "purged apps deleted more than 30 days ago");
     }
 }
 

@@ -29,8 +29,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/applications/{app_id}/regenerate-secret", post(regenerate_secret))
 }
 
-/// How long a soft-deleted app can be restored, in milliseconds (30 days).
-const RESTORE_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
+/// How long a soft-deleted app can be restored, in milliseconds (30 days); after that it is
+/// purged.
+pub const RESTORE_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// Length of generated app secrets.
 const SECRET_LEN: usize = 48;

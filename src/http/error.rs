@@ -54,6 +54,10 @@ pub enum ApiError {
     /// 403 `app_disabled`.
     #[error("the app is disabled")]
     AppDisabled,
+    /// A key of a soft-deleted app: 403 `app_disabled`, except on the app's own routes
+    /// (`/api/applications/…`), where the app is 404 like for everyone else.
+    #[error("the app is deleted")]
+    AppDeleted(String),
     /// 403 `origin_not_allowed`.
     #[error("origin {0:?} is not allowed for this app")]
     OriginNotAllowed(String),
@@ -102,7 +106,7 @@ impl ApiError {
             ApiError::InvalidTicket => (StatusCode::UNAUTHORIZED, "invalid_ticket"),
             ApiError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::AppDisabled => (StatusCode::FORBIDDEN, "app_disabled"),
+            ApiError::AppDisabled | ApiError::AppDeleted(_) => (StatusCode::FORBIDDEN, "app_disabled"),
             ApiError::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

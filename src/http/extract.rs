@@ -4,6 +4,8 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use std::net::IpAddr;
+
 use axum::http::{HeaderMap, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -103,7 +105,12 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let (source, key) = find_key(parts).ok_or(ApiError::MissingApiKey)?;
-        let principal = state.authenticate(source, &key)?;
+        let principal = state.authenticate(source, &key).map_err(|e| match e {
+            ApiError::AppDeleted(app_id) if parts.uri.path().starts_with("/api/applications") => {
+                ApiError::NotFound(format!("no app {app_id:?}"))
+            }
+            other => other,
+        })?;
         state.charge(&principal, parts.extensions.get::<RateSlot>())?;
         Ok(principal)
     }
@@ -251,15 +258,94 @@ where
     T::try_from(whole).map(Some).map_err(|_| D::Error::custom(format!("{whole} is out of range")))
 }
 
-/// The client's address as the socket saw it (no proxy headers are trusted yet).
+/// The client's address: the socket peer, or, when the peer is a trusted proxy
+/// (`server.trusted_proxies`), what it put in `X-Forwarded-For`.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub Option<std::net::IpAddr>);
+pub struct ClientIp(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
-        Ok(ClientIp(peer.map(|c| c.0.ip())))
+        Ok(ClientIp(peer.map(|c| client_ip(c.0.ip(), &parts.headers, &state.config.server.trusted_proxies))))
+    }
+}
+
+/// Most `X-Forwarded-For` entries looked at; a longer chain is cut at the proxy this far in.
+const MAX_FORWARDED_HOPS: usize = 32;
+
+/// Resolves the client behind a chain of proxies: walking `X-Forwarded-For` from the right (the
+/// entry the nearest proxy wrote), each address in `trusted` is a further proxy and the first
+/// one that is not is the client. Entries left of it were written by the client itself and are
+/// never believed. An unreadable entry ends the walk at the proxy that passed it on.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for entry in entries.iter().rev().take(MAX_FORWARDED_HOPS) {
+        let Some(ip) = parse_forwarded(entry) else { break };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `::1` or `[::1]:5678`.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = entry.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(peer: &str, xff: &[&str], trusted: &[&str]) -> String {
+        let mut headers = HeaderMap::new();
+        for v in xff {
+            headers.append("x-forwarded-for", v.parse().unwrap());
+        }
+        let trusted: Vec<ipnet::IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        client_ip(peer.parse().unwrap(), &headers, &trusted).to_string()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxies = ["10.0.0.0/8", "127.0.0.1/32"];
+        // An untrusted peer's header is ignored.
+        assert_eq!(resolve("203.0.113.9", &["198.51.100.1"], &proxies), "203.0.113.9");
+        // A trusted peer: the right-most untrusted entry is the client; entries the client
+        // wrote itself (left of it) are not.
+        assert_eq!(resolve("10.0.0.2", &["6.6.6.6, 198.51.100.1"], &proxies), "198.51.100.1");
+        assert_eq!(resolve("10.0.0.2", &["6.6.6.6, 198.51.100.1, 10.0.0.7"], &proxies), "198.51.100.1");
+        // Several header lines are one list.
+        assert_eq!(resolve("127.0.0.1", &["6.6.6.6", "198.51.100.1"], &proxies), "198.51.100.1");
+        // Ports and brackets.
+        assert_eq!(resolve("127.0.0.1", &["198.51.100.1:4433"], &proxies), "198.51.100.1");
+        assert_eq!(resolve("127.0.0.1", &["[2001:db8::1]:80"], &proxies), "2001:db8::1");
+        // Garbage ends the walk at the proxy that passed it on.
+        assert_eq!(resolve("10.0.0.2", &["198.51.100.1, not-an-ip, 10.0.0.7"], &proxies), "10.0.0.7");
+        // No header, or nothing trusted configured: the peer.
+        assert_eq!(resolve("127.0.0.1", &[], &proxies), "127.0.0.1");
+        assert_eq!(resolve("127.0.0.1", &["198.51.100.1"], &[]), "127.0.0.1");
+        // Only proxies in the chain: the left-most of them.
+        assert_eq!(resolve("10.0.0.2", &["10.0.0.3"], &proxies), "10.0.0.3");
     }
 }

@@ -89,6 +89,9 @@ impl AppState {
         }
         if let Some(app_id) = &key.record.app_id {
             let app = self.apps.get(app_id).ok_or(ApiError::InvalidKey)?;
+            if app.deleted_at.is_some() {
+                return Err(ApiError::AppDeleted(app_id.clone()));
+            }
             if !is_active(&app) {
                 return Err(ApiError::AppDisabled);
             }
@@ -129,7 +132,19 @@ impl AppState {
         slot: Option<&crate::limits::RateSlot>,
     ) -> Result<(), ApiError> {
         match ip {
-            Some(ip) => Self::report(self.limits.charge_ip(ip), slot),
+            Some(ip) => self.limits.ips.charge(ip).map_or(Ok(()), |info| Self::report(info, slot)),
+            None => Ok(()),
+        }
+    }
+
+    /// Charges a WebSocket upgrade attempt to its client IP's bucket.
+    pub fn charge_upgrade(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        slot: Option<&crate::limits::RateSlot>,
+    ) -> Result<(), ApiError> {
+        match ip.and_then(|ip| self.limits.upgrades.charge(ip)) {
+            Some(info) => Self::report(info, slot),
             None => Ok(()),
         }
     }

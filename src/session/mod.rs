@@ -14,7 +14,8 @@ use crate::apps::is_active;
 use crate::auth::token::Identity;
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::Query;
+use crate::http::extract::{ClientIp, Query};
+use crate::limits::RateSlot;
 
 /// Credentials accepted in the query string.
 #[derive(Debug, Deserialize)]
@@ -28,9 +29,13 @@ pub async fn upgrade(
     State(state): State<AppState>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     Query(params): Query<WsParams>,
+    ClientIp(ip): ClientIp,
+    slot: Option<axum::Extension<RateSlot>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
+    // Charged before any check, so a flood of bad credentials is limited too.
+    state.charge_upgrade(ip, slot.as_deref())?;
     let identity = authenticate(&state, &params, &headers)?;
     let app = state.apps.get(&identity.app_id).ok_or_else(|| ApiError::InvalidToken("unknown app".into()))?;
     if !is_active(&app) {

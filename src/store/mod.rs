@@ -134,6 +134,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn save_keys(&self, keys: &[KeyRecord]) -> Result<(), StoreError>;
     /// Records when keys were last used.
     async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError>;
+    /// Erases apps soft-deleted before `deleted_before` (ms) with all their keys, freeing their
+    /// ids; returns the erased app ids.
+    async fn purge_deleted(&self, deleted_before: i64) -> Result<Vec<String>, StoreError>;
     /// A number that changes when another process wrote to the store, so caches can reload.
     async fn change_marker(&self) -> Result<u64, StoreError>;
     /// Cheap liveness probe for `/health`.

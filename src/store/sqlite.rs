@@ -268,6 +268,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn purge_deleted(&self, deleted_before: i64) -> Result<Vec<String>, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let ids = tx
+                .prepare("SELECT app_id FROM apps WHERE deleted_at IS NOT NULL AND deleted_at < ?1")
+                .and_then(|mut q| {
+                    q.query_map([deleted_before], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()
+                })
+                .map_err(unavailable)?;
+            for id in &ids {
+                tx.execute("DELETE FROM api_keys WHERE app_id = ?1", [id]).map_err(write_error)?;
+                tx.execute("DELETE FROM apps WHERE app_id = ?1", [id]).map_err(write_error)?;
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(ids)
+        })
+        .await
+    }
+
     async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let key = key.clone();
         self.with(move |conn| write_key(conn, INSERT_KEY, &key).map(drop).map_err(write_error)).await

@@ -464,6 +464,14 @@ async fn soft_delete_and_restore() {
 
     assert_error(&hub.get(path, &admin).await, 404, "not_found");
     assert_error(&hub.get("/api/test", &app.api_key).await, 403, "app_disabled");
+    // On its own app routes the deleted app is not found, as for everyone else.
+    assert_error(&hub.get(path, &app.api_key).await, 404, "not_found");
+    assert_error(&hub.get(&format!("{path}/keys"), &app.api_key).await, 404, "not_found");
+    assert_error(
+        &hub.post("/api/broadcast", &app.api_key, json!({"room": "r", "event": "e", "data": {}})).await,
+        403,
+        "app_disabled",
+    );
     assert_eq!(hub.try_connect(&token).await.err().unwrap().0, 403);
     let res = hub
         .http

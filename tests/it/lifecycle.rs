@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{Ending, spawn_hub, spawn_hub_in};
+use crate::support::{Ending, assert_error, spawn_hub, spawn_hub_in};
 
 #[tokio::test]
 async fn a_restart_keeps_apps_and_keys() {
@@ -25,6 +25,48 @@ async fn a_restart_keeps_apps_and_keys() {
     let token = hub.token(&app, json!({})).await;
     hub.connect(&token).await;
     assert_eq!(hub.get("/api/test", &hub.admin_key.clone()).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn apps_deleted_over_30_days_ago_are_purged_at_start() {
+    let hub = spawn_hub().await;
+    let admin = hub.admin_key.clone();
+    let old = hub.create_app(json!({"app_id": "old-gone"})).await;
+    hub.create_app(json!({"app_id": "recent-gone"})).await;
+    hub.create_app(json!({"app_id": "still-here"})).await;
+    for id in ["old-gone", "recent-gone"] {
+        let path = format!("/api/applications/{id}");
+        assert_eq!(hub.send(reqwest::Method::DELETE, &path, &admin, json!({})).await.0, StatusCode::OK);
+    }
+    let (dir, admin, _) = hub.stop().await;
+    // Age one deletion past the 30-day window, straight in the SQLite file.
+    let db = rusqlite::Connection::open(dir.path().join("roomcast.db")).unwrap();
+    let month = 31_i64 * 24 * 3600 * 1000;
+    db.execute("UPDATE apps SET deleted_at = deleted_at - ?1 WHERE app_id = 'old-gone'", [month]).unwrap();
+    drop(db);
+
+    let hub = spawn_hub_in(dir, admin, |_| {}).await;
+    let admin = hub.admin_key.clone();
+    let (_, all) = hub.get("/api/applications?include_deleted=true", &admin).await;
+    let ids: Vec<&str> =
+        all["applications"].as_array().unwrap().iter().map(|a| a["app_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["recent-gone", "still-here"], "{all}");
+    // Its keys are gone with it and its id is free again.
+    assert_error(&hub.get("/api/test", &old.api_key).await, 401, "invalid_key");
+    assert_error(&hub.post("/api/applications/old-gone/restore", &admin, json!({})).await, 404, "not_found");
+    let (status, v) = hub.post("/api/applications", &admin, json!({"app_id": "old-gone"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    // The recent one can still come back.
+    assert_eq!(hub.post("/api/applications/recent-gone/restore", &admin, json!({})).await.0, StatusCode::OK);
+    let db = rusqlite::Connection::open(hub.dir.path().join("roomcast.db")).unwrap();
+    let keys: i64 = db
+        .query_row(
+            "SELECT count(*) FROM api_keys WHERE app_id = 'old-gone' AND key_id = ?1",
+            [&old.api_key[7..19]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(keys, 0, "the purged app's keys are erased");
 }
 
 #[tokio::test]

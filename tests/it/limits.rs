@@ -56,12 +56,12 @@ async fn token_minting_is_limited_per_client_ip() {
     let hub = spawn_hub().await;
     let app = hub.create_app(json!({"app_id": "ip-app"})).await;
     let body = json!({"app_id": "ip-app", "app_secret": app.secret});
-    for _ in 0..roomcast::limits::PER_IP_PER_MINUTE {
+    for _ in 0..100u32 {
         let res = hub.http.post(hub.url("/api/token")).json(&body).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
     let res = hub.http.post(hub.url("/api/token")).json(&body).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(header(&res, "retry-after").is_some());
-    assert_eq!(header(&res, "x-ratelimit-limit"), Some(roomcast::limits::PER_IP_PER_MINUTE.into()));
+    assert_eq!(header(&res, "x-ratelimit-limit"), Some(100u32.into()));
 }
