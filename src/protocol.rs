@@ -13,6 +13,60 @@ pub const MAX_ROOM_LEN: usize = 164;
 pub const MAX_EVENT_LEN: usize = 200;
 /// Event names clients and apps may not use: the hub's own.
 pub const RESERVED_EVENT_PREFIX: &str = "roomcast:";
+/// Deepest nesting of arrays and objects accepted in event `data`: what common JSON parsers
+/// (serde_json, Python's `json`) handle without hitting their recursion limits, so no
+/// subscriber or webhook receiver is handed a document it cannot read.
+pub const MAX_DATA_DEPTH: usize = 128;
+
+/// The deepest nesting of arrays and objects in `raw`, which must be valid JSON (a
+/// [`RawValue`]'s text). One pass over the bytes, no recursion.
+pub fn json_depth(raw: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in raw.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// `raw` (valid JSON) without the whitespace between tokens; numbers and strings are kept
+/// byte for byte.
+pub fn compact_json(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in raw.chars() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            continue;
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// A client-facing room name: 1–164 characters of `[A-Za-z0-9_\-=@,.;:]`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -263,6 +317,12 @@ impl ClientFrame {
                     }
                 };
                 let data = match raw.data {
+                    Some(d) if json_depth(d.get()) > MAX_DATA_DEPTH => {
+                        return Err(fail(
+                            ErrorCode::InvalidMessage,
+                            format!("data is nested deeper than {MAX_DATA_DEPTH} levels"),
+                        ));
+                    }
                     Some(d) => d.to_owned(),
                     None => RawValue::from_string("null".into()).expect("null is JSON"),
                 };
@@ -322,6 +382,10 @@ impl ErrorCode {
 pub enum CloseCode {
     /// 1000: the client asked to close.
     Normal,
+    /// 1002: a frame that breaks the WebSocket protocol (unmasked, reserved bits, bad opcode).
+    ProtocolError,
+    /// 1007: a text frame that is not valid UTF-8.
+    InvalidPayload,
     /// 1009: a frame over `limits.max_message_bytes`. Do not resend it.
     MessageTooBig,
     /// 1012: the server is restarting; reconnect (to another node) with backoff.
@@ -341,6 +405,8 @@ impl CloseCode {
     pub fn code(self) -> u16 {
         match self {
             CloseCode::Normal => 1000,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidPayload => 1007,
             CloseCode::MessageTooBig => 1009,
             CloseCode::ServiceRestart => 1012,
             CloseCode::IdleTimeout => 4000,
@@ -354,6 +420,8 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Normal => "bye",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::InvalidPayload => "text frame is not valid UTF-8",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::ServiceRestart => "service restart",
             CloseCode::IdleTimeout => "idle timeout",
@@ -449,6 +517,19 @@ impl ServerFrame {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_depth_and_compaction_ignore_strings() {
+        use super::{compact_json, json_depth};
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(r#"["[[[{{", "\"[[", {}]"#), 2);
+        assert_eq!(
+            compact_json("{ \"a b\" : [ 1 ,\n 2e999 ] , \"c\\\" d\":\t\"x y\" }"),
+            r#"{"a b":[1,2e999],"c\" d":"x y"}"#
+        );
+        assert_eq!(compact_json(" \"é ü\" "), "\"é ü\"");
+    }
+
     use super::*;
 
     #[test]

@@ -425,6 +425,11 @@ async fn list_apps(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::field("limit", "must be between 1 and 100"));
     }
+    if let Some(cursor) = &params.cursor
+        && check_app_id(cursor).is_err()
+    {
+        return Err(ApiError::field("cursor", "is not a next_cursor of this list"));
+    }
     if let Some(own) = &principal.app_id {
         principal.require(Scope::AppsRead)?;
         let applications = state.apps.get(own).iter().map(|a| AppView::from(&**a)).collect();

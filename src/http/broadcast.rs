@@ -16,7 +16,7 @@ use crate::apps::is_active;
 use crate::auth::api_key::Scope;
 use crate::hub::events::PublishKind;
 use crate::hub::registry::RoomKey;
-use crate::protocol::{EventName, RoomName};
+use crate::protocol::{EventName, MAX_DATA_DEPTH, RoomName, compact_json, json_depth};
 
 /// Routes of this area.
 pub fn router() -> Router<AppState> {
@@ -100,12 +100,16 @@ fn check<'a>(
     let limit = state.config.limits.max_message_bytes;
     let data: Cow<'a, RawValue> = match &req.data {
         None => Cow::Owned(RawValue::from_string("null".into()).expect("null is JSON")),
+        Some(raw) if json_depth(raw.get()) > MAX_DATA_DEPTH => {
+            return Err(ApiError::field(
+                &format!("{field}data"),
+                format!("is nested deeper than {MAX_DATA_DEPTH} levels"),
+            ));
+        }
         Some(raw) if raw.get().len() <= limit => Cow::Borrowed(&**raw),
         Some(raw) => {
-            // The limit applies to the compact form; only re-encode when the raw text is over it.
-            let value: serde_json::Value =
-                serde_json::from_str(raw.get()).map_err(|e| ApiError::field(&format!("{field}data"), e))?;
-            let compact = serde_json::to_string(&value).map_err(|e| ApiError::Internal(e.to_string()))?;
+            // The limit applies to the compact form; only compact when the raw text is over it.
+            let compact = compact_json(raw.get());
             if compact.len() > limit {
                 return Err(ApiError::PayloadTooLarge(format!(
                     "{field}data is {} bytes; the limit is {limit}",

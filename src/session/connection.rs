@@ -144,12 +144,15 @@ fn reason_of(code: u16) -> &'static str {
     .map_or("closed", CloseCode::reason)
 }
 
+/// A frame the socket could not read: answered with the close code that says why, when the
+/// socket can still carry one.
 fn read_error(e: axum::Error) -> End {
-    let too_big = e
-        .into_inner()
-        .downcast_ref::<tungstenite::Error>()
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-    if too_big { End::Close(CloseCode::MessageTooBig) } else { End::Gone }
+    match e.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig),
+        Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::InvalidPayload),
+        Some(tungstenite::Error::Protocol(_)) => End::Close(CloseCode::ProtocolError),
+        _ => End::Gone,
+    }
 }
 
 /// Writes a requested ping and up to [`MAX_BATCH`] waiting frames, then flushes once. Frames

@@ -8,6 +8,7 @@ mod binary;
 mod broadcast;
 mod browser;
 mod fanout;
+mod hostile;
 mod keys;
 mod lifecycle;
 mod limits;
