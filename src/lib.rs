@@ -36,3 +36,5 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod store;
+#[cfg(test)]
+mod props;
