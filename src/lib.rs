@@ -31,10 +31,10 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod limits;
+#[cfg(test)]
+mod props;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod store;
-#[cfg(test)]
-mod props;

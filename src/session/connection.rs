@@ -33,7 +33,9 @@ enum End {
     Close(CloseCode),
     /// A close code requested through the handle (slow consumer, app disabled, idle, restart).
     Requested(u16),
-    /// The peer closed or the socket failed; nothing more to send.
+    /// The client sent a close frame: the echo the WebSocket layer queued is flushed.
+    ClientClosed,
+    /// The socket failed; nothing more can be sent.
     Gone,
 }
 
@@ -113,6 +115,11 @@ async fn finish(mut session: Session, mut socket: WebSocket, end: End) {
     let close = match end {
         End::Close(code) => Some((code.code(), code.reason())),
         End::Requested(code) => Some((code, reason_of(code))),
+        End::ClientClosed => {
+            // Completes the closing handshake with the client's own code.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+            None
+        }
         End::Gone => None,
     };
     if let Some((code, reason)) = close {
@@ -196,7 +203,7 @@ impl Session {
                 "binary frames are not accepted; send JSON text",
                 None,
             )),
-            Message::Close(_) => return Some(End::Gone),
+            Message::Close(_) => return Some(End::ClientClosed),
             Message::Ping(_) | Message::Pong(_) => None,
         };
         let reply = reply?;

@@ -70,6 +70,51 @@ async fn apps_deleted_over_30_days_ago_are_purged_at_start() {
 }
 
 #[tokio::test]
+async fn an_expired_key_gets_key_expired() {
+    let hub = spawn_hub().await;
+    let app = hub.create_app(json!({})).await;
+    let path = format!("/api/applications/{}/keys", app.app_id);
+    let (status, v) = hub.post(&path, &app.api_key, json!({"scopes": ["apps:read"], "expires_in": 60})).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let short = v["api_key"].as_str().unwrap().to_owned();
+    let key_id = v["key"]["key_id"].as_str().unwrap().to_owned();
+    assert_eq!(hub.get("/api/test", &short).await.0, StatusCode::OK);
+    let (dir, admin, _) = hub.stop().await;
+    // Let the minute pass, in the store.
+    let db = rusqlite::Connection::open(dir.path().join("roomcast.db")).unwrap();
+    db.execute("UPDATE api_keys SET expires_at = expires_at - 120000 WHERE key_id = ?1", [&key_id]).unwrap();
+    drop(db);
+    let hub = spawn_hub_in(dir, admin, |_| {}).await;
+    assert_error(&hub.get("/api/test", &short).await, 401, "key_expired");
+    assert_eq!(hub.get("/api/test", &app.api_key).await.0, StatusCode::OK, "other keys are unaffected");
+}
+
+#[tokio::test]
+async fn a_store_locked_by_another_process_answers_503_and_loses_nothing() {
+    let hub = spawn_hub().await;
+    let admin = hub.admin_key.clone();
+    hub.create_app(json!({"app_id": "before-lock"})).await;
+    // Another process takes the write lock and holds it past the hub's 5 s busy timeout.
+    let mut db = rusqlite::Connection::open(hub.dir.path().join("roomcast.db")).unwrap();
+    let lock = db.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive).unwrap();
+    let got = hub.post("/api/applications", &admin, json!({"app_id": "during-lock"})).await;
+    assert_error(&got, 503, "unavailable");
+    // Reads are served from memory meanwhile.
+    assert_eq!(hub.get("/api/applications/before-lock", &admin).await.0, StatusCode::OK);
+    lock.rollback().unwrap();
+    // Nothing half-written: the refused app does not exist and can be created now.
+    assert_error(&hub.get("/api/applications/during-lock", &admin).await, 404, "not_found");
+    let (status, v) = hub.post("/api/applications", &admin, json!({"app_id": "during-lock"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (dir, admin, _) = hub.stop().await;
+    let hub = spawn_hub_in(dir, admin, |_| {}).await;
+    let (_, list) = hub.get("/api/applications", &hub.admin_key.clone()).await;
+    let ids: Vec<&str> =
+        list["applications"].as_array().unwrap().iter().map(|a| a["app_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["before-lock", "during-lock"]);
+}
+
+#[tokio::test]
 async fn shutdown_closes_clients_with_1012() {
     let hub = spawn_hub().await;
     let app = hub.create_app(json!({"app_id": "bye-app"})).await;

@@ -96,6 +96,19 @@ async fn origin_must_match_allowed_domains() {
 }
 
 #[tokio::test]
+async fn a_client_close_is_answered_with_1000_and_leaves_its_rooms() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let hub = spawn_hub().await;
+    let app = hub.create_app(json!({})).await;
+    let mut ws = hub.subscriber(&app, json!({}), &["bye"]).await;
+    let frame = CloseFrame { code: CloseCode::Normal, reason: "done".into() };
+    ws.stream.send(Message::Close(Some(frame))).await.unwrap();
+    assert_eq!(ws.closed().await, Ending::Closed(1000));
+    assert_eq!(hub.broadcast(&app, "bye", "e", json!(1)).await["subscriber_count"], 0);
+}
+
+#[tokio::test]
 async fn subscribe_unsubscribe_and_ping_echo_ids() {
     let hub = spawn_hub().await;
     let app = hub.create_app(json!({"app_id": "proto-app"})).await;
