@@ -44,8 +44,8 @@ fn registry(c: &mut Criterion) {
                 // A steady population, so joins are not always first-joins.
                 let crowd: Vec<Arc<ConnHandle>> = (0..1000).map(|_| hub.connect("bench-app", None)).collect();
                 for (i, c) in crowd.iter().enumerate() {
-                    registry.join(&key(&format!("r{}", i % threads)), c);
-                    registry.join(&key("shared"), c);
+                    registry.join(&key(&format!("r{}", i % threads)), c, None, 0);
+                    registry.join(&key("shared"), c, None, 0);
                 }
                 let start = Instant::now();
                 std::thread::scope(|s| {
@@ -54,8 +54,8 @@ fn registry(c: &mut Criterion) {
                         s.spawn(move || {
                             let room = if shared { key("shared") } else { key(&format!("r{t}")) };
                             for _ in 0..iters {
-                                registry.join(&room, conn);
-                                black_box(registry.leave(&room, conn.seq));
+                                registry.join(&room, conn, None, 0);
+                                black_box(registry.leave(&room, conn));
                             }
                         });
                     }
@@ -78,7 +78,7 @@ fn fanout_enqueue(c: &mut Criterion) {
             let room = key("fan");
             let conns: Vec<Arc<ConnHandle>> = (0..n).map(|_| hub.connect("bench-app", None)).collect();
             for c in &conns {
-                registry.join(&room, c);
+                registry.join(&room, c, None, 0);
             }
             let publication = Publication {
                 key: room.clone(),

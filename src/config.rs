@@ -87,6 +87,8 @@ pub struct LimitsConfig {
     pub ip_rate_limit: u32,
     /// WebSocket upgrade attempts per minute per client IP; 0 turns the limit off.
     pub upgrade_rate_limit: u32,
+    /// Presence members listed in a `subscribed` frame; `member_count` is always exact.
+    pub presence_members_listed: usize,
 }
 
 /// WebSocket sessions.
@@ -188,6 +190,7 @@ impl Default for LimitsConfig {
             admin_rate_limit: 6000,
             ip_rate_limit: 100,
             upgrade_rate_limit: 1200,
+            presence_members_listed: 1000,
         }
     }
 }

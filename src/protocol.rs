@@ -447,6 +447,12 @@ struct Connected<'a> {
 }
 
 #[derive(Serialize)]
+struct MemberView<'a> {
+    user_id: &'a str,
+    user_info: &'a RawValue,
+}
+
+#[derive(Serialize)]
 struct RoomAck<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -489,6 +495,33 @@ impl ServerFrame {
     /// `{"type":"subscribed",…}`.
     pub fn subscribed(room: &RoomName, id: Option<u64>) -> String {
         to_text(&RoomAck { kind: "subscribed", room: room.as_str(), id })
+    }
+
+    /// `{"type":"subscribed",…,"presence":[…],"member_count":N}` for a presence room.
+    pub fn subscribed_presence(
+        room: &RoomName,
+        id: Option<u64>,
+        members: &[crate::hub::registry::Member],
+        member_count: usize,
+    ) -> String {
+        #[derive(Serialize)]
+        struct PresenceAck<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            room: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<u64>,
+            presence: Vec<MemberView<'a>>,
+            member_count: usize,
+        }
+        let presence =
+            members.iter().map(|m| MemberView { user_id: &m.user_id, user_info: &m.user_info }).collect();
+        to_text(&PresenceAck { kind: "subscribed", room: room.as_str(), id, presence, member_count })
+    }
+
+    /// `{"user_id":…,"user_info":…}`: the data of `user-joined` and `user-left`.
+    pub fn member(user_id: &str, user_info: &RawValue) -> String {
+        to_text(&MemberView { user_id, user_info })
     }
 
     /// `{"type":"unsubscribed",…}`.

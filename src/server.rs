@@ -73,7 +73,10 @@ impl Server {
             messages: config.websocket.outbound_queue_messages,
             bytes: config.websocket.outbound_queue_bytes,
         };
-        let hub = Arc::new(Hub::new(registry.clone(), Arc::new(LocalBroker::new(registry)), limits));
+        let hub = Arc::new(
+            Hub::new(registry.clone(), Arc::new(LocalBroker::new(registry)), limits)
+                .with_presence_list_max(config.limits.presence_members_listed),
+        );
         let node_id =
             config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
         let api_limits = crate::limits::ApiLimits::new(&config.limits);

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod keys;
 pub mod openapi;
+pub mod rooms;
 pub mod tickets;
 pub mod token;
 
@@ -188,6 +189,7 @@ pub fn router(state: AppState) -> Router {
         .merge(token::router())
         .merge(tickets::router())
         .merge(broadcast::router())
+        .merge(rooms::router())
         .route("/ws", get(crate::session::upgrade))
         .merge(openapi::router())
         .fallback(not_found)

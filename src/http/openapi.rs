@@ -31,12 +31,16 @@ use super::AppState;
         super::tickets::create_ticket,
         super::broadcast::broadcast,
         super::broadcast::broadcast_batch,
+        super::rooms::list_rooms,
+        super::rooms::get_room,
+        super::rooms::presence,
     ),
     modifiers(&ApiKeyAuth),
     tags(
         (name = "applications", description = "Tenants, their keys and secrets"),
         (name = "broadcast", description = "Publishing events into rooms"),
         (name = "tokens", description = "Client JWTs"),
+        (name = "rooms", description = "Occupied rooms and presence members"),
         (name = "keys", description = "API key introspection"),
         (name = "operations", description = "Health"),
     )

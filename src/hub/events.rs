@@ -16,16 +16,46 @@ pub enum PublishKind {
     Broadcast,
     /// A client's `publish` frame.
     Client,
+    /// The hub's own events (`user-joined`, `user-left`).
+    System,
 }
 
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HubEvent {
-    ConnectionOpened { app_id: String, connection_id: String, user_id: Option<String> },
-    ConnectionClosed { app_id: String, connection_id: String, user_id: Option<String> },
-    RoomOccupied { room: RoomKey },
-    RoomVacated { room: RoomKey },
-    Published { room: RoomKey, event: EventName, kind: PublishKind, delivered: usize, dropped: usize },
+    ConnectionOpened {
+        app_id: String,
+        connection_id: String,
+        user_id: Option<String>,
+    },
+    ConnectionClosed {
+        app_id: String,
+        connection_id: String,
+        user_id: Option<String>,
+    },
+    RoomOccupied {
+        room: RoomKey,
+    },
+    RoomVacated {
+        room: RoomKey,
+    },
+    /// A user's first connection joined a presence room.
+    MemberJoined {
+        room: RoomKey,
+        user_id: String,
+    },
+    /// A user's last connection left a presence room.
+    MemberLeft {
+        room: RoomKey,
+        user_id: String,
+    },
+    Published {
+        room: RoomKey,
+        event: EventName,
+        kind: PublishKind,
+        delivered: usize,
+        dropped: usize,
+    },
 }
 
 /// Fans [`HubEvent`]s out to listeners' bounded queues.

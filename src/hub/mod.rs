@@ -16,7 +16,7 @@ use crate::broker::{Broker, BrokerError, Publication};
 use crate::protocol::{CloseCode, EventName, RoomName, ServerFrame};
 pub use conn::{ConnHandle, Delivery, OutboxLimits, Wake};
 use events::{EventBus, HubEvent, PublishKind};
-use registry::{FanoutOutcome, Registry, RoomKey};
+use registry::{FanoutOutcome, JoinOutcome, Member, PresenceRequest, Registry, RoomKey};
 
 /// One encoded server frame; clones share the bytes.
 pub type Frame = Utf8Bytes;
@@ -44,6 +44,8 @@ pub struct Hub {
     started: Instant,
     /// Set at shutdown: connections that arrive afterwards are closed at once.
     closing: AtomicBool,
+    /// Most presence members listed in a `subscribed` frame.
+    presence_list_max: usize,
 }
 
 impl Hub {
@@ -59,7 +61,19 @@ impl Hub {
             limits,
             started: Instant::now(),
             closing: AtomicBool::new(false),
+            presence_list_max: 1000,
         }
+    }
+
+    /// Lists at most `n` members in a presence room's `subscribed` frame (the count stays exact).
+    pub fn with_presence_list_max(mut self, n: usize) -> Self {
+        self.presence_list_max = n;
+        self
+    }
+
+    /// The room registry (for introspection).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Milliseconds since the hub started: the clock of connections' `last_seen`.
@@ -110,33 +124,80 @@ impl Hub {
         });
     }
 
-    /// Subscribes `conn` to `room` of its app. Returns once events published afterwards reach it.
-    pub async fn join(&self, conn: &Arc<ConnHandle>, room: &RoomName) -> Result<(), BrokerError> {
+    /// Subscribes `conn` to `room` of its app. Returns once events published afterwards reach
+    /// it, with the member list for a presence room. `user_info` is the connection's, as JSON
+    /// text; a presence room needs the connection to have a user id (checked by the caller).
+    pub async fn join(
+        &self,
+        conn: &Arc<ConnHandle>,
+        room: &RoomName,
+        user_info: Option<&Arc<RawValue>>,
+    ) -> Result<JoinOutcome, BrokerError> {
         let key = RoomKey { app_id: conn.app_id.clone(), room: room.clone() };
-        if self.registry.join(&key, conn) {
+        let null = || Arc::from(RawValue::from_string("null".into()).expect("null is JSON"));
+        let info = user_info.cloned().unwrap_or_else(null);
+        let presence = match (&conn.user_id, room.is_presence()) {
+            (Some(user_id), true) => {
+                Some(PresenceRequest { user_id, user_info: &info, list_at_most: self.presence_list_max })
+            }
+            _ => None,
+        };
+        let outcome = self.registry.join(&key, conn, presence, now_ms());
+        if outcome.occupied {
             if let Err(e) = self.broker.subscribe(&key).await {
                 self.leave(conn, room).await;
                 return Err(e);
             }
-            self.events.emit(HubEvent::RoomOccupied { room: key });
+            self.events.emit(HubEvent::RoomOccupied { room: key.clone() });
         }
-        Ok(())
+        if let Some(member) = outcome.presence.as_ref().and_then(|p| p.joined.as_ref()) {
+            self.announce(&key, "user-joined", member, Some(conn.seq)).await;
+            self.events.emit(HubEvent::MemberJoined { room: key, user_id: member.user_id.to_string() });
+        }
+        Ok(outcome)
     }
 
     /// Unsubscribes `conn` from `room`; `false` when it was not subscribed.
     pub async fn leave(&self, conn: &ConnHandle, room: &RoomName) -> bool {
         let key = RoomKey { app_id: conn.app_id.clone(), room: room.clone() };
-        match self.registry.leave(&key, conn.seq) {
-            None => false,
-            Some(vacated) => {
-                if vacated {
-                    if let Err(e) = self.broker.unsubscribe(&key).await {
-                        tracing::warn!(room = ?key, error = %e, "broker unsubscribe failed");
-                    }
-                    self.events.emit(HubEvent::RoomVacated { room: key });
-                }
-                true
+        let Some(outcome) = self.registry.leave(&key, conn) else {
+            return false;
+        };
+        if let Some(member) = &outcome.left {
+            if !outcome.vacated {
+                self.announce(&key, "user-left", member, None).await;
             }
+            self.events.emit(HubEvent::MemberLeft { room: key.clone(), user_id: member.user_id.to_string() });
+        }
+        if outcome.vacated {
+            if let Err(e) = self.broker.unsubscribe(&key).await {
+                tracing::warn!(room = ?key, error = %e, "broker unsubscribe failed");
+            }
+            self.events.emit(HubEvent::RoomVacated { room: key });
+        }
+        true
+    }
+
+    /// Tells a presence room's other subscribers that a member joined or left.
+    async fn announce(&self, key: &RoomKey, event: &'static str, member: &Member, exclude: Option<u64>) {
+        let data = ServerFrame::member(&member.user_id, &member.user_info);
+        let Ok(data) = RawValue::from_string(data) else { return };
+        let publication = Publication {
+            key: key.clone(),
+            event: EventName::system(event),
+            data: &data,
+            exclude,
+            timestamp: now_ms(),
+        };
+        match self.broker.publish(&publication).await {
+            Ok(outcome) => self.events.emit(HubEvent::Published {
+                room: publication.key,
+                event: publication.event,
+                kind: PublishKind::System,
+                delivered: outcome.delivered,
+                dropped: outcome.dropped,
+            }),
+            Err(e) => tracing::warn!(room = ?key, event, error = %e, "presence announcement failed"),
         }
     }
 
@@ -267,8 +328,8 @@ mod tests {
         let room = RoomName::parse("chat").unwrap();
         let a = hub.connect("app-a", None);
         let b = hub.connect("app-b", None);
-        hub.join(&a, &room).await.unwrap();
-        hub.join(&b, &room).await.unwrap();
+        hub.join(&a, &room, None).await.unwrap();
+        hub.join(&b, &room, None).await.unwrap();
         let ev = EventName::parse("m").unwrap();
         let out = hub.broadcast("app-a", &room, &ev, &raw("1"), None, PublishKind::Broadcast).await.unwrap();
         assert_eq!((out.subscriber_count, out.offset), (1, 1));
@@ -282,8 +343,8 @@ mod tests {
         let room = RoomName::parse("r").unwrap();
         let slow = hub.connect("app-a", None);
         let fast = hub.connect("app-a", None);
-        hub.join(&slow, &room).await.unwrap();
-        hub.join(&fast, &room).await.unwrap();
+        hub.join(&slow, &room, None).await.unwrap();
+        hub.join(&fast, &room, None).await.unwrap();
         let ev = EventName::parse("m").unwrap();
         for _ in 0..2 {
             hub.broadcast("app-a", &room, &ev, &raw("null"), None, PublishKind::Broadcast).await.unwrap();
@@ -305,8 +366,8 @@ mod tests {
         let room = RoomName::parse("r").unwrap();
         let a = hub.connect("app-a", Some("u1"));
         let b = hub.connect("app-a", None);
-        hub.join(&a, &room).await.unwrap();
-        hub.join(&b, &room).await.unwrap();
+        hub.join(&a, &room, None).await.unwrap();
+        hub.join(&b, &room, None).await.unwrap();
         assert!(hub.leave(&a, &room).await);
         assert!(!hub.leave(&a, &room).await);
         assert!(hub.leave(&b, &room).await);
@@ -319,6 +380,8 @@ mod tests {
                 HubEvent::RoomOccupied { .. } => "occupied",
                 HubEvent::RoomVacated { .. } => "vacated",
                 HubEvent::Published { .. } => "published",
+                HubEvent::MemberJoined { .. } => "member joined",
+                HubEvent::MemberLeft { .. } => "member left",
             });
         }
         assert_eq!(kinds, ["open", "open", "occupied", "vacated", "close"]);
@@ -356,8 +419,8 @@ mod tests {
         let room = RoomName::parse("r").unwrap();
         let a = hub.connect("app-a", None);
         let b = hub.connect("app-a", None);
-        hub.join(&a, &room).await.unwrap();
-        hub.join(&b, &room).await.unwrap();
+        hub.join(&a, &room, None).await.unwrap();
+        hub.join(&b, &room, None).await.unwrap();
         let ev = EventName::parse("m").unwrap();
         hub.broadcast("app-a", &room, &ev, &raw("{}"), Some(&a.id), PublishKind::Client).await.unwrap();
         assert!(a.next_frame().is_none());

@@ -2,12 +2,16 @@
 //! and publishes to one room are ordered by that room's lock; different rooms never contend
 //! beyond their map shard.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use indexmap::IndexMap;
+use serde_json::value::RawValue;
 
 use super::{ConnHandle, Delivery, Frame};
 use crate::protocol::RoomName;
@@ -39,12 +43,70 @@ impl fmt::Debug for RoomKey {
     }
 }
 
+/// A presence member: one user, however many of its connections are in the room.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub user_id: Arc<str>,
+    /// The `user_info` of the connection that joined first, as JSON text.
+    pub user_info: Arc<RawValue>,
+}
+
+#[derive(Debug)]
+struct MemberState {
+    user_info: Arc<RawValue>,
+    /// This user's connections in the room.
+    connections: u32,
+}
+
 #[derive(Debug, Default)]
 struct RoomState {
     /// Keyed by the connection's sequence number: O(1) removal, dense iteration for fan-out.
     subscribers: IndexMap<u64, Arc<ConnHandle>>,
     /// Offset of the last publication; offsets count from 1 while the room is occupied.
     offset: u64,
+    /// When the room got its current first subscriber (ms since the epoch).
+    occupied_since: i64,
+    /// Presence rooms only: members by user id, ordered for stable pagination.
+    members: Option<BTreeMap<Arc<str>, MemberState>>,
+}
+
+/// Presence details of a join.
+#[derive(Debug, Clone)]
+pub struct PresenceJoin {
+    /// Whether this was the user's first connection in the room (others learn `user-joined`).
+    pub joined: Option<Member>,
+    /// Members right after the join, the joining user included, at most the requested number.
+    pub members: Vec<Member>,
+    /// Every member, however many were listed.
+    pub member_count: usize,
+}
+
+/// What a join did.
+#[derive(Debug, Clone)]
+pub struct JoinOutcome {
+    /// The connection was the room's first subscriber.
+    pub occupied: bool,
+    /// Set for presence joins.
+    pub presence: Option<PresenceJoin>,
+}
+
+/// What a leave did.
+#[derive(Debug, Clone)]
+pub struct LeaveOutcome {
+    /// The room has no subscribers left.
+    pub vacated: bool,
+    /// The user's last connection left a presence room (others learn `user-left`).
+    pub left: Option<Member>,
+}
+
+/// A room as introspection shows it.
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    pub room: RoomName,
+    pub subscriber_count: usize,
+    /// Distinct users, for presence rooms.
+    pub user_count: Option<usize>,
+    pub occupied_since: i64,
 }
 
 #[derive(Debug, Default)]
@@ -74,33 +136,80 @@ pub struct FanoutOutcome {
 #[derive(Debug, Default)]
 pub struct Registry {
     rooms: DashMap<RoomKey, Arc<Room>>,
+    /// (connection, room) pairs on this node.
+    subscriptions: AtomicUsize,
+}
+
+/// Who joins a presence room, and how many members the caller wants listed back.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceRequest<'a> {
+    pub user_id: &'a Arc<str>,
+    pub user_info: &'a Arc<RawValue>,
+    pub list_at_most: usize,
 }
 
 impl Registry {
-    /// Adds `conn` to the room; `true` when it was the room's first subscriber.
-    pub fn join(&self, key: &RoomKey, conn: &Arc<ConnHandle>) -> bool {
+    /// Adds `conn` to the room (a presence room when `presence` is given); a repeated join
+    /// changes nothing.
+    pub fn join(
+        &self,
+        key: &RoomKey,
+        conn: &Arc<ConnHandle>,
+        presence: Option<PresenceRequest<'_>>,
+        now_ms: i64,
+    ) -> JoinOutcome {
         // The entry guard (shard lock) is held while the room is changed, so a concurrent last
         // leave cannot remove the room between lookup and insert.
         let entry = self.rooms.entry(key.clone()).or_default();
         let mut room = entry.lock();
-        let first = room.subscribers.is_empty();
-        room.subscribers.insert(conn.seq, conn.clone());
-        first
+        let occupied = room.subscribers.is_empty();
+        if occupied {
+            room.occupied_since = now_ms;
+        }
+        let new = room.subscribers.insert(conn.seq, conn.clone()).is_none();
+        if new {
+            self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        let presence = presence.map(|p| {
+            let members = room.members.get_or_insert_with(BTreeMap::new);
+            let mut joined = None;
+            if new {
+                let member = members
+                    .entry(p.user_id.clone())
+                    .or_insert_with(|| MemberState { user_info: p.user_info.clone(), connections: 0 });
+                member.connections += 1;
+                if member.connections == 1 {
+                    joined = Some(Member { user_id: p.user_id.clone(), user_info: member.user_info.clone() });
+                }
+            }
+            PresenceJoin { joined, members: list(members, None, p.list_at_most), member_count: members.len() }
+        });
+        JoinOutcome { occupied, presence }
     }
 
-    /// Removes `seq` from the room; `Some(true)` when the room became empty, `None` when the
-    /// connection was not in it.
-    pub fn leave(&self, key: &RoomKey, seq: u64) -> Option<bool> {
-        let mut removed = false;
+    /// Removes `conn` from the room; `None` when it was not in it.
+    pub fn leave(&self, key: &RoomKey, conn: &ConnHandle) -> Option<LeaveOutcome> {
+        let mut outcome = None;
         let vacated = self
             .rooms
             .remove_if(key, |_, room| {
                 let mut room = room.lock();
-                removed = room.subscribers.swap_remove(&seq).is_some();
+                if room.subscribers.swap_remove(&conn.seq).is_none() {
+                    return false;
+                }
+                let left = match (room.members.as_mut(), conn.user_id.as_ref()) {
+                    (Some(members), Some(user_id)) => leave_member(members, user_id),
+                    _ => None,
+                };
+                outcome = Some(LeaveOutcome { vacated: false, left });
                 room.subscribers.is_empty()
             })
             .is_some();
-        removed.then_some(vacated)
+        if let Some(outcome) = outcome.as_mut() {
+            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            outcome.vacated = vacated;
+        }
+        outcome
     }
 
     /// Hands one frame to every subscriber's queue except `exclude`. The frame is built once,
@@ -148,4 +257,91 @@ impl Registry {
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
+
+    /// (connection, room) pairs on this node.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// One room's state; `None` when nobody is in it.
+    pub fn room_info(&self, key: &RoomKey) -> Option<RoomInfo> {
+        let room = self.rooms.get(key)?.clone();
+        let state = room.lock();
+        (!state.subscribers.is_empty()).then(|| info(&key.room, &state))
+    }
+
+    /// Occupied rooms of `app_id` whose names start with `prefix`, in name order after
+    /// `after`; at most `limit`, and whether more follow. Walks every room of the node.
+    pub fn rooms_of(
+        &self,
+        app_id: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<RoomInfo>, bool) {
+        let mut names: Vec<(RoomName, Arc<Room>)> = self
+            .rooms
+            .iter()
+            .filter(|e| {
+                let k = e.key();
+                *k.app_id == *app_id
+                    && k.room.as_str().starts_with(prefix)
+                    && after.is_none_or(|a| k.room.as_str() > a)
+            })
+            .map(|e| (e.key().room.clone(), e.value().clone()))
+            .collect();
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut rooms = Vec::with_capacity(limit.min(names.len()));
+        let mut more = false;
+        for (name, room) in names {
+            let state = room.lock();
+            if state.subscribers.is_empty() {
+                continue;
+            }
+            if rooms.len() == limit {
+                more = true;
+                break;
+            }
+            rooms.push(info(&name, &state));
+        }
+        (rooms, more)
+    }
+
+    /// Members of a presence room in user-id order after `after`: at most `limit`, and the
+    /// total. `None` when the room is empty or not a presence room.
+    pub fn members(&self, key: &RoomKey, after: Option<&str>, limit: usize) -> Option<(Vec<Member>, usize)> {
+        let room = self.rooms.get(key)?.clone();
+        let state = room.lock();
+        let members = state.members.as_ref().filter(|_| !state.subscribers.is_empty())?;
+        Some((list(members, after, limit), members.len()))
+    }
+}
+
+fn info(name: &RoomName, state: &RoomState) -> RoomInfo {
+    RoomInfo {
+        room: name.clone(),
+        subscriber_count: state.subscribers.len(),
+        user_count: state.members.as_ref().map(BTreeMap::len),
+        occupied_since: state.occupied_since,
+    }
+}
+
+fn list(members: &BTreeMap<Arc<str>, MemberState>, after: Option<&str>, limit: usize) -> Vec<Member> {
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    members
+        .range::<str, _>((start, Bound::Unbounded))
+        .take(limit)
+        .map(|(user_id, m)| Member { user_id: user_id.clone(), user_info: m.user_info.clone() })
+        .collect()
+}
+
+/// One connection of `user_id` left; the member when it was the user's last.
+fn leave_member(members: &mut BTreeMap<Arc<str>, MemberState>, user_id: &Arc<str>) -> Option<Member> {
+    let member = members.get_mut(user_id)?;
+    member.connections -= 1;
+    if member.connections > 0 {
+        return None;
+    }
+    let (user_id, state) = members.remove_entry(user_id)?;
+    Some(Member { user_id, user_info: state.user_info })
 }

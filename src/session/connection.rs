@@ -16,6 +16,7 @@ use crate::apps::is_active;
 use crate::auth::token::Identity;
 use crate::http::AppState;
 use crate::hub::events::PublishKind;
+use crate::hub::registry::PresenceJoin;
 use crate::hub::{ConnHandle, Wake};
 use crate::protocol::{ClientFrame, CloseCode, ErrorCode, FrameError, RoomName, ServerFrame};
 
@@ -50,6 +51,8 @@ struct Session {
     limiter: FrameLimiter,
     /// Frames refused in a row by the limiter.
     refused: u32,
+    /// The token's `user_info` as JSON text, made at the first presence join.
+    user_info: Option<Arc<RawValue>>,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -59,7 +62,8 @@ pub async fn run(state: AppState, mut socket: WebSocket, identity: Identity) {
     let conn = state.hub.connect(&identity.app_id, identity.user_id.as_deref());
     tracing::debug!(connection_id = %conn.id, app_id = %identity.app_id, "connection opened");
     let limiter = frame_limiter(&state.config.limits);
-    let mut session = Session { state, identity, conn, rooms: HashSet::new(), limiter, refused: 0 };
+    let mut session =
+        Session { state, identity, conn, rooms: HashSet::new(), limiter, refused: 0, user_info: None };
     let end = serve(&mut session, &mut socket).await;
     Box::pin(finish(session, socket, end)).await;
 }
@@ -218,7 +222,8 @@ impl Session {
         match frame {
             ClientFrame::Ping { id } => Some(ServerFrame::pong(id)),
             ClientFrame::Subscribe { room, id } => Some(match self.subscribe(&room).await {
-                Ok(()) => ServerFrame::subscribed(&room, id),
+                Ok(Some(p)) => ServerFrame::subscribed_presence(&room, id, &p.members, p.member_count),
+                Ok(None) => ServerFrame::subscribed(&room, id),
                 Err((code, message)) => ServerFrame::error(code, &message, id),
             }),
             ClientFrame::Unsubscribe { room, id } => Some(if self.rooms.remove(&room) {
@@ -236,10 +241,8 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, room: &RoomName) -> Result<(), (ErrorCode, String)> {
-        if self.rooms.contains(room) {
-            return Ok(());
-        }
+    /// Joins `room`; for a presence room, returns its members.
+    async fn subscribe(&mut self, room: &RoomName) -> Result<Option<PresenceJoin>, (ErrorCode, String)> {
         if !self.identity.grants.allows(room) {
             return Err((ErrorCode::RoomForbidden, format!("the token does not grant room {room}")));
         }
@@ -247,16 +250,21 @@ impl Session {
             return Err((ErrorCode::UserIdRequired, "presence rooms need a user_id in the token".into()));
         }
         let max = self.state.config.limits.max_rooms_per_connection;
-        if self.rooms.len() >= max {
+        if !self.rooms.contains(room) && self.rooms.len() >= max {
             return Err((ErrorCode::TooManyRooms, format!("at most {max} rooms per connection")));
         }
-        self.state
+        if room.is_presence() && self.user_info.is_none() {
+            let text = self.identity.user_info.as_ref().map_or_else(|| "null".to_owned(), |v| v.to_string());
+            self.user_info = RawValue::from_string(text).ok().map(Arc::from);
+        }
+        let outcome = self
+            .state
             .hub
-            .join(&self.conn, room)
+            .join(&self.conn, room, self.user_info.as_ref())
             .await
             .map_err(|e| (ErrorCode::Unavailable, format!("cannot subscribe now: {e}")))?;
         self.rooms.insert(room.clone());
-        Ok(())
+        Ok(outcome.presence)
     }
 
     async fn publish(
