@@ -19,6 +19,10 @@ if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
   echo "test.sh: installing chromium"
   apt_install chromium
 fi
+if ! command -v promtool >/dev/null; then
+  echo "test.sh: installing promtool (Debian package prometheus)"
+  apt_install prometheus
+fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "test.sh: installing playwright-core"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)

@@ -26,6 +26,7 @@ pub struct Config {
     pub apps: AppsConfig,
     pub tokens: TokensConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
 }
 
@@ -147,6 +148,14 @@ pub struct LogConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `GET /metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 /// Cluster mode (Redis). Empty `redis_url` means a single node.

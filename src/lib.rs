@@ -31,6 +31,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 #[cfg(test)]
 mod props;
 pub mod protocol;

@@ -73,9 +73,11 @@ impl Server {
             messages: config.websocket.outbound_queue_messages,
             bytes: config.websocket.outbound_queue_bytes,
         };
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let hub = Arc::new(
             Hub::new(registry.clone(), Arc::new(LocalBroker::new(registry)), limits)
-                .with_presence_list_max(config.limits.presence_members_listed),
+                .with_presence_list_max(config.limits.presence_members_listed)
+                .with_metrics(metrics.hub.clone()),
         );
         let node_id =
             config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
@@ -87,6 +89,7 @@ impl Server {
             keys,
             tickets: Default::default(),
             limits: api_limits,
+            metrics,
             hub,
             node_id,
             started: Instant::now(),
@@ -331,6 +334,9 @@ async fn heartbeat(state: AppState) {
         state.tickets.sweep(crate::hub::now_ms());
         if n.is_multiple_of(60) {
             state.limits.sweep();
+        }
+        if n.is_multiple_of(5) {
+            state.metrics.upkeep();
         }
     }
 }

@@ -111,6 +111,7 @@ fn check<'a>(
             // The limit applies to the compact form; only compact when the raw text is over it.
             let compact = compact_json(raw.get());
             if compact.len() > limit {
+                state.hub.metrics().dropped(crate::metrics::DropReason::Oversize).increment(1);
                 return Err(ApiError::PayloadTooLarge(format!(
                     "{field}data is {} bytes; the limit is {limit}",
                     compact.len()

@@ -111,6 +111,11 @@ impl FromRequestParts<AppState> for Principal {
             }
             other => other,
         })?;
+        if let (Some(caller), Some(app_id)) =
+            (parts.extensions.get::<super::observe::CallerApp>(), &principal.app_id)
+        {
+            caller.set(app_id);
+        }
         state.charge(&principal, parts.extensions.get::<RateSlot>())?;
         Ok(principal)
     }

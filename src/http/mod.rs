@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod keys;
+pub mod observe;
 pub mod openapi;
 pub mod rooms;
 pub mod tickets;
@@ -44,6 +45,7 @@ pub struct Shared {
     pub keys: KeyRing,
     pub tickets: TicketBook,
     pub limits: crate::limits::ApiLimits,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub hub: Arc<Hub>,
     pub node_id: String,
     pub started: Instant,
@@ -191,11 +193,12 @@ pub fn router(state: AppState) -> Router {
         .merge(broadcast::router())
         .merge(rooms::router())
         .route("/ws", get(crate::session::upgrade))
+        .route("/metrics", get(crate::metrics::metrics_page))
         .merge(openapi::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::limits::headers))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
         .with_state(state)
 }
 

@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use serde_json::value::RawValue;
 
 use crate::broker::{Broker, BrokerError, Publication};
+use crate::metrics::{DropReason, HubMetrics};
 use crate::protocol::{CloseCode, EventName, RoomName, ServerFrame};
 pub use conn::{ConnHandle, Delivery, OutboxLimits, Wake};
 use events::{EventBus, HubEvent, PublishKind};
@@ -46,6 +47,7 @@ pub struct Hub {
     closing: AtomicBool,
     /// Most presence members listed in a `subscribed` frame.
     presence_list_max: usize,
+    metrics: HubMetrics,
 }
 
 impl Hub {
@@ -62,7 +64,24 @@ impl Hub {
             started: Instant::now(),
             closing: AtomicBool::new(false),
             presence_list_max: 1000,
+            metrics: HubMetrics::default(),
         }
+    }
+
+    /// Records into `metrics` (Prometheus counters of the server).
+    pub fn with_metrics(mut self, metrics: HubMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The counters sessions update too.
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.metrics
+    }
+
+    /// Open connections per app on this node.
+    pub fn connections_per_app(&self) -> Vec<(Arc<str>, usize)> {
+        self.per_app.iter().map(|e| (e.key().clone(), *e.value())).collect()
     }
 
     /// Lists at most `n` members in a presence room's `subscribed` frame (the count stays exact).
@@ -97,6 +116,7 @@ impl Hub {
             self.clock_ms(),
         ));
         self.connections.insert(handle.id.clone(), handle.clone());
+        self.metrics.connections_opened.increment(1);
         *self.per_app.entry(handle.app_id.clone()).or_default() += 1;
         if self.closing.load(Ordering::Acquire) {
             handle.close(CloseCode::ServiceRestart);
@@ -190,13 +210,16 @@ impl Hub {
             timestamp: now_ms(),
         };
         match self.broker.publish(&publication).await {
-            Ok(outcome) => self.events.emit(HubEvent::Published {
-                room: publication.key,
-                event: publication.event,
-                kind: PublishKind::System,
-                delivered: outcome.delivered,
-                dropped: outcome.dropped,
-            }),
+            Ok(outcome) => {
+                self.count(PublishKind::System, &outcome);
+                self.events.emit(HubEvent::Published {
+                    room: publication.key,
+                    event: publication.event,
+                    kind: PublishKind::System,
+                    delivered: outcome.delivered,
+                    dropped: outcome.dropped,
+                });
+            }
             Err(e) => tracing::warn!(room = ?key, event, error = %e, "presence announcement failed"),
         }
     }
@@ -218,7 +241,10 @@ impl Hub {
             exclude.and_then(|id| self.connections.get(id)).filter(|c| *c.app_id == *app_id).map(|c| c.seq);
         let timestamp = now_ms();
         let publication = Publication { key, event: event.clone(), data, exclude, timestamp };
+        let started = Instant::now();
         let outcome = self.broker.publish(&publication).await?;
+        self.metrics.fanout_seconds.record(started.elapsed().as_secs_f64());
+        self.count(kind, &outcome);
         self.events.emit(HubEvent::Published {
             room: publication.key,
             event: event.clone(),
@@ -227,6 +253,14 @@ impl Hub {
             dropped: outcome.dropped,
         });
         Ok(BroadcastOutcome { subscriber_count: outcome.subscribers, offset: outcome.offset, timestamp })
+    }
+
+    fn count(&self, kind: PublishKind, outcome: &FanoutOutcome) {
+        self.metrics.published(kind).increment(1);
+        self.metrics.delivered.increment(outcome.delivered as u64);
+        if outcome.dropped > 0 {
+            self.metrics.dropped(DropReason::SlowConsumer).increment(outcome.dropped as u64);
+        }
     }
 
     /// Subscribers of one room of one app on this node.

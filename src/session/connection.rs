@@ -18,6 +18,7 @@ use crate::http::AppState;
 use crate::hub::events::PublishKind;
 use crate::hub::registry::PresenceJoin;
 use crate::hub::{ConnHandle, Wake};
+use crate::metrics::{DropReason, HubMetrics};
 use crate::protocol::{ClientFrame, CloseCode, ErrorCode, FrameError, RoomName, ServerFrame};
 
 /// Most queued frames written before one flush.
@@ -60,7 +61,7 @@ pub async fn run(state: AppState, mut socket: WebSocket, identity: Identity) {
     // Held for the whole session, so shutdown waits for this connection to say goodbye.
     let _tracked = state.tracker.token();
     let conn = state.hub.connect(&identity.app_id, identity.user_id.as_deref());
-    tracing::debug!(connection_id = %conn.id, app_id = %identity.app_id, "connection opened");
+    tracing::info!(connection_id = %conn.id, app_id = %identity.app_id, user_id = identity.user_id.as_deref().unwrap_or("-"), "connection opened");
     let limiter = frame_limiter(&state.config.limits);
     let mut session =
         Session { state, identity, conn, rooms: HashSet::new(), limiter, refused: 0, user_info: None };
@@ -95,7 +96,7 @@ async fn serve(session: &mut Session, socket: &mut WebSocket) -> End {
             },
             incoming = socket.next() => match incoming {
                 None => return End::Gone,
-                Some(Err(e)) => return read_error(e),
+                Some(Err(e)) => return read_error(e, session.state.hub.metrics()),
                 Some(Ok(message)) => {
                     conn.touch(session.state.hub.clock_ms());
                     if let Some(end) = Box::pin(session.on_message(socket, message)).await {
@@ -131,7 +132,7 @@ async fn finish(mut session: Session, mut socket: WebSocket, end: End) {
         let wait = if code == CloseCode::SlowConsumer.code() { SLOW_CLOSE_TIMEOUT } else { CLOSE_TIMEOUT };
         let _ = tokio::time::timeout(wait, socket.send(Message::Close(Some(frame)))).await;
     }
-    tracing::debug!(connection_id = %conn.id, close = ?close.map(|c| c.0), "connection closed");
+    tracing::info!(connection_id = %conn.id, app_id = %conn.app_id, close_code = close.map_or(0, |c| c.0), rooms = rooms.len(), "connection closed");
 }
 
 fn frame_limiter(limits: &crate::config::LimitsConfig) -> FrameLimiter {
@@ -157,9 +158,12 @@ fn reason_of(code: u16) -> &'static str {
 
 /// A frame the socket could not read: answered with the close code that says why, when the
 /// socket can still carry one.
-fn read_error(e: axum::Error) -> End {
+fn read_error(e: axum::Error, metrics: &HubMetrics) -> End {
     match e.into_inner().downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig),
+        Some(tungstenite::Error::Capacity(_)) => {
+            metrics.dropped(DropReason::Oversize).increment(1);
+            End::Close(CloseCode::MessageTooBig)
+        }
         Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::InvalidPayload),
         Some(tungstenite::Error::Protocol(_)) => End::Close(CloseCode::ProtocolError),
         _ => End::Gone,
@@ -185,6 +189,7 @@ async fn write_outbox(socket: &mut WebSocket, conn: &ConnHandle) -> Result<(), a
 impl Session {
     async fn on_message(&mut self, socket: &mut WebSocket, message: Message) -> Option<End> {
         if matches!(message, Message::Text(_) | Message::Binary(_)) && self.limiter.check().is_err() {
+            self.state.hub.metrics().dropped(DropReason::RateLimit).increment(1);
             self.refused += 1;
             if self.refused >= self.state.config.limits.client_abuse_close_after {
                 return Some(End::Close(CloseCode::RateLimited));

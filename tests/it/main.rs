@@ -12,6 +12,7 @@ mod hostile;
 mod keys;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod presence;
 mod smoke;
 mod support;

@@ -1,0 +1,271 @@
+//! Prometheus metrics (`GET /metrics`): one recorder per server (metrics-exporter-prometheus),
+//! with the hot-path counters registered once as handles so an increment is one atomic add and
+//! never a name lookup. Label sets are bounded: app ids, route templates, status codes, kinds and
+//! reasons; never room names or user ids. Gauges that describe the hub's state (connections,
+//! rooms, subscriptions, uptime) are set when the page is rendered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::hub::events::PublishKind;
+
+const META: Metadata<'static> = Metadata::new("roomcast", Level::INFO, Some(module_path!()));
+
+/// Buckets of the fan-out histogram: 10 µs to 1 s.
+const FANOUT_BUCKETS: &[f64] =
+    &[0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+/// Buckets of the HTTP histogram: 100 µs to 10 s.
+const HTTP_BUCKETS: &[f64] =
+    &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// Why a message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A subscriber's queue was full (it is closed with 4008).
+    SlowConsumer,
+    /// A client frame over the connection's rate limit.
+    RateLimit,
+    /// A frame or event over `limits.max_message_bytes`.
+    Oversize,
+}
+
+/// The counters the hub and sessions update on every event; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HubMetrics {
+    pub connections_opened: Counter,
+    published: [Counter; 3],
+    pub delivered: Counter,
+    dropped: [Counter; 3],
+    pub fanout_seconds: Histogram,
+}
+
+impl Default for HubMetrics {
+    /// Handles that record nothing (hubs built without a server, as in unit tests).
+    fn default() -> Self {
+        Self {
+            connections_opened: Counter::noop(),
+            published: [Counter::noop(), Counter::noop(), Counter::noop()],
+            delivered: Counter::noop(),
+            dropped: [Counter::noop(), Counter::noop(), Counter::noop()],
+            fanout_seconds: Histogram::noop(),
+        }
+    }
+}
+
+impl HubMetrics {
+    /// One publication of `kind`.
+    pub fn published(&self, kind: PublishKind) -> &Counter {
+        &self.published[match kind {
+            PublishKind::Broadcast => 0,
+            PublishKind::Client => 1,
+            PublishKind::System => 2,
+        }]
+    }
+
+    /// Messages dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> &Counter {
+        &self.dropped[match reason {
+            DropReason::SlowConsumer => 0,
+            DropReason::RateLimit => 1,
+            DropReason::Oversize => 2,
+        }]
+    }
+}
+
+/// The recorder, its rendering handle and the handles registered on it.
+#[derive(Debug)]
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub hub: HubMetrics,
+    http: DashMap<(String, u16), Histogram>,
+    connections: DashMap<Arc<str>, Gauge>,
+    rooms: Gauge,
+    subscriptions: Gauge,
+    uptime: Gauge,
+    events_dropped: Counter,
+    started: Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh recorder with every family described.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full("roomcast_fanout_duration_seconds".into()), FANOUT_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("roomcast_http_request_duration_seconds".into()),
+                    HTTP_BUCKETS,
+                )
+            })
+            .expect("static, non-empty bucket lists")
+            .build_recorder();
+        let handle = recorder.handle();
+        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| (name, unit, help);
+        let families = [
+            describe("roomcast_connections", None, "Open WebSocket connections on this node, per app."),
+            describe(
+                "roomcast_connections_opened_total",
+                None,
+                "WebSocket connections accepted since start.",
+            ),
+            describe("roomcast_rooms", None, "Occupied rooms on this node."),
+            describe("roomcast_subscriptions", None, "Connection-room subscriptions on this node."),
+            describe(
+                "roomcast_messages_published_total",
+                None,
+                "Events published, by kind: broadcast (HTTP), client (client events), system (presence).",
+            ),
+            describe(
+                "roomcast_messages_delivered_total",
+                None,
+                "Event frames placed in subscribers' queues.",
+            ),
+            describe(
+                "roomcast_messages_dropped_total",
+                None,
+                "Messages not delivered, by reason: slow_consumer, rate_limit, oversize.",
+            ),
+            describe(
+                "roomcast_fanout_duration_seconds",
+                Some(Unit::Seconds),
+                "Time from a publish to the last subscriber queue holding the frame.",
+            ),
+            describe(
+                "roomcast_http_request_duration_seconds",
+                Some(Unit::Seconds),
+                "HTTP request duration by route template and status.",
+            ),
+            describe("roomcast_hub_events_dropped_total", None, "Hub events a full listener queue refused."),
+            describe("roomcast_build_info", None, "Always 1; the labels name the build."),
+            describe("roomcast_uptime_seconds", Some(Unit::Seconds), "Seconds since this process started."),
+        ];
+        for (name, unit, help) in families {
+            let name = KeyName::from_const_str(name);
+            if name.as_str().ends_with("_total") {
+                recorder.describe_counter(name, unit, SharedString::const_str(help));
+            } else if name.as_str().ends_with("_seconds") && !name.as_str().ends_with("uptime_seconds") {
+                recorder.describe_histogram(name, unit, SharedString::const_str(help));
+            } else {
+                recorder.describe_gauge(name, unit, SharedString::const_str(help));
+            }
+        }
+        let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::from_static_parts(k, v)).collect();
+            recorder.register_counter(&Key::from_parts(name, labels), &META)
+        };
+        let published = ["broadcast", "client", "system"]
+            .map(|k| counter("roomcast_messages_published_total", &[("kind", k)]));
+        let dropped = ["slow_consumer", "rate_limit", "oversize"]
+            .map(|r| counter("roomcast_messages_dropped_total", &[("reason", r)]));
+        let hub = HubMetrics {
+            connections_opened: counter("roomcast_connections_opened_total", &[]),
+            published,
+            delivered: counter("roomcast_messages_delivered_total", &[]),
+            dropped,
+            fanout_seconds: recorder
+                .register_histogram(&Key::from_name("roomcast_fanout_duration_seconds"), &META),
+        };
+        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &META);
+        let build = Key::from_parts(
+            "roomcast_build_info",
+            vec![Label::from_static_parts("version", env!("CARGO_PKG_VERSION"))],
+        );
+        recorder.register_gauge(&build, &META).set(1.0);
+        Self {
+            rooms: gauge("roomcast_rooms"),
+            subscriptions: gauge("roomcast_subscriptions"),
+            uptime: gauge("roomcast_uptime_seconds"),
+            events_dropped: recorder
+                .register_counter(&Key::from_name("roomcast_hub_events_dropped_total"), &META),
+            hub,
+            http: DashMap::new(),
+            connections: DashMap::new(),
+            handle,
+            recorder,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records one HTTP request.
+    pub fn http_request(&self, route: &str, status: u16, took: Duration) {
+        let histogram = self
+            .http
+            .entry((route.to_owned(), status))
+            .or_insert_with(|| {
+                let labels =
+                    vec![Label::new("route", route.to_owned()), Label::new("status", status.to_string())];
+                self.recorder.register_histogram(
+                    &Key::from_parts("roomcast_http_request_duration_seconds", labels),
+                    &META,
+                )
+            })
+            .clone();
+        histogram.record(took.as_secs_f64());
+    }
+
+    /// Keeps histogram storage bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The exposition text, with the state gauges read from `state` first.
+    pub fn render(&self, state: &AppState) -> String {
+        let hub = &state.hub;
+        self.rooms.set(hub.registry().room_count() as f64);
+        self.subscriptions.set(hub.registry().subscription_count() as f64);
+        self.uptime.set(self.started.elapsed().as_secs_f64().floor());
+        self.events_dropped.absolute(hub.events().dropped());
+        let counts = hub.connections_per_app();
+        // Apps seen before and now without connections show 0 rather than a stale value.
+        for entry in self.connections.iter() {
+            if !counts.iter().any(|(app, _)| app == entry.key()) {
+                entry.value().set(0.0);
+            }
+        }
+        for (app, n) in counts {
+            let gauge = self.connections.entry(app.clone()).or_insert_with(|| {
+                let labels = vec![Label::new("app", app.to_string())];
+                self.recorder.register_gauge(&Key::from_parts("roomcast_connections", labels), &META)
+            });
+            gauge.set(n as f64);
+        }
+        self.handle.render()
+    }
+}
+
+/// `GET /metrics`: the Prometheus text format; with `metrics.token` set, only for
+/// `Authorization: Bearer <token>`.
+pub async fn metrics_page(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(expected) = &state.config.metrics.token {
+        use subtle::ConstantTimeEq;
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            return ApiError::InvalidToken("GET /metrics needs Authorization: Bearer <metrics.token>".into())
+                .into_response();
+        }
+    }
+    let body = state.metrics.render(&state);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
