@@ -82,6 +82,12 @@ impl Server {
         let node_id =
             config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
         let api_limits = crate::limits::ApiLimits::new(&config.limits);
+        let analytics = Arc::new(crate::analytics::Analytics::default());
+        let saved =
+            store.load_analytics(now_ms() - crate::analytics::RETENTION_MS).await.map_err(store_err)?;
+        analytics.load(saved);
+        let sink = analytics.clone();
+        hub.events().add_sink(Arc::new(move |event| sink.record(event, now_ms())));
         let state = AppState::new(Shared {
             config,
             store,
@@ -90,6 +96,7 @@ impl Server {
             tickets: Default::default(),
             limits: api_limits,
             metrics,
+            analytics,
             hub,
             node_id,
             started: Instant::now(),
@@ -140,6 +147,7 @@ impl Server {
         tracker.spawn(flush_key_uses(state.clone()));
         tracker.spawn(heartbeat(state.clone()));
         tracker.spawn(purge_deleted_apps(state.clone()));
+        tracker.spawn(flush_analytics(state.clone()));
 
         let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = %state.node_id, "roomcast listening");
@@ -153,6 +161,7 @@ impl Server {
         tracing::info!(connections = closing, "closing client connections with 1012");
         tracker.close();
         let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
+        save_analytics(&state).await;
         if let Err(e) = state.store.touch_keys(&state.keys.unflushed_uses()).await {
             tracing::warn!(error = %e, "could not record key use times at shutdown");
         }
@@ -338,6 +347,34 @@ async fn heartbeat(state: AppState) {
         if n.is_multiple_of(5) {
             state.metrics.upkeep();
         }
+    }
+}
+
+/// How often analytics are written to the store: a crash loses at most this much.
+const ANALYTICS_FLUSH: Duration = Duration::from_secs(10);
+
+/// Writes analytics minutes and user sightings that changed, every [`ANALYTICS_FLUSH`].
+async fn flush_analytics(state: AppState) {
+    let mut tick = tokio::time::interval(ANALYTICS_FLUSH);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        save_analytics(&state).await;
+    }
+}
+
+async fn save_analytics(state: &AppState) {
+    let now = now_ms();
+    state.analytics.tick(now);
+    let rows = state.analytics.take_dirty();
+    if rows.minutes.is_empty() && rows.users.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store.save_analytics(rows.clone(), now - crate::analytics::RETENTION_MS).await {
+        tracing::warn!(error = %e, "cannot save analytics; will retry");
+        state.analytics.mark_dirty(&rows);
     }
 }
 

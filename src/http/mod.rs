@@ -1,6 +1,7 @@
 //! The HTTP side: shared state, authentication of API keys, and the router that merges each
 //! API area's routes.
 
+pub mod analytics;
 pub mod apps;
 pub mod broadcast;
 pub mod error;
@@ -46,6 +47,7 @@ pub struct Shared {
     pub tickets: TicketBook,
     pub limits: crate::limits::ApiLimits,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub analytics: Arc<crate::analytics::Analytics>,
     pub hub: Arc<Hub>,
     pub node_id: String,
     pub started: Instant,
@@ -192,6 +194,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tickets::router())
         .merge(broadcast::router())
         .merge(rooms::router())
+        .merge(analytics::router())
         .route("/ws", get(crate::session::upgrade))
         .route("/metrics", get(crate::metrics::metrics_page))
         .merge(openapi::router())

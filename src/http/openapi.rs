@@ -34,6 +34,7 @@ use super::AppState;
         super::rooms::list_rooms,
         super::rooms::get_room,
         super::rooms::presence,
+        super::analytics::analytics,
     ),
     modifiers(&ApiKeyAuth),
     tags(
@@ -41,6 +42,7 @@ use super::AppState;
         (name = "broadcast", description = "Publishing events into rooms"),
         (name = "tokens", description = "Client JWTs"),
         (name = "rooms", description = "Occupied rooms and presence members"),
+        (name = "analytics", description = "Per-app usage counters"),
         (name = "keys", description = "API key introspection"),
         (name = "operations", description = "Health"),
     )

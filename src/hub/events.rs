@@ -1,7 +1,11 @@
-//! What happened in the hub, for listeners (presence, analytics, metrics, webhooks) that must
-//! not reach into it. Emitting never blocks: a full listener queue drops the event and counts it.
+//! What happened in the hub, for listeners (analytics, webhooks) that must not reach into it.
+//! Two kinds of listener: sinks, called inline for counters that must be exact and readable at
+//! once (they only add to in-memory counters and never block), and queued listeners, which get
+//! a bounded queue; emitting never waits on those, a full queue drops the event and counts it.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
@@ -58,14 +62,33 @@ pub enum HubEvent {
     },
 }
 
-/// Fans [`HubEvent`]s out to listeners' bounded queues.
-#[derive(Debug, Default)]
+/// A listener called inline on every event; it must be quick and must not block.
+pub type Sink = Arc<dyn Fn(&HubEvent) + Send + Sync>;
+
+/// Fans [`HubEvent`]s out to sinks and to listeners' bounded queues.
+#[derive(Default)]
 pub struct EventBus {
+    sinks: ArcSwap<Vec<Sink>>,
     listeners: Mutex<Vec<mpsc::Sender<HubEvent>>>,
     dropped: AtomicU64,
 }
 
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus").field("sinks", &self.sinks.load().len()).finish_non_exhaustive()
+    }
+}
+
 impl EventBus {
+    /// Calls `sink` with every later event, inline.
+    pub fn add_sink(&self, sink: Sink) {
+        self.sinks.rcu(|sinks| {
+            let mut sinks = Vec::clone(sinks);
+            sinks.push(sink.clone());
+            sinks
+        });
+    }
+
     /// A new listener with a queue of `capacity` events.
     pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<HubEvent> {
         let (tx, rx) = mpsc::channel(capacity);
@@ -75,6 +98,9 @@ impl EventBus {
 
     /// Offers `event` to every listener without waiting; closed listeners are forgotten.
     pub fn emit(&self, event: HubEvent) {
+        for sink in self.sinks.load().iter() {
+            sink(&event);
+        }
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         listeners.retain(|tx| match tx.try_send(event.clone()) {
             Ok(()) => true,

@@ -119,6 +119,43 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// The counters of one app for one minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MinuteCounts {
+    pub connections_opened: u64,
+    pub broadcasts: u64,
+    pub client_events: u64,
+    pub delivered: u64,
+    /// Most connections open at once during the minute.
+    pub peak_connections: u64,
+    pub webhooks_delivered: u64,
+    pub webhooks_failed: u64,
+}
+
+/// One stored analytics minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinuteRow {
+    pub app_id: String,
+    /// Start of the minute, ms since the epoch.
+    pub minute: i64,
+    pub counts: MinuteCounts,
+}
+
+/// When a user of an app was last seen (ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub app_id: String,
+    pub user_id: String,
+    pub last_seen: i64,
+}
+
+/// Analytics rows to save or as loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnalyticsRows {
+    pub minutes: Vec<MinuteRow>,
+    pub users: Vec<UserRow>,
+}
+
 /// Durable storage of apps and keys.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -137,6 +174,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Erases apps soft-deleted before `deleted_before` (ms) with all their keys, freeing their
     /// ids; returns the erased app ids.
     async fn purge_deleted(&self, deleted_before: i64) -> Result<Vec<String>, StoreError>;
+    /// Writes analytics minutes and user sightings (replacing rows with the same key) and
+    /// forgets everything older than `forget_before` (ms).
+    async fn save_analytics(&self, rows: AnalyticsRows, forget_before: i64) -> Result<(), StoreError>;
+    /// Analytics minutes and user sightings from `since` (ms) on.
+    async fn load_analytics(&self, since: i64) -> Result<AnalyticsRows, StoreError>;
     /// A number that changes when another process wrote to the store, so caches can reload.
     async fn change_marker(&self) -> Result<u64, StoreError>;
     /// Cheap liveness probe for `/health`.

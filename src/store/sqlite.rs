@@ -7,11 +7,15 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{AppRecord, AppStatus, KeyKind, KeyRecord, Snapshot, Store, StoreError};
+use super::{
+    AnalyticsRows, AppRecord, AppStatus, KeyKind, KeyRecord, MinuteCounts, MinuteRow, Snapshot, Store,
+    StoreError, UserRow,
+};
 
 /// Schema changes in order; entry `i` moves `user_version` from `i` to `i + 1`. Never edit a
 /// released entry: append a new one.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE apps (
         app_id          TEXT PRIMARY KEY NOT NULL,
         name            TEXT NOT NULL,
@@ -39,7 +43,28 @@ const MIGRATIONS: &[&str] = &["
         revoked_at   INTEGER
     );
     CREATE INDEX api_keys_by_app ON api_keys(app_id);
-"];
+",
+    "
+    CREATE TABLE analytics_minutes (
+        app_id             TEXT NOT NULL,
+        minute             INTEGER NOT NULL,
+        connections_opened INTEGER NOT NULL,
+        broadcasts         INTEGER NOT NULL,
+        client_events      INTEGER NOT NULL,
+        delivered          INTEGER NOT NULL,
+        peak_connections   INTEGER NOT NULL,
+        webhooks_delivered INTEGER NOT NULL,
+        webhooks_failed    INTEGER NOT NULL,
+        PRIMARY KEY (app_id, minute)
+    ) WITHOUT ROWID;
+    CREATE TABLE analytics_users (
+        app_id    TEXT NOT NULL,
+        user_id   TEXT NOT NULL,
+        last_seen INTEGER NOT NULL,
+        PRIMARY KEY (app_id, user_id)
+    ) WITHOUT ROWID;
+",
+];
 
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -283,6 +308,80 @@ impl Store for SqliteStore {
             }
             tx.commit().map_err(unavailable)?;
             Ok(ids)
+        })
+        .await
+    }
+
+    async fn save_analytics(&self, rows: AnalyticsRows, forget_before: i64) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            {
+                let mut minute = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO analytics_minutes VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )
+                    .map_err(unavailable)?;
+                for m in &rows.minutes {
+                    let c = &m.counts;
+                    minute
+                        .execute(params![
+                            m.app_id,
+                            m.minute,
+                            c.connections_opened as i64,
+                            c.broadcasts as i64,
+                            c.client_events as i64,
+                            c.delivered as i64,
+                            c.peak_connections as i64,
+                            c.webhooks_delivered as i64,
+                            c.webhooks_failed as i64
+                        ])
+                        .map_err(unavailable)?;
+                }
+                let mut user = tx
+                    .prepare_cached("INSERT OR REPLACE INTO analytics_users VALUES (?1, ?2, ?3)")
+                    .map_err(unavailable)?;
+                for u in &rows.users {
+                    user.execute(params![u.app_id, u.user_id, u.last_seen]).map_err(unavailable)?;
+                }
+            }
+            tx.execute("DELETE FROM analytics_minutes WHERE minute < ?1", [forget_before]).map_err(unavailable)?;
+            tx.execute("DELETE FROM analytics_users WHERE last_seen < ?1", [forget_before]).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn load_analytics(&self, since: i64) -> Result<AnalyticsRows, StoreError> {
+        self.with(move |conn| {
+            let read = |conn: &Connection| -> rusqlite::Result<AnalyticsRows> {
+                let minutes = conn
+                    .prepare("SELECT * FROM analytics_minutes WHERE minute >= ?1")?
+                    .query_map([since], |r| {
+                        let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                        Ok(MinuteRow {
+                            app_id: r.get(0)?,
+                            minute: r.get(1)?,
+                            counts: MinuteCounts {
+                                connections_opened: n(2)?,
+                                broadcasts: n(3)?,
+                                client_events: n(4)?,
+                                delivered: n(5)?,
+                                peak_connections: n(6)?,
+                                webhooks_delivered: n(7)?,
+                                webhooks_failed: n(8)?,
+                            },
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let users = conn
+                    .prepare("SELECT * FROM analytics_users WHERE last_seen >= ?1")?
+                    .query_map([since], |r| {
+                        Ok(UserRow { app_id: r.get(0)?, user_id: r.get(1)?, last_seen: r.get(2)? })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(AnalyticsRows { minutes, users })
+            };
+            read(conn).map_err(unavailable)
         })
         .await
     }

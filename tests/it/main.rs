@@ -3,6 +3,7 @@
 
 #![allow(unreachable_pub)]
 
+mod analytics;
 mod api;
 mod binary;
 mod broadcast;

@@ -1,0 +1,367 @@
+//! Per-app analytics (DESIGN §5): counters in per-minute buckets, kept exact and readable at
+//! once because the hub's events are counted inline (a sink), persisted every few seconds so a
+//! restart loses at most that much, and distinct users kept as "last seen" times per user, which
+//! makes `users.total` exact for any period.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dashmap::DashMap;
+
+use crate::hub::events::{HubEvent, PublishKind};
+use crate::store::{AnalyticsRows, MinuteCounts, MinuteRow, UserRow};
+
+const MINUTE_MS: i64 = 60_000;
+/// The longest period kept.
+pub const RETENTION_MS: i64 = 30 * 24 * 60 * MINUTE_MS;
+
+/// A reporting period and its series resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    /// `1h`, `24h`, `7d` or `30d`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "1h" => Some(Period::Hour),
+            "24h" => Some(Period::Day),
+            "7d" => Some(Period::Week),
+            "30d" => Some(Period::Month),
+            _ => None,
+        }
+    }
+
+    /// As written in requests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Hour => "1h",
+            Period::Day => "24h",
+            Period::Week => "7d",
+            Period::Month => "30d",
+        }
+    }
+
+    /// Length in ms.
+    pub fn length_ms(self) -> i64 {
+        match self {
+            Period::Hour => 60 * MINUTE_MS,
+            Period::Day => 24 * 60 * MINUTE_MS,
+            Period::Week => 7 * 24 * 60 * MINUTE_MS,
+            Period::Month => RETENTION_MS,
+        }
+    }
+
+    /// Width of one series point in ms: 1 min, 1 h, 6 h, 1 day.
+    pub fn step_ms(self) -> i64 {
+        match self {
+            Period::Hour => MINUTE_MS,
+            Period::Day => 60 * MINUTE_MS,
+            Period::Week => 6 * 60 * MINUTE_MS,
+            Period::Month => 24 * 60 * MINUTE_MS,
+        }
+    }
+}
+
+/// One app's counters.
+#[derive(Debug, Default)]
+struct AppStats {
+    minutes: BTreeMap<i64, MinuteCounts>,
+    /// Connections open now, from the event stream.
+    current: u64,
+    /// Users connected now, with their connection counts.
+    online: HashMap<Arc<str>, u32>,
+    /// When each user was last seen (connected), ms.
+    last_seen: HashMap<Arc<str>, i64>,
+    dirty_minutes: HashSet<i64>,
+    dirty_users: HashSet<Arc<str>>,
+}
+
+impl AppStats {
+    fn minute(&mut self, now: i64) -> &mut MinuteCounts {
+        let minute = now - now.rem_euclid(MINUTE_MS);
+        self.dirty_minutes.insert(minute);
+        let current = self.current;
+        let counts = self.minutes.entry(minute).or_default();
+        // Connections held from earlier minutes count towards this minute's peak.
+        counts.peak_connections = counts.peak_connections.max(current);
+        counts
+    }
+
+    fn seen(&mut self, user: &str, now: i64) {
+        let user: Arc<str> =
+            self.online.get_key_value(user).map_or_else(|| Arc::from(user), |(k, _)| k.clone());
+        self.last_seen.insert(user.clone(), now);
+        self.dirty_users.insert(user);
+    }
+}
+
+/// What `GET /api/analytics` reports for one app.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub totals: MinuteCounts,
+    /// Most connections open at once in the period.
+    pub peak_connections: u64,
+    pub users_online: u64,
+    pub users_total: u64,
+    /// `(start ms, counts)` per step, oldest first, the current one last.
+    pub series: Vec<(i64, MinuteCounts)>,
+}
+
+/// Every app's analytics on this node.
+#[derive(Debug, Default)]
+pub struct Analytics {
+    apps: DashMap<Arc<str>, Mutex<AppStats>>,
+}
+
+fn lock(m: &Mutex<AppStats>) -> MutexGuard<'_, AppStats> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Analytics {
+    fn with_app<T>(&self, app_id: &str, f: impl FnOnce(&mut AppStats) -> T) -> T {
+        if let Some(stats) = self.apps.get(app_id) {
+            return f(&mut lock(&stats));
+        }
+        let stats = self.apps.entry(Arc::from(app_id)).or_default();
+        f(&mut lock(&stats))
+    }
+
+    /// Counts one hub event at `now` (ms); the hub calls this inline.
+    pub fn record(&self, event: &HubEvent, now: i64) {
+        match event {
+            HubEvent::ConnectionOpened { app_id, user_id, .. } => self.with_app(app_id, |s| {
+                s.current += 1;
+                s.minute(now).connections_opened += 1;
+                if let Some(user) = user_id {
+                    s.seen(user, now);
+                    *s.online.entry(Arc::from(user.as_str())).or_default() += 1;
+                }
+            }),
+            HubEvent::ConnectionClosed { app_id, user_id, .. } => self.with_app(app_id, |s| {
+                s.current = s.current.saturating_sub(1);
+                if let Some(user) = user_id {
+                    s.seen(user, now);
+                    if let Some(n) = s.online.get_mut(user.as_str()) {
+                        *n -= 1;
+                        if *n == 0 {
+                            s.online.remove(user.as_str());
+                        }
+                    }
+                }
+            }),
+            HubEvent::Published { room, kind, delivered, .. } => self.with_app(&room.app_id, |s| {
+                let m = s.minute(now);
+                match kind {
+                    PublishKind::Broadcast => m.broadcasts += 1,
+                    PublishKind::Client => m.client_events += 1,
+                    PublishKind::System => {}
+                }
+                m.delivered += *delivered as u64;
+            }),
+            HubEvent::RoomOccupied { .. }
+            | HubEvent::RoomVacated { .. }
+            | HubEvent::MemberJoined { .. }
+            | HubEvent::MemberLeft { .. } => {}
+        }
+    }
+
+    /// Once in a while: users still connected are seen now, connections held carry into this
+    /// minute's peak, and minutes older than 30 days are forgotten.
+    pub fn tick(&self, now: i64) {
+        for entry in self.apps.iter() {
+            let mut s = lock(entry.value());
+            if s.current > 0 {
+                s.minute(now);
+            }
+            let online: Vec<Arc<str>> = s.online.keys().cloned().collect();
+            for user in online {
+                s.seen(&user, now);
+            }
+            let cutoff = now - RETENTION_MS;
+            s.minutes = s.minutes.split_off(&cutoff);
+            s.last_seen.retain(|_, seen| *seen >= cutoff);
+        }
+    }
+
+    /// Rows changed since the last call, for the store.
+    pub fn take_dirty(&self) -> AnalyticsRows {
+        let mut rows = AnalyticsRows::default();
+        for entry in self.apps.iter() {
+            let mut s = lock(entry.value());
+            let app_id = entry.key().to_string();
+            for minute in std::mem::take(&mut s.dirty_minutes) {
+                if let Some(counts) = s.minutes.get(&minute) {
+                    rows.minutes.push(MinuteRow { app_id: app_id.clone(), minute, counts: *counts });
+                }
+            }
+            for user in std::mem::take(&mut s.dirty_users) {
+                if let Some(seen) = s.last_seen.get(&user) {
+                    rows.users.push(UserRow {
+                        app_id: app_id.clone(),
+                        user_id: user.to_string(),
+                        last_seen: *seen,
+                    });
+                }
+            }
+        }
+        rows
+    }
+
+    /// Puts back rows that could not be saved, so the next flush tries them again.
+    pub fn mark_dirty(&self, rows: &AnalyticsRows) {
+        for m in &rows.minutes {
+            self.with_app(&m.app_id, |s| {
+                s.dirty_minutes.insert(m.minute);
+            });
+        }
+        for u in &rows.users {
+            self.with_app(&u.app_id, |s| {
+                s.dirty_users.insert(Arc::from(u.user_id.as_str()));
+            });
+        }
+    }
+
+    /// Restores what a previous run saved (before any event is counted).
+    pub fn load(&self, rows: AnalyticsRows) {
+        for m in rows.minutes {
+            self.with_app(&m.app_id, |s| {
+                s.minutes.insert(m.minute, m.counts);
+            });
+        }
+        for u in rows.users {
+            self.with_app(&u.app_id, |s| {
+                s.last_seen.insert(Arc::from(u.user_id.as_str()), u.last_seen);
+            });
+        }
+    }
+
+    /// Forgets an app (purged).
+    pub fn forget(&self, app_id: &str) {
+        self.apps.remove(app_id);
+    }
+
+    /// The report of `app_id` for the `period` ending at `now`, the current minute included.
+    pub fn report(&self, app_id: &str, period: Period, now: i64) -> Report {
+        let step = period.step_ms();
+        // The series ends with the step holding `now`; the period covers that many steps.
+        let last_step = now - now.rem_euclid(step);
+        let steps = period.length_ms() / step;
+        let first_step = last_step - (steps - 1) * step;
+        let mut series: Vec<(i64, MinuteCounts)> =
+            (0..steps).map(|i| (first_step + i * step, MinuteCounts::default())).collect();
+        let mut report = Report::default();
+        let Some(stats) = self.apps.get(app_id) else {
+            report.series = series;
+            return report;
+        };
+        let s = lock(&stats);
+        for (&minute, c) in s.minutes.range(first_step..) {
+            let t = &mut report.totals;
+            t.connections_opened += c.connections_opened;
+            t.broadcasts += c.broadcasts;
+            t.client_events += c.client_events;
+            t.delivered += c.delivered;
+            t.webhooks_delivered += c.webhooks_delivered;
+            t.webhooks_failed += c.webhooks_failed;
+            report.peak_connections = report.peak_connections.max(c.peak_connections);
+            let slot = ((minute - first_step) / step) as usize;
+            if let Some((_, point)) = series.get_mut(slot) {
+                point.connections_opened += c.connections_opened;
+                point.broadcasts += c.broadcasts;
+                point.client_events += c.client_events;
+                point.delivered += c.delivered;
+                point.peak_connections = point.peak_connections.max(c.peak_connections);
+            }
+        }
+        report.peak_connections = report.peak_connections.max(s.current);
+        report.users_online = s.online.len() as u64;
+        report.users_total = s
+            .last_seen
+            .iter()
+            .filter(|(user, seen)| **seen >= first_step || s.online.contains_key(*user))
+            .count() as u64;
+        report.series = series;
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::registry::RoomKey;
+    use crate::protocol::{EventName, RoomName};
+
+    fn opened(app: &str, user: Option<&str>) -> HubEvent {
+        HubEvent::ConnectionOpened {
+            app_id: app.into(),
+            connection_id: "c".into(),
+            user_id: user.map(Into::into),
+        }
+    }
+
+    fn closed(app: &str, user: Option<&str>) -> HubEvent {
+        HubEvent::ConnectionClosed {
+            app_id: app.into(),
+            connection_id: "c".into(),
+            user_id: user.map(Into::into),
+        }
+    }
+
+    fn published(app: &str, kind: PublishKind, delivered: usize) -> HubEvent {
+        HubEvent::Published {
+            room: RoomKey { app_id: Arc::from(app), room: RoomName::parse("r").unwrap() },
+            event: EventName::parse("e").unwrap(),
+            kind,
+            delivered,
+            dropped: 0,
+        }
+    }
+
+    #[test]
+    fn counts_by_period_and_series_step() {
+        let a = Analytics::default();
+        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % (60 * MINUTE_MS);
+        a.record(&opened("x", Some("u1")), t0);
+        a.record(&opened("x", Some("u1")), t0 + 1);
+        a.record(&opened("x", Some("u2")), t0 + 2);
+        a.record(&published("x", PublishKind::Broadcast, 3), t0 + 3);
+        a.record(&published("x", PublishKind::Client, 2), t0 + 5 * MINUTE_MS);
+        a.record(&published("x", PublishKind::System, 2), t0 + 5 * MINUTE_MS);
+        a.record(&closed("x", Some("u2")), t0 + 6 * MINUTE_MS);
+        a.record(&opened("other", None), t0);
+        let now = t0 + 10 * MINUTE_MS;
+        let r = a.report("x", Period::Hour, now);
+        assert_eq!(r.totals.connections_opened, 3);
+        assert_eq!((r.totals.broadcasts, r.totals.client_events, r.totals.delivered), (1, 1, 7));
+        assert_eq!((r.peak_connections, r.users_online, r.users_total), (3, 1, 2));
+        assert_eq!(r.series.len(), 60);
+        assert_eq!(r.series.last().unwrap().0, now - now % MINUTE_MS);
+        let at = |t: i64| r.series.iter().find(|(s, _)| *s == t).unwrap().1;
+        assert_eq!((at(t0).connections_opened, at(t0).peak_connections, at(t0).delivered), (3, 3, 3));
+        assert_eq!(at(t0 + 5 * MINUTE_MS).delivered, 4);
+        // A day later the hour is empty, the month still holds it all.
+        let later = now + 24 * 60 * MINUTE_MS;
+        assert_eq!(a.report("x", Period::Hour, later).totals, MinuteCounts::default());
+        let month = a.report("x", Period::Month, later);
+        assert_eq!((month.totals.connections_opened, month.series.len()), (3, 30));
+        assert_eq!(a.report("nobody", Period::Day, now).series.len(), 24);
+    }
+
+    #[test]
+    fn dirty_rows_round_trip_through_load() {
+        let a = Analytics::default();
+        a.record(&opened("x", Some("u1")), 120_000);
+        let rows = a.take_dirty();
+        assert_eq!((rows.minutes.len(), rows.users.len()), (1, 1));
+        assert_eq!(a.take_dirty(), AnalyticsRows::default(), "nothing changed since");
+        let b = Analytics::default();
+        b.load(rows);
+        let r = b.report("x", Period::Hour, 130_000);
+        assert_eq!((r.totals.connections_opened, r.users_total, r.users_online), (1, 1, 0));
+    }
+}
