@@ -2,6 +2,8 @@
 //! start-up errors.
 
 use std::process::Stdio;
+
+use futures_util::SinkExt;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -27,7 +29,11 @@ fn command(dir: &std::path::Path) -> Command {
 
 /// Starts `roomcast` in `dir`; returns the child, the printed admin key if any, and the address.
 async fn start(dir: &std::path::Path) -> (Child, Option<String>, String) {
-    let mut child = command(dir).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    start_cmd(command(dir).stderr(Stdio::null())).await
+}
+
+async fn start_cmd(cmd: &mut Command) -> (Child, Option<String>, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut key = None;
     let addr = tokio::time::timeout(WAIT, async {
@@ -120,4 +126,71 @@ async fn start_up_errors_name_the_setting_and_exit_78() {
     let out = command(dir.path()).args(["--config", "missing.toml"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[tokio::test]
+async fn json_logs_have_a_line_per_request_and_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let admin = "rc_admin_LogTestKey01_abcdefghijklmnopqrstuvwxyz012345";
+    let (mut child, _, addr) = start_cmd(
+        command(dir.path()).env("ROOMCAST_LOG__FORMAT", "json").env("ROOMCAST_ADMIN_KEY", admin).stderr(log),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{addr}{p}");
+    let res = http
+        .post(url("/api/applications"))
+        .header("X-API-Key", admin)
+        .header("X-Request-Id", "req-created-1")
+        .json(&json!({"app_id": "log-app"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "req-created-1", "the request id is echoed");
+    let (_, created) = split(res).await;
+    let res = http
+        .get(url("/api/test"))
+        .header("X-API-Key", created["api_key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let generated = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(generated.starts_with("r_"), "{generated}");
+    let body = json!({"app_id": "log-app", "app_secret": created["app_secret"]});
+    let (_, token) = split(http.post(url("/api/token")).json(&body).send().await.unwrap()).await;
+    let req =
+        format!("ws://{addr}/ws?token={}", token["token"].as_str().unwrap()).into_client_request().unwrap();
+    let (mut ws, hello) = Ws::open(req).await.unwrap();
+    let connection_id = hello["connection_id"].as_str().unwrap().to_owned();
+    ws.stream.close(None).await.unwrap();
+    ws.closed().await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::timeout(Duration::from_secs(5), child.wait()).await.expect("exits").unwrap();
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        lines.iter().find(|l| pred(l)).unwrap_or_else(|| panic!("no such line in\n{text}")).clone()
+    };
+    let created_line = find(&|l| l["fields"]["request_id"] == "req-created-1");
+    let f = &created_line["fields"];
+    assert_eq!((f["status"].as_u64(), f["route"].as_str()), (Some(201), Some("/api/applications")));
+    assert_eq!(f["method"], "POST");
+    assert!(f["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{created_line}");
+    assert_eq!(created_line["level"], "INFO");
+    let test_line = find(&|l| l["fields"]["request_id"] == generated.as_str());
+    assert_eq!(test_line["fields"]["app_id"], "log-app", "the caller's app is logged");
+    let opened = find(&|l| l["fields"]["message"] == "connection opened");
+    assert_eq!(opened["fields"]["connection_id"], connection_id.as_str());
+    assert_eq!(opened["fields"]["app_id"], "log-app");
+    let closed = find(&|l| l["fields"]["message"] == "connection closed");
+    assert_eq!(closed["fields"]["connection_id"], connection_id.as_str());
+    assert!(!text.contains(admin), "keys are never logged");
+    assert!(!text.contains(created["app_secret"].as_str().unwrap()), "secrets are never logged");
 }
