@@ -3,7 +3,6 @@
 
 use std::process::Stdio;
 
-use futures_util::SinkExt;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
