@@ -154,11 +154,18 @@ impl Hub {
         user_info: Option<&Arc<RawValue>>,
     ) -> Result<JoinOutcome, BrokerError> {
         let key = RoomKey { app_id: conn.app_id.clone(), room: room.clone() };
-        let null = || Arc::from(RawValue::from_string("null".into()).expect("null is JSON"));
-        let info = user_info.cloned().unwrap_or_else(null);
+        // Only a presence join needs a user_info; a missing one is JSON null.
+        let null: Arc<RawValue>;
         let presence = match (&conn.user_id, room.is_presence()) {
             (Some(user_id), true) => {
-                Some(PresenceRequest { user_id, user_info: &info, list_at_most: self.presence_list_max })
+                let user_info = match user_info {
+                    Some(info) => info,
+                    None => {
+                        null = Arc::from(RawValue::from_string("null".into()).expect("null is JSON"));
+                        &null
+                    }
+                };
+                Some(PresenceRequest { user_id, user_info, list_at_most: self.presence_list_max })
             }
             _ => None,
         };
