@@ -40,6 +40,14 @@ pub enum DropReason {
     Oversize,
 }
 
+/// The type of a metric family, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy)]
+enum Family {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
 /// The counters the hub and sessions update on every event; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HubMetrics {
@@ -118,53 +126,47 @@ impl Metrics {
             .expect("static, non-empty bucket lists")
             .build_recorder();
         let handle = recorder.handle();
-        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| (name, unit, help);
+        use Family::{Counter as C, Gauge as G, Histogram as H};
         let families = [
-            describe("roomcast_connections", None, "Open WebSocket connections on this node, per app."),
-            describe(
-                "roomcast_connections_opened_total",
-                None,
-                "WebSocket connections accepted since start.",
-            ),
-            describe("roomcast_rooms", None, "Occupied rooms on this node."),
-            describe("roomcast_subscriptions", None, "Connection-room subscriptions on this node."),
-            describe(
+            (G, "roomcast_connections", None, "Open WebSocket connections on this node, per app."),
+            (C, "roomcast_connections_opened_total", None, "WebSocket connections accepted since start."),
+            (G, "roomcast_rooms", None, "Occupied rooms on this node."),
+            (G, "roomcast_subscriptions", None, "Connection-room subscriptions on this node."),
+            (
+                C,
                 "roomcast_messages_published_total",
                 None,
                 "Events published, by kind: broadcast (HTTP), client (client events), system (presence).",
             ),
-            describe(
-                "roomcast_messages_delivered_total",
-                None,
-                "Event frames placed in subscribers' queues.",
-            ),
-            describe(
+            (C, "roomcast_messages_delivered_total", None, "Event frames placed in subscribers' queues."),
+            (
+                C,
                 "roomcast_messages_dropped_total",
                 None,
                 "Messages not delivered, by reason: slow_consumer, rate_limit, oversize.",
             ),
-            describe(
+            (
+                H,
                 "roomcast_fanout_duration_seconds",
                 Some(Unit::Seconds),
                 "Time from a publish to the last subscriber queue holding the frame.",
             ),
-            describe(
+            (
+                H,
                 "roomcast_http_request_duration_seconds",
                 Some(Unit::Seconds),
                 "HTTP request duration by route template and status.",
             ),
-            describe("roomcast_hub_events_dropped_total", None, "Hub events a full listener queue refused."),
-            describe("roomcast_build_info", None, "Always 1; the labels name the build."),
-            describe("roomcast_uptime_seconds", Some(Unit::Seconds), "Seconds since this process started."),
+            (C, "roomcast_hub_events_dropped_total", None, "Hub events a full listener queue refused."),
+            (G, "roomcast_build_info", None, "Always 1; the labels name the build."),
+            (G, "roomcast_uptime_seconds", Some(Unit::Seconds), "Seconds since this process started."),
         ];
-        for (name, unit, help) in families {
-            let name = KeyName::from_const_str(name);
-            if name.as_str().ends_with("_total") {
-                recorder.describe_counter(name, unit, SharedString::const_str(help));
-            } else if name.as_str().ends_with("_seconds") && !name.as_str().ends_with("uptime_seconds") {
-                recorder.describe_histogram(name, unit, SharedString::const_str(help));
-            } else {
-                recorder.describe_gauge(name, unit, SharedString::const_str(help));
+        for (family, name, unit, help) in families {
+            let (name, help) = (KeyName::from_const_str(name), SharedString::const_str(help));
+            match family {
+                C => recorder.describe_counter(name, unit, help),
+                G => recorder.describe_gauge(name, unit, help),
+                H => recorder.describe_histogram(name, unit, help),
             }
         }
         let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
@@ -233,19 +235,20 @@ impl Metrics {
         self.subscriptions.set(hub.registry().subscription_count() as f64);
         self.uptime.set(self.started.elapsed().as_secs_f64().floor());
         self.events_dropped.absolute(hub.events().dropped());
-        let counts = hub.connections_per_app();
+        let counts: std::collections::HashMap<Arc<str>, usize> =
+            hub.connections_per_app().into_iter().collect();
         // Apps seen before and now without connections show 0 rather than a stale value.
         for entry in self.connections.iter() {
-            if !counts.iter().any(|(app, _)| app == entry.key()) {
-                entry.value().set(0.0);
-            }
+            entry.value().set(counts.get(entry.key()).copied().unwrap_or(0) as f64);
         }
         for (app, n) in counts {
-            let gauge = self.connections.entry(app.clone()).or_insert_with(|| {
+            if !self.connections.contains_key(&app) {
                 let labels = vec![Label::new("app", app.to_string())];
-                self.recorder.register_gauge(&Key::from_parts("roomcast_connections", labels), &META)
-            });
-            gauge.set(n as f64);
+                let gauge =
+                    self.recorder.register_gauge(&Key::from_parts("roomcast_connections", labels), &META);
+                gauge.set(n as f64);
+                self.connections.insert(app, gauge);
+            }
         }
         self.handle.render()
     }
