@@ -205,16 +205,12 @@ async fn presence(
     }
     let limit = page_size(params.limit)?;
     let key = RoomKey { app_id, room };
-    let (members, member_count) =
-        state.hub.registry().members(&key, params.cursor.as_deref(), limit).unwrap_or_default();
-    let next_cursor = if members.len() == limit && member_count > 0 {
-        members.last().map(|m| m.user_id.to_string()).filter(|last| {
-            // More follow when anyone sorts after the last one listed.
-            state.hub.registry().members(&key, Some(last), 1).is_some_and(|(rest, _)| !rest.is_empty())
-        })
-    } else {
-        None
-    };
+    // One more than the page, under one lock: whether it comes back says whether more follow.
+    let (mut members, member_count) =
+        state.hub.registry().members(&key, params.cursor.as_deref(), limit + 1).unwrap_or_default();
+    let more = members.len() > limit;
+    members.truncate(limit);
+    let next_cursor = if more { members.last().map(|m| m.user_id.to_string()) } else { None };
     let members = members
         .into_iter()
         .map(|m| MemberView { user_id: m.user_id.to_string(), user_info: m.user_info.as_ref().to_owned() })
