@@ -275,20 +275,22 @@ async fn reload_caches(state: AppState, mut marker: u64) {
         if marker != current {
             // Held so that no API write lands between the snapshot and the cache replacement.
             let _writes = state.writes.lock().await;
-            match state.store.snapshot().await {
-                Ok(snapshot) => {
-                    state.apps.replace_all(snapshot.apps);
-                    state.keys.replace_all(snapshot.keys);
-                    tracing::info!("reloaded apps and keys after an outside change to the store");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot reload the store");
-                    continue;
-                }
+            if let Err(e) = refill_caches(&state).await {
+                tracing::warn!(error = %e, "cannot reload the store");
+                continue;
             }
+            tracing::info!("reloaded apps and keys after an outside change to the store");
         }
         marker = current;
     }
+}
+
+/// Replaces the app and key caches with the store's contents; the caller holds `state.writes`.
+async fn refill_caches(state: &AppState) -> Result<(), StoreError> {
+    let snapshot = state.store.snapshot().await?;
+    state.apps.replace_all(snapshot.apps);
+    state.keys.replace_all(snapshot.keys);
+    Ok(())
 }
 
 /// How often apps past their restore window are looked for (also once in [`Server::build`]).
@@ -313,12 +315,11 @@ async fn purge_deleted_apps(state: AppState) {
                 continue;
             }
         };
-        match state.store.snapshot().await {
-            Ok(snapshot) => {
-                state.apps.replace_all(snapshot.apps);
-                state.keys.replace_all(snapshot.keys);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot reload the store after a purge"),
+        if let Err(e) = refill_caches(&state).await {
+            tracing::warn!(error = %e, "cannot reload the store after a purge");
+        }
+        for app_id in &purged {
+            state.analytics.forget(app_id);
         }
         tracing::info!(apps = ?purged, "purged apps deleted more than 30 days ago");
     }

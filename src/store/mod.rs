@@ -171,8 +171,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn save_keys(&self, keys: &[KeyRecord]) -> Result<(), StoreError>;
     /// Records when keys were last used.
     async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError>;
-    /// Erases apps soft-deleted before `deleted_before` (ms) with all their keys, freeing their
-    /// ids; returns the erased app ids.
+    /// Erases apps soft-deleted before `deleted_before` (ms) with all their keys and analytics,
+    /// freeing their ids; returns the erased app ids.
     async fn purge_deleted(&self, deleted_before: i64) -> Result<Vec<String>, StoreError>;
     /// Writes analytics minutes and user sightings (replacing rows with the same key) and
     /// forgets everything older than `forget_before` (ms).

@@ -304,6 +304,8 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?;
             for id in &ids {
                 tx.execute("DELETE FROM api_keys WHERE app_id = ?1", [id]).map_err(write_error)?;
+                tx.execute("DELETE FROM analytics_minutes WHERE app_id = ?1", [id]).map_err(write_error)?;
+                tx.execute("DELETE FROM analytics_users WHERE app_id = ?1", [id]).map_err(write_error)?;
                 tx.execute("DELETE FROM apps WHERE app_id = ?1", [id]).map_err(write_error)?;
             }
             tx.commit().map_err(unavailable)?;

@@ -32,6 +32,7 @@ async fn apps_deleted_over_30_days_ago_are_purged_at_start() {
     let hub = spawn_hub().await;
     let admin = hub.admin_key.clone();
     let old = hub.create_app(json!({"app_id": "old-gone"})).await;
+    drop(hub.subscriber(&old, json!({"user_id": "u"}), &[]).await);
     hub.create_app(json!({"app_id": "recent-gone"})).await;
     hub.create_app(json!({"app_id": "still-here"})).await;
     for id in ["old-gone", "recent-gone"] {
@@ -56,6 +57,10 @@ async fn apps_deleted_over_30_days_ago_are_purged_at_start() {
     assert_error(&hub.post("/api/applications/old-gone/restore", &admin, json!({})).await, 404, "not_found");
     let (status, v) = hub.post("/api/applications", &admin, json!({"app_id": "old-gone"})).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
+    // The new app with the old id starts with no analytics of its predecessor.
+    let (_, stats) = hub.get("/api/analytics?period=30d&app_id=old-gone", &admin).await;
+    assert_eq!(stats["metrics"]["connections"]["total"], 0, "{stats}");
+    assert_eq!(stats["metrics"]["users"]["total"], 0, "{stats}");
     // The recent one can still come back.
     assert_eq!(hub.post("/api/applications/recent-gone/restore", &admin, json!({})).await.0, StatusCode::OK);
     let db = rusqlite::Connection::open(hub.dir.path().join("roomcast.db")).unwrap();
