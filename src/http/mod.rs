@@ -130,25 +130,15 @@ impl AppState {
         Self::report(info, slot)
     }
 
-    /// Charges a call to its client IP's bucket (`/api/token`, `/api/tickets`).
+    /// Charges a call to its client IP's bucket in `buckets` (`limits.ips` for `/api/token` and
+    /// `/api/tickets`, `limits.upgrades` for `/ws`); free when the IP is unknown or the group is
+    /// switched off.
     pub fn charge_ip(
-        &self,
+        buckets: &crate::limits::IpBuckets,
         ip: Option<std::net::IpAddr>,
         slot: Option<&crate::limits::RateSlot>,
     ) -> Result<(), ApiError> {
-        match ip {
-            Some(ip) => self.limits.ips.charge(ip).map_or(Ok(()), |info| Self::report(info, slot)),
-            None => Ok(()),
-        }
-    }
-
-    /// Charges a WebSocket upgrade attempt to its client IP's bucket.
-    pub fn charge_upgrade(
-        &self,
-        ip: Option<std::net::IpAddr>,
-        slot: Option<&crate::limits::RateSlot>,
-    ) -> Result<(), ApiError> {
-        match ip.and_then(|ip| self.limits.upgrades.charge(ip)) {
+        match ip.and_then(|ip| buckets.charge(ip)) {
             Some(info) => Self::report(info, slot),
             None => Ok(()),
         }

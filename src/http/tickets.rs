@@ -76,7 +76,7 @@ impl FromRequestParts<AppState> for Buyer {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
-        state.charge_ip(ip, parts.extensions.get::<crate::limits::RateSlot>())?;
+        AppState::charge_ip(&state.limits.ips, ip, parts.extensions.get::<crate::limits::RateSlot>())?;
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)

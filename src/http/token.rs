@@ -57,7 +57,7 @@ async fn create_token(
     slot: Option<axum::Extension<crate::limits::RateSlot>>,
     Json(req): Json<TokenRequest>,
 ) -> Result<axum::Json<TokenResponse>, ApiError> {
-    state.charge_ip(ip, slot.as_deref())?;
+    AppState::charge_ip(&state.limits.ips, ip, slot.as_deref())?;
     let ttl = req.expires_in.unwrap_or(state.config.tokens.default_ttl_s);
     if !TTL_RANGE.contains(&ttl) {
         return Err(ApiError::field("expires_in", "must be between 60 and 2592000 seconds"));

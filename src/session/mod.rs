@@ -35,7 +35,7 @@ pub async fn upgrade(
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
     // Charged before any check, so a flood of bad credentials is limited too.
-    state.charge_upgrade(ip, slot.as_deref())?;
+    AppState::charge_ip(&state.limits.upgrades, ip, slot.as_deref())?;
     let identity = authenticate(&state, &params, &headers)?;
     let app = state.apps.get(&identity.app_id).ok_or_else(|| ApiError::InvalidToken("unknown app".into()))?;
     if !is_active(&app) {
