@@ -170,6 +170,18 @@ impl Analytics {
         }
     }
 
+    /// Counts a webhook delivery that ended at `now` (ms): succeeded, or failed for good.
+    pub fn webhook(&self, app_id: &str, succeeded: bool, now: i64) {
+        self.with_app(app_id, |s| {
+            let m = s.minute(now);
+            if succeeded {
+                m.webhooks_delivered += 1;
+            } else {
+                m.webhooks_failed += 1;
+            }
+        });
+    }
+
     /// Once in a while: users still connected are seen now, connections held carry into this
     /// minute's peak, and minutes older than 30 days are forgotten.
     pub fn tick(&self, now: i64) {
@@ -317,6 +329,8 @@ mod tests {
             room: RoomKey { app_id: Arc::from(app), room: RoomName::parse("r").unwrap() },
             event: EventName::parse("e").unwrap(),
             kind,
+            data: None,
+            timestamp: 0,
             delivered,
             dropped: 0,
         }

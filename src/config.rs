@@ -27,6 +27,7 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub webhooks: WebhooksConfig,
     pub cluster: ClusterConfig,
 }
 
@@ -158,6 +159,31 @@ pub struct MetricsConfig {
     pub token: Option<String>,
 }
 
+/// Webhook deliveries (DESIGN §6).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Allows targets on loopback, private, link-local, CGNAT, multicast and metadata addresses.
+    pub allow_private_targets: bool,
+    /// Time for one attempt, connect to last response byte, in seconds.
+    pub timeout_s: u64,
+    /// Delays before each retry, in milliseconds (each varied by ±20 %); once used up the
+    /// delivery fails.
+    pub retry_delays_ms: Vec<u64>,
+    /// Consecutive failed attempts that disable a webhook.
+    pub disable_after_failures: u32,
+    /// Attempts in flight at once, over all webhooks.
+    pub max_in_flight: usize,
+    /// Attempts in flight at once to one webhook.
+    pub max_in_flight_per_webhook: usize,
+    /// Webhooks one app may register.
+    pub max_per_app: usize,
+    /// Matched events waiting to be written to the store; more are dropped and counted.
+    pub queue_capacity: usize,
+    /// Days succeeded and failed deliveries stay in the log.
+    pub log_retention_days: u64,
+}
+
 /// Cluster mode (Redis). Empty `redis_url` means a single node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -227,6 +253,22 @@ impl Default for AppsConfig {
 impl Default for TokensConfig {
     fn default() -> Self {
         Self { default_ttl_s: 86_400, leeway_s: 30 }
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            timeout_s: 10,
+            retry_delays_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000, 3_600_000],
+            disable_after_failures: 100,
+            max_in_flight: 64,
+            max_in_flight_per_webhook: 4,
+            max_per_app: 20,
+            queue_capacity: 10_000,
+            log_retention_days: 7,
+        }
     }
 }
 
@@ -312,6 +354,16 @@ impl Config {
         positive("apps.default_rate_limit", u64::from(self.apps.default_rate_limit));
         positive("tokens.default_ttl_s", self.tokens.default_ttl_s);
         positive("store.reload_interval_ms", self.store.reload_interval_ms);
+        positive("webhooks.timeout_s", self.webhooks.timeout_s);
+        positive("webhooks.disable_after_failures", u64::from(self.webhooks.disable_after_failures));
+        positive("webhooks.max_in_flight", self.webhooks.max_in_flight as u64);
+        positive("webhooks.max_in_flight_per_webhook", self.webhooks.max_in_flight_per_webhook as u64);
+        positive("webhooks.max_per_app", self.webhooks.max_per_app as u64);
+        positive("webhooks.queue_capacity", self.webhooks.queue_capacity as u64);
+        positive("webhooks.log_retention_days", self.webhooks.log_retention_days);
+        if self.webhooks.retry_delays_ms.len() > 20 {
+            problems.push("webhooks.retry_delays_ms: at most 20 retries".into());
+        }
         if self.websocket.idle_timeout_s <= self.websocket.heartbeat_s {
             problems.push("websocket.idle_timeout_s: must be greater than websocket.heartbeat_s".into());
         }

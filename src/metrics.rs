@@ -40,6 +40,38 @@ pub enum DropReason {
     Oversize,
 }
 
+/// How one webhook delivery attempt (or a matched event) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// A 2xx answer.
+    Succeeded,
+    /// A failed attempt with another one scheduled.
+    Retried,
+    /// A failed attempt that ended the delivery (out of retries, or 410).
+    Failed,
+    /// A matched event the full intake queue refused: no delivery was made.
+    Dropped,
+}
+
+/// Counters of webhook deliveries by outcome; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WebhookMetrics {
+    outcomes: [Counter; 4],
+}
+
+impl Default for WebhookMetrics {
+    fn default() -> Self {
+        Self { outcomes: [Counter::noop(), Counter::noop(), Counter::noop(), Counter::noop()] }
+    }
+}
+
+impl WebhookMetrics {
+    /// The counter of `outcome`.
+    pub fn outcome(&self, outcome: WebhookOutcome) -> &Counter {
+        &self.outcomes[outcome as usize]
+    }
+}
+
 /// The type of a metric family, for its `# TYPE` line.
 #[derive(Debug, Clone, Copy)]
 enum Family {
@@ -97,6 +129,7 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     pub hub: HubMetrics,
+    pub webhooks: WebhookMetrics,
     http: DashMap<(String, u16), Histogram>,
     connections: DashMap<Arc<str>, Gauge>,
     rooms: Gauge,
@@ -158,6 +191,13 @@ impl Metrics {
                 "HTTP request duration by route template and status.",
             ),
             (C, "roomcast_hub_events_dropped_total", None, "Hub events a full listener queue refused."),
+            (
+                C,
+                "roomcast_webhook_deliveries_total",
+                None,
+                "Webhook delivery attempts by outcome (succeeded, retried, failed), and matched events \
+                 dropped before a delivery was made (dropped).",
+            ),
             (G, "roomcast_build_info", None, "Always 1; the labels name the build."),
             (G, "roomcast_uptime_seconds", Some(Unit::Seconds), "Seconds since this process started."),
         ];
@@ -185,6 +225,10 @@ impl Metrics {
             fanout_seconds: recorder
                 .register_histogram(&Key::from_name("roomcast_fanout_duration_seconds"), &META),
         };
+        let webhooks = WebhookMetrics {
+            outcomes: ["succeeded", "retried", "failed", "dropped"]
+                .map(|o| counter("roomcast_webhook_deliveries_total", &[("outcome", o)])),
+        };
         let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &META);
         let build = Key::from_parts(
             "roomcast_build_info",
@@ -198,6 +242,7 @@ impl Metrics {
             events_dropped: recorder
                 .register_counter(&Key::from_name("roomcast_hub_events_dropped_total"), &META),
             hub,
+            webhooks,
             http: DashMap::new(),
             connections: DashMap::new(),
             handle,

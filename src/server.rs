@@ -88,6 +88,21 @@ impl Server {
         analytics.load(saved);
         let sink = analytics.clone();
         hub.events().add_sink(Arc::new(move |event| sink.record(event, now_ms())));
+        let writes = Arc::new(tokio::sync::Mutex::new(()));
+        let webhooks = Arc::new(
+            crate::webhooks::Webhooks::new(
+                config.webhooks.clone(),
+                store.clone(),
+                snapshot.webhooks,
+                metrics.webhooks.clone(),
+                analytics.clone(),
+                writes.clone(),
+            )
+            .map_err(StartError::Config)?,
+        );
+        let (filter, sink) = (webhooks.clone(), webhooks.clone());
+        hub.events().set_payload_filter(Arc::new(move |app_id| filter.app_has_webhooks(app_id)));
+        hub.events().add_sink(Arc::new(move |event| sink.observe(event)));
         let state = AppState::new(Shared {
             config,
             store,
@@ -102,7 +117,8 @@ impl Server {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            writes: tokio::sync::Mutex::new(()),
+            writes,
+            webhooks,
         });
         Ok(Self { listener, state, bootstrap_key, marker })
     }
@@ -148,6 +164,7 @@ impl Server {
         tracker.spawn(heartbeat(state.clone()));
         tracker.spawn(purge_deleted_apps(state.clone()));
         tracker.spawn(flush_analytics(state.clone()));
+        state.webhooks.start(token.clone(), tracker.clone()).await;
 
         let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = %state.node_id, "roomcast listening");
@@ -162,6 +179,7 @@ impl Server {
         tracker.close();
         let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
         save_analytics(&state).await;
+        state.webhooks.flush_intake().await;
         if let Err(e) = state.store.touch_keys(&state.keys.unflushed_uses()).await {
             tracing::warn!(error = %e, "could not record key use times at shutdown");
         }
@@ -290,6 +308,7 @@ async fn refill_caches(state: &AppState) -> Result<(), StoreError> {
     let snapshot = state.store.snapshot().await?;
     state.apps.replace_all(snapshot.apps);
     state.keys.replace_all(snapshot.keys);
+    state.webhooks.replace_all(snapshot.webhooks);
     Ok(())
 }
 

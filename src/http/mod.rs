@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod rooms;
 pub mod tickets;
 pub mod token;
+pub mod webhooks;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -57,7 +58,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Held across "write the store, then update the caches" and across cache reloads, so a
     /// reload can never put back a snapshot older than a write. Only admin paths take it.
-    pub writes: tokio::sync::Mutex<()>,
+    pub writes: Arc<tokio::sync::Mutex<()>>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Deref for AppState {
@@ -185,6 +187,7 @@ pub fn router(state: AppState) -> Router {
         .merge(broadcast::router())
         .merge(rooms::router())
         .merge(analytics::router())
+        .merge(webhooks::router())
         .route("/ws", get(crate::session::upgrade))
         .route("/metrics", get(crate::metrics::metrics_page))
         .merge(openapi::router())

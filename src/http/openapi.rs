@@ -35,6 +35,14 @@ use super::AppState;
         super::rooms::get_room,
         super::rooms::presence,
         super::analytics::analytics,
+        super::webhooks::create_webhook,
+        super::webhooks::list_webhooks,
+        super::webhooks::get_webhook,
+        super::webhooks::update_webhook,
+        super::webhooks::delete_webhook,
+        super::webhooks::list_deliveries,
+        super::webhooks::test_webhook,
+        super::webhooks::retry_delivery,
     ),
     modifiers(&ApiKeyAuth),
     tags(
@@ -43,6 +51,7 @@ use super::AppState;
         (name = "tokens", description = "Client JWTs"),
         (name = "rooms", description = "Occupied rooms and presence members"),
         (name = "analytics", description = "Per-app usage counters"),
+        (name = "webhooks", description = "Signed HTTP callbacks for room events, and their delivery log"),
         (name = "keys", description = "API key introspection"),
         (name = "operations", description = "Health"),
     )

@@ -25,7 +25,7 @@ pub enum PublishKind {
 }
 
 /// One thing that happened.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum HubEvent {
     ConnectionOpened {
         app_id: String,
@@ -57,6 +57,12 @@ pub enum HubEvent {
         room: RoomKey,
         event: EventName,
         kind: PublishKind,
+        /// The event's `data`, only for apps a listener asked payloads of
+        /// ([`EventBus::set_payload_filter`]): copying it for every publication would cost the
+        /// fan-out path for nothing.
+        data: Option<Arc<serde_json::value::RawValue>>,
+        /// When it was published (ms).
+        timestamp: i64,
         delivered: usize,
         dropped: usize,
     },
@@ -65,10 +71,14 @@ pub enum HubEvent {
 /// A listener called inline on every event; it must be quick and must not block.
 pub type Sink = Arc<dyn Fn(&HubEvent) + Send + Sync>;
 
+/// Says whether publications of an app should carry their `data`; called inline, must be quick.
+pub type PayloadFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Fans [`HubEvent`]s out to sinks and to listeners' bounded queues.
 #[derive(Default)]
 pub struct EventBus {
     sinks: ArcSwap<Vec<Sink>>,
+    payloads: arc_swap::ArcSwapOption<PayloadFilter>,
     listeners: Mutex<Vec<mpsc::Sender<HubEvent>>>,
     dropped: AtomicU64,
 }
@@ -87,6 +97,16 @@ impl EventBus {
             sinks.push(sink.clone());
             sinks
         });
+    }
+
+    /// Publications of apps `filter` accepts carry their data from now on.
+    pub fn set_payload_filter(&self, filter: PayloadFilter) {
+        self.payloads.store(Some(Arc::new(filter)));
+    }
+
+    /// Whether publications of `app_id` should carry their data.
+    pub fn wants_payload(&self, app_id: &str) -> bool {
+        self.payloads.load().as_ref().is_some_and(|f| f(app_id))
     }
 
     /// A new listener with a queue of `capacity` events.

@@ -223,6 +223,8 @@ impl Hub {
                     room: publication.key,
                     event: publication.event,
                     kind: PublishKind::System,
+                    data: None,
+                    timestamp: publication.timestamp,
                     delivered: outcome.delivered,
                     dropped: outcome.dropped,
                 });
@@ -252,10 +254,13 @@ impl Hub {
         let outcome = self.broker.publish(&publication).await?;
         self.metrics.fanout_seconds.record(started.elapsed().as_secs_f64());
         self.count(kind, &outcome);
+        let data = self.events.wants_payload(app_id).then(|| Arc::from(data.to_owned()));
         self.events.emit(HubEvent::Published {
             room: publication.key,
             event: event.clone(),
             kind,
+            data,
+            timestamp,
             delivered: outcome.delivered,
             dropped: outcome.dropped,
         });

@@ -95,11 +95,115 @@ pub struct KeyRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// An app's webhook endpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRecord {
+    pub webhook_id: String,
+    pub app_id: String,
+    pub url: String,
+    /// Signs deliveries (HMAC-SHA256), so it is kept in clear like the app secret.
+    pub secret: String,
+    /// Event names, `"*"` for all.
+    pub events: Vec<String>,
+    pub enabled: bool,
+    /// Why roomcast disabled it (HTTP 410, too many failures); `None` when enabled or disabled
+    /// by the app.
+    pub disabled_reason: Option<String>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u32,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Not attempted yet.
+    Pending,
+    /// Attempted, failed, another attempt is scheduled.
+    Retrying,
+    Succeeded,
+    /// Out of attempts (or refused with 410): the dead-letter list.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "retrying" => Some(DeliveryStatus::Retrying),
+            "succeeded" => Some(DeliveryStatus::Succeeded),
+            "failed" => Some(DeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+
+    /// Whether no further attempt is scheduled.
+    pub fn is_final(self) -> bool {
+        matches!(self, DeliveryStatus::Succeeded | DeliveryStatus::Failed)
+    }
+}
+
+/// One event for one webhook, with the outcome of its latest attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// Sorts by creation time: `d` + 12 hex digits of ms + 10 base62.
+    pub delivery_id: String,
+    pub webhook_id: String,
+    pub app_id: String,
+    pub event: String,
+    pub room: Option<String>,
+    /// The exact bytes every attempt sends (and signs).
+    pub body: String,
+    pub status: DeliveryStatus,
+    /// Attempts made in all.
+    pub attempts: u32,
+    /// Attempts since the delivery was (re)queued; picks the next backoff delay.
+    pub step: u32,
+    pub response_code: Option<u16>,
+    pub latency_ms: Option<u64>,
+    pub error: Option<String>,
+    /// When the next attempt is due (ms); `None` once final.
+    pub next_retry_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A delivery waiting for an attempt, as the scheduler needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueDelivery {
+    pub delivery_id: String,
+    pub webhook_id: String,
+    pub due_at: i64,
+}
+
+/// What an attempt changed in its webhook's health, written with the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookHealth {
+    pub webhook_id: String,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub consecutive_failures: u32,
+    pub updated_at: i64,
+}
+
 /// Everything the caches need, read in one go.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub apps: Vec<AppRecord>,
     pub keys: Vec<KeyRecord>,
+    pub webhooks: Vec<WebhookRecord>,
 }
 
 /// Why a store call failed.
@@ -156,7 +260,7 @@ pub struct AnalyticsRows {
     pub users: Vec<UserRow>,
 }
 
-/// Durable storage of apps and keys.
+/// Durable storage of apps, keys, webhooks with their deliveries, and analytics.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every app (deleted ones too) and every key.
@@ -171,7 +275,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn save_keys(&self, keys: &[KeyRecord]) -> Result<(), StoreError>;
     /// Records when keys were last used.
     async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError>;
-    /// Erases apps soft-deleted before `deleted_before` (ms) with all their keys and analytics,
+    /// Erases apps soft-deleted before `deleted_before` (ms) with all their keys, webhooks and analytics,
     /// freeing their ids; returns the erased app ids.
     async fn purge_deleted(&self, deleted_before: i64) -> Result<Vec<String>, StoreError>;
     /// Writes analytics minutes and user sightings (replacing rows with the same key) and
@@ -179,6 +283,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn save_analytics(&self, rows: AnalyticsRows, forget_before: i64) -> Result<(), StoreError>;
     /// Analytics minutes and user sightings from `since` (ms) on.
     async fn load_analytics(&self, since: i64) -> Result<AnalyticsRows, StoreError>;
+    /// Creates a webhook. `Conflict` when the id is taken.
+    async fn insert_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError>;
+    /// Replaces a webhook. `NotFound` when it does not exist.
+    async fn update_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError>;
+    /// Erases a webhook and its delivery log. `NotFound` when it does not exist.
+    async fn delete_webhook(&self, webhook_id: &str) -> Result<(), StoreError>;
+    /// Records new deliveries, all or none.
+    async fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError>;
+    /// Writes a delivery after an attempt (or a manual retry) and, when given, its webhook's new
+    /// health, in one transaction. `NotFound` when the delivery is gone (its webhook was deleted).
+    async fn save_attempt(
+        &self,
+        delivery: &DeliveryRecord,
+        health: Option<&WebhookHealth>,
+    ) -> Result<(), StoreError>;
+    /// One delivery.
+    async fn delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>, StoreError>;
+    /// A webhook's deliveries, newest first, those older than the `before` id only when given.
+    async fn deliveries(
+        &self,
+        webhook_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// Deliveries waiting for an attempt (pending or retrying), of one webhook or of all.
+    async fn due_deliveries(&self, webhook_id: Option<&str>) -> Result<Vec<DueDelivery>, StoreError>;
+    /// Forgets final deliveries last changed before `before` (ms); returns how many.
+    async fn prune_deliveries(&self, before: i64) -> Result<usize, StoreError>;
     /// A number that changes when another process wrote to the store, so caches can reload.
     async fn change_marker(&self) -> Result<u64, StoreError>;
     /// Cheap liveness probe for `/health`.

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    AnalyticsRows, AppRecord, AppStatus, KeyKind, KeyRecord, MinuteCounts, MinuteRow, Snapshot, Store,
-    StoreError, UserRow,
+    AnalyticsRows, AppRecord, AppStatus, DeliveryRecord, DeliveryStatus, DueDelivery, KeyKind, KeyRecord,
+    MinuteCounts, MinuteRow, Snapshot, Store, StoreError, UserRow, WebhookHealth, WebhookRecord,
 };
 
 /// Schema changes in order; entry `i` moves `user_version` from `i` to `i + 1`. Never edit a
@@ -63,6 +63,41 @@ const MIGRATIONS: &[&str] = &[
         last_seen INTEGER NOT NULL,
         PRIMARY KEY (app_id, user_id)
     ) WITHOUT ROWID;
+",
+    "
+    CREATE TABLE webhooks (
+        webhook_id           TEXT PRIMARY KEY NOT NULL,
+        app_id               TEXT NOT NULL REFERENCES apps(app_id),
+        url                  TEXT NOT NULL,
+        secret               TEXT NOT NULL,
+        events               TEXT NOT NULL,
+        enabled              INTEGER NOT NULL,
+        disabled_reason      TEXT,
+        consecutive_failures INTEGER NOT NULL,
+        created_at           INTEGER NOT NULL,
+        updated_at           INTEGER NOT NULL
+    );
+    CREATE INDEX webhooks_by_app ON webhooks(app_id);
+    CREATE TABLE webhook_deliveries (
+        delivery_id   TEXT PRIMARY KEY NOT NULL,
+        webhook_id    TEXT NOT NULL REFERENCES webhooks(webhook_id),
+        app_id        TEXT NOT NULL,
+        event         TEXT NOT NULL,
+        room          TEXT,
+        body          TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        attempts      INTEGER NOT NULL,
+        step          INTEGER NOT NULL,
+        response_code INTEGER,
+        latency_ms    INTEGER,
+        error         TEXT,
+        next_retry_at INTEGER,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL
+    );
+    CREATE INDEX deliveries_by_webhook ON webhook_deliveries(webhook_id, delivery_id);
+    CREATE INDEX deliveries_waiting ON webhook_deliveries(next_retry_at)
+        WHERE status IN ('pending', 'retrying');
 ",
 ];
 
@@ -247,6 +282,100 @@ fn write_key(conn: &Connection, sql: &str, key: &KeyRecord) -> rusqlite::Result<
     )
 }
 
+fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<WebhookRecord> {
+    let events: String = row.get("events")?;
+    Ok(WebhookRecord {
+        webhook_id: row.get("webhook_id")?,
+        app_id: row.get("app_id")?,
+        url: row.get("url")?,
+        secret: row.get("secret")?,
+        events: json_list(&events, "events")?,
+        enabled: row.get("enabled")?,
+        disabled_reason: row.get("disabled_reason")?,
+        consecutive_failures: row.get("consecutive_failures")?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+    })
+}
+
+const INSERT_WEBHOOK: &str = "INSERT INTO webhooks (webhook_id, app_id, url, secret, events, enabled,
+                          disabled_reason, consecutive_failures, created_at, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// Takes the same parameters as [`INSERT_WEBHOOK`]; id, app and `created_at` never change.
+const UPDATE_WEBHOOK: &str = "UPDATE webhooks SET url = ?3, secret = ?4, events = ?5, enabled = ?6,
+        disabled_reason = ?7, consecutive_failures = ?8, updated_at = ?10
+    WHERE webhook_id = ?1 AND app_id = ?2 AND created_at = ?9";
+
+fn write_webhook(conn: &Connection, sql: &str, w: &WebhookRecord) -> rusqlite::Result<usize> {
+    conn.execute(
+        sql,
+        params![
+            w.webhook_id,
+            w.app_id,
+            w.url,
+            w.secret,
+            to_json(&w.events),
+            w.enabled,
+            w.disabled_reason,
+            w.consecutive_failures,
+            w.created_at,
+            w.updated_at
+        ],
+    )
+}
+
+fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+    let status: String = row.get("status")?;
+    Ok(DeliveryRecord {
+        delivery_id: row.get("delivery_id")?,
+        webhook_id: row.get("webhook_id")?,
+        app_id: row.get("app_id")?,
+        event: row.get("event")?,
+        room: row.get("room")?,
+        body: row.get("body")?,
+        status: DeliveryStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        attempts: row.get("attempts")?,
+        step: row.get("step")?,
+        response_code: row.get("response_code")?,
+        latency_ms: row.get::<_, Option<i64>>("latency_ms")?.map(|v| v.max(0) as u64),
+        error: row.get("error")?,
+        next_retry_at: row.get("next_retry_at")?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+    })
+}
+
+const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (delivery_id, webhook_id, app_id, event, room,
+        body, status, attempts, step, response_code, latency_ms, error, next_retry_at, created_at, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+
+/// Takes the same parameters as [`INSERT_DELIVERY`]; what was sent and when it was made never
+/// change.
+const UPDATE_DELIVERY: &str = "UPDATE webhook_deliveries SET status = ?7, attempts = ?8, step = ?9,
+        response_code = ?10, latency_ms = ?11, error = ?12, next_retry_at = ?13, updated_at = ?15
+    WHERE delivery_id = ?1 AND webhook_id = ?2";
+
+fn write_delivery(conn: &Connection, sql: &str, d: &DeliveryRecord) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params![
+        d.delivery_id,
+        d.webhook_id,
+        d.app_id,
+        d.event,
+        d.room,
+        d.body,
+        d.status.as_str(),
+        d.attempts,
+        d.step,
+        d.response_code,
+        d.latency_ms.map(|v| v as i64),
+        d.error,
+        d.next_retry_at,
+        d.created_at,
+        d.updated_at
+    ])
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -260,7 +389,11 @@ impl Store for SqliteStore {
                     .prepare("SELECT * FROM api_keys ORDER BY created_at, key_id")?
                     .query_map([], key_from_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok(Snapshot { apps, keys })
+                let webhooks = conn
+                    .prepare("SELECT * FROM webhooks ORDER BY created_at, webhook_id")?
+                    .query_map([], webhook_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(Snapshot { apps, keys, webhooks })
             };
             read(conn).map_err(|e| match e {
                 rusqlite::Error::FromSqlConversionFailure(_, _, reason) => {
@@ -303,6 +436,8 @@ impl Store for SqliteStore {
                 })
                 .map_err(unavailable)?;
             for id in &ids {
+                tx.execute("DELETE FROM webhook_deliveries WHERE app_id = ?1", [id]).map_err(write_error)?;
+                tx.execute("DELETE FROM webhooks WHERE app_id = ?1", [id]).map_err(write_error)?;
                 tx.execute("DELETE FROM api_keys WHERE app_id = ?1", [id]).map_err(write_error)?;
                 tx.execute("DELETE FROM analytics_minutes WHERE app_id = ?1", [id]).map_err(write_error)?;
                 tx.execute("DELETE FROM analytics_users WHERE app_id = ?1", [id]).map_err(write_error)?;
@@ -418,6 +553,131 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?;
             }
             tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn insert_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
+        let webhook = webhook.clone();
+        self.with(move |conn| write_webhook(conn, INSERT_WEBHOOK, &webhook).map(drop).map_err(write_error))
+            .await
+    }
+
+    async fn update_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
+        let webhook = webhook.clone();
+        self.with(move |conn| {
+            let changed = write_webhook(conn, UPDATE_WEBHOOK, &webhook).map_err(write_error)?;
+            if changed == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn delete_webhook(&self, webhook_id: &str) -> Result<(), StoreError> {
+        let id = webhook_id.to_owned();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            tx.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?1", [&id]).map_err(write_error)?;
+            let changed =
+                tx.execute("DELETE FROM webhooks WHERE webhook_id = ?1", [&id]).map_err(write_error)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound);
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError> {
+        let deliveries = deliveries.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            for d in &deliveries {
+                write_delivery(&tx, INSERT_DELIVERY, d).map_err(write_error)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn save_attempt(
+        &self,
+        delivery: &DeliveryRecord,
+        health: Option<&WebhookHealth>,
+    ) -> Result<(), StoreError> {
+        let delivery = delivery.clone();
+        let health = health.cloned();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            if write_delivery(&tx, UPDATE_DELIVERY, &delivery).map_err(write_error)? == 0 {
+                return Err(StoreError::NotFound);
+            }
+            if let Some(h) = &health {
+                tx.execute(
+                    "UPDATE webhooks SET enabled = ?2, disabled_reason = ?3, consecutive_failures = ?4,
+                        updated_at = ?5 WHERE webhook_id = ?1",
+                    params![h.webhook_id, h.enabled, h.disabled_reason, h.consecutive_failures, h.updated_at],
+                )
+                .map_err(write_error)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        let id = delivery_id.to_owned();
+        self.with(move |conn| {
+            conn.prepare_cached("SELECT * FROM webhook_deliveries WHERE delivery_id = ?1")
+                .and_then(|mut q| q.query_row([&id], delivery_from_row).optional())
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn deliveries(
+        &self,
+        webhook_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let (id, before) = (webhook_id.to_owned(), before.map(str::to_owned));
+        self.with(move |conn| {
+            let read = |conn: &Connection| -> rusqlite::Result<Vec<DeliveryRecord>> {
+                // `before` is compared as text: ids sort by creation time.
+                let mut q = conn.prepare_cached(
+                    "SELECT * FROM webhook_deliveries WHERE webhook_id = ?1 AND (?2 IS NULL OR delivery_id < ?2)
+                     ORDER BY delivery_id DESC LIMIT ?3",
+                )?;
+                q.query_map(params![id, before, limit as i64], delivery_from_row)?.collect()
+            };
+            read(conn).map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn due_deliveries(&self, webhook_id: Option<&str>) -> Result<Vec<DueDelivery>, StoreError> {
+        let id = webhook_id.map(str::to_owned);
+        self.with(move |conn| {
+            let read = |conn: &Connection| -> rusqlite::Result<Vec<DueDelivery>> {
+                let mut q = conn.prepare_cached(
+                    "SELECT delivery_id, webhook_id, coalesce(next_retry_at, created_at) FROM webhook_deliveries
+                     WHERE status IN ('pending', 'retrying') AND (?1 IS NULL OR webhook_id = ?1)",
+                )?;
+                q.query_map([id], |r| Ok(DueDelivery { delivery_id: r.get(0)?, webhook_id: r.get(1)?, due_at: r.get(2)? }))?
+                    .collect()
+            };
+            read(conn).map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn prune_deliveries(&self, before: i64) -> Result<usize, StoreError> {
+        self.with(move |conn| {
+            conn.execute(
+                "DELETE FROM webhook_deliveries WHERE status IN ('succeeded', 'failed') AND updated_at < ?1",
+                [before],
+            )
+            .map_err(unavailable)
         })
         .await
     }

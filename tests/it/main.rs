@@ -18,4 +18,5 @@ mod presence;
 mod smoke;
 mod support;
 mod tickets;
+mod webhooks;
 mod ws;

@@ -1,0 +1,458 @@
+//! Webhooks (DESIGN §6): the cache of registered endpoints, the matching of hub events against
+//! them, and the durable delivery pipeline.
+//!
+//! The fan-out path only pays for a map lookup: an inline sink matches each hub event against
+//! the app's webhooks and, on a match, offers it to a bounded intake queue (a full queue drops
+//! it and counts `outcome="dropped"`). The intake task turns matched events into delivery
+//! records, writes them to the store in batches, and only then hands them to the
+//! [`dispatch`] scheduler, so every delivery that was ever scheduled is on disk: a restart
+//! resumes the pending ones (at-least-once; the delivery id lets receivers deduplicate).
+
+pub mod dispatch;
+pub mod target;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sha2::Sha256;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::analytics::Analytics;
+use crate::config::WebhooksConfig;
+use crate::hub::events::{HubEvent, PublishKind};
+use crate::hub::now_ms;
+use crate::metrics::{WebhookMetrics, WebhookOutcome};
+use crate::store::{DeliveryRecord, DeliveryStatus, Store, StoreError, WebhookRecord};
+
+/// The event name of `POST /api/webhooks/:id/test` deliveries.
+pub const PING_EVENT: &str = "ping";
+
+/// The system events a webhook can ask for besides publication names.
+pub const SYSTEM_EVENTS: [&str; 4] = ["room-occupied", "room-vacated", "user-joined", "user-left"];
+
+/// Most matched events written to the store in one transaction.
+const INTAKE_BATCH: usize = 256;
+
+/// An event that matched at least one webhook, waiting to become deliveries.
+#[derive(Debug)]
+struct Matched {
+    app_id: Arc<str>,
+    event: String,
+    room: Option<String>,
+    data: Arc<RawValue>,
+    timestamp: i64,
+}
+
+/// `HMAC-SHA256(secret, "{timestamp}.{body}")` as lower-case hex: the `X-Roomcast-Signature`
+/// value after `sha256=`.
+pub fn signature(secret: &str, timestamp_s: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(timestamp_s.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `webhook` wants `event`.
+fn wants(webhook: &WebhookRecord, event: &str) -> bool {
+    webhook.enabled && webhook.events.iter().any(|e| e == "*" || e == event)
+}
+
+/// A new delivery id: `d`, the creation time in 12 hex digits, 10 random base62 characters, so
+/// ids sort by creation time.
+fn delivery_id(now: i64) -> String {
+    format!("d{:012x}{}", now.max(0), crate::auth::random_base62(10))
+}
+
+/// The delivery body, serialized once; every attempt sends these exact bytes.
+#[derive(Serialize)]
+struct Body<'a> {
+    id: &'a str,
+    app_id: &'a str,
+    event: &'a str,
+    room: Option<&'a str>,
+    data: &'a RawValue,
+    timestamp: i64,
+}
+
+/// A new pending delivery of `event` to `webhook`.
+pub fn new_delivery(
+    webhook: &WebhookRecord,
+    event: &str,
+    room: Option<&str>,
+    data: &RawValue,
+    timestamp: i64,
+    now: i64,
+) -> DeliveryRecord {
+    let id = delivery_id(now);
+    let body = Body { id: &id, app_id: &webhook.app_id, event, room, data, timestamp };
+    let body = serde_json::to_string(&body).expect("strings and raw JSON always serialize");
+    DeliveryRecord {
+        delivery_id: id,
+        webhook_id: webhook.webhook_id.clone(),
+        app_id: webhook.app_id.clone(),
+        event: event.to_owned(),
+        room: room.map(str::to_owned),
+        body,
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        step: 0,
+        response_code: None,
+        latency_ms: None,
+        error: None,
+        next_retry_at: Some(now),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The webhook service: registered endpoints (cached from the store), intake and dispatch.
+pub struct Webhooks {
+    config: WebhooksConfig,
+    store: Arc<dyn Store>,
+    by_id: DashMap<String, Arc<WebhookRecord>>,
+    /// Each app's webhooks, for matching; rebuilt for an app when one of its webhooks changes.
+    by_app: DashMap<Arc<str>, Arc<[Arc<WebhookRecord>]>>,
+    intake: mpsc::Sender<Matched>,
+    intake_rx: tokio::sync::Mutex<mpsc::Receiver<Matched>>,
+    metrics: WebhookMetrics,
+    analytics: Arc<Analytics>,
+    dispatch: dispatch::Dispatcher,
+    /// Callers of `…/test` waiting for the first attempt of their ping.
+    waiters: DashMap<String, oneshot::Sender<DeliveryRecord>>,
+    /// Serializes webhook record writes with the API's (the server's `writes` lock).
+    writes: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks").field("webhooks", &self.by_id.len()).finish_non_exhaustive()
+    }
+}
+
+impl Webhooks {
+    /// The service with `webhooks` cached; nothing runs until [`Webhooks::start`].
+    pub fn new(
+        config: WebhooksConfig,
+        store: Arc<dyn Store>,
+        webhooks: Vec<WebhookRecord>,
+        metrics: WebhookMetrics,
+        analytics: Arc<Analytics>,
+        writes: Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Self, String> {
+        let (intake, intake_rx) = mpsc::channel(config.queue_capacity);
+        let dispatch = dispatch::Dispatcher::new(&config)?;
+        let service = Self {
+            config,
+            store,
+            by_id: DashMap::new(),
+            by_app: DashMap::new(),
+            intake,
+            intake_rx: tokio::sync::Mutex::new(intake_rx),
+            metrics,
+            analytics,
+            dispatch,
+            waiters: DashMap::new(),
+            writes,
+        };
+        service.replace_all(webhooks);
+        Ok(service)
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &WebhooksConfig {
+        &self.config
+    }
+
+    /// One webhook.
+    pub fn get(&self, webhook_id: &str) -> Option<Arc<WebhookRecord>> {
+        self.by_id.get(webhook_id).map(|w| w.clone())
+    }
+
+    /// An app's webhooks, oldest first.
+    pub fn of_app(&self, app_id: &str) -> Vec<Arc<WebhookRecord>> {
+        self.by_app.get(app_id).map(|l| l.to_vec()).unwrap_or_default()
+    }
+
+    /// Caches a created or changed webhook.
+    pub fn put(&self, webhook: WebhookRecord) {
+        let app_id = webhook.app_id.clone();
+        self.by_id.insert(webhook.webhook_id.clone(), Arc::new(webhook));
+        self.reindex(&app_id);
+    }
+
+    /// Forgets a deleted webhook.
+    pub fn remove(&self, webhook_id: &str) {
+        if let Some((_, w)) = self.by_id.remove(webhook_id) {
+            self.reindex(&w.app_id);
+        }
+    }
+
+    /// Replaces the cache with the store's contents.
+    pub fn replace_all(&self, webhooks: Vec<WebhookRecord>) {
+        self.by_id.clear();
+        for w in webhooks {
+            self.by_id.insert(w.webhook_id.clone(), Arc::new(w));
+        }
+        let apps: std::collections::BTreeSet<String> = self.by_id.iter().map(|w| w.app_id.clone()).collect();
+        self.by_app.retain(|app, _| apps.contains(&**app));
+        for app in apps {
+            self.reindex(&app);
+        }
+    }
+
+    fn reindex(&self, app_id: &str) {
+        let mut list: Vec<Arc<WebhookRecord>> =
+            self.by_id.iter().filter(|w| w.app_id == app_id).map(|w| w.value().clone()).collect();
+        list.sort_by(|a, b| (a.created_at, &a.webhook_id).cmp(&(b.created_at, &b.webhook_id)));
+        if list.is_empty() {
+            self.by_app.remove(app_id);
+        } else {
+            self.by_app.insert(Arc::from(app_id), list.into());
+        }
+    }
+
+    /// Whether any enabled webhook of `app_id` exists: then publications carry their data.
+    pub fn app_has_webhooks(&self, app_id: &str) -> bool {
+        self.by_app.get(app_id).is_some_and(|l| l.iter().any(|w| w.enabled))
+    }
+
+    /// Inline on every hub event: a map lookup, and on a match a non-blocking offer to the
+    /// intake queue.
+    pub fn observe(&self, event: &HubEvent) {
+        let (app_id, name, room): (&Arc<str>, &str, _) = match event {
+            HubEvent::Published {
+                room, event, kind: PublishKind::Broadcast | PublishKind::Client, ..
+            } => (&room.app_id, event.as_str(), room),
+            HubEvent::RoomOccupied { room } => (&room.app_id, "room-occupied", room),
+            HubEvent::RoomVacated { room } => (&room.app_id, "room-vacated", room),
+            HubEvent::MemberJoined { room, .. } => (&room.app_id, "user-joined", room),
+            HubEvent::MemberLeft { room, .. } => (&room.app_id, "user-left", room),
+            _ => return,
+        };
+        let Some(hooks) = self.by_app.get(&**app_id) else { return };
+        if !hooks.iter().any(|w| wants(w, name)) {
+            return;
+        }
+        drop(hooks);
+        let (data, timestamp) = match event {
+            HubEvent::Published { data: Some(data), timestamp, .. } => (data.clone(), *timestamp),
+            HubEvent::MemberJoined { user_id, .. } | HubEvent::MemberLeft { user_id, .. } => {
+                let data = serde_json::to_string(&serde_json::json!({ "user_id": user_id }))
+                    .expect("a string map serializes");
+                (Arc::from(RawValue::from_string(data).expect("valid JSON")), now_ms())
+            }
+            HubEvent::Published { data: None, .. } => {
+                // The webhook was created between the payload check and now; the next event of
+                // this app carries its data.
+                tracing::debug!(app_id = %app_id, event = name, "publication without data skipped");
+                return;
+            }
+            _ => (Arc::from(RawValue::from_string("null".into()).expect("null is JSON")), now_ms()),
+        };
+        let matched = Matched {
+            app_id: app_id.clone(),
+            event: name.to_owned(),
+            room: Some(room.room.to_string()),
+            data,
+            timestamp,
+        };
+        if let Err(mpsc::error::TrySendError::Full(m)) = self.intake.try_send(matched) {
+            self.metrics.outcome(WebhookOutcome::Dropped).increment(1);
+            tracing::warn!(app_id = %m.app_id, event = %m.event, "webhook intake queue full; event dropped");
+        }
+    }
+
+    /// Loads the deliveries waiting in the store and runs intake and dispatch until `shutdown`.
+    pub async fn start(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+        tracker: tokio_util::task::TaskTracker,
+    ) {
+        match self.store.due_deliveries(None).await {
+            Ok(due) => {
+                if !due.is_empty() {
+                    tracing::info!(deliveries = due.len(), "resuming pending webhook deliveries");
+                }
+                self.dispatch.schedule_all(due);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot load pending webhook deliveries"),
+        }
+        tracker.spawn(self.clone().run_intake(shutdown.clone()));
+        tracker.spawn(self.clone().run_dispatch(shutdown.clone(), tracker.clone()));
+        tracker.spawn(self.clone().prune_log(shutdown));
+    }
+
+    async fn run_intake(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut rx = self.intake_rx.lock().await;
+        loop {
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                _ = shutdown.cancelled() => return,
+            };
+            let Some(first) = first else { return };
+            let mut batch = vec![first];
+            while batch.len() < INTAKE_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let deliveries = self.deliveries_for(&batch);
+            let mut wait = Duration::from_millis(100);
+            while let Err(e) = self.persist(&deliveries).await {
+                tracing::warn!(error = %e, deliveries = deliveries.len(), "cannot record webhook deliveries; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    // The final flush writes what is still queued; this batch gets one more try there.
+                    _ = shutdown.cancelled() => {
+                        if let Err(e) = self.persist(&deliveries).await {
+                            tracing::error!(error = %e, deliveries = deliveries.len(), "webhook deliveries lost at shutdown: the store is unavailable");
+                        }
+                        return;
+                    }
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// At shutdown, after every connection closed: records the matched events still queued, so
+    /// the last `room-vacated` and `user-left` events are delivered after the restart.
+    pub async fn flush_intake(&self) {
+        let mut rx = self.intake_rx.lock().await;
+        let mut batch = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+        }
+        let deliveries = self.deliveries_for(&batch);
+        if deliveries.is_empty() {
+            return;
+        }
+        match self.store.insert_deliveries(&deliveries).await {
+            Ok(()) => {
+                tracing::info!(deliveries = deliveries.len(), "webhook deliveries recorded at shutdown")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, deliveries = deliveries.len(), "webhook deliveries lost at shutdown: the store is unavailable")
+            }
+        }
+    }
+
+    /// One delivery per matched event and webhook that wants it now.
+    fn deliveries_for(&self, batch: &[Matched]) -> Vec<DeliveryRecord> {
+        let now = now_ms();
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            let Some(hooks) = self.by_app.get(&*m.app_id).map(|l| l.clone()) else { continue };
+            for w in hooks.iter().filter(|w| wants(w, &m.event)) {
+                out.push(new_delivery(w, &m.event, m.room.as_deref(), &m.data, m.timestamp, now));
+            }
+        }
+        out
+    }
+
+    /// Writes new deliveries, then schedules them.
+    async fn persist(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        self.store.insert_deliveries(deliveries).await?;
+        for d in deliveries {
+            self.dispatch.schedule(&d.delivery_id, &d.webhook_id, d.created_at);
+        }
+        Ok(())
+    }
+
+    /// Records a `ping` delivery to `webhook` and waits (up to the attempt timeout and a little
+    /// more) for its first attempt; returns the delivery as it then stands.
+    pub async fn ping(&self, webhook: &WebhookRecord) -> Result<DeliveryRecord, StoreError> {
+        let now = now_ms();
+        let data = serde_json::json!({ "webhook_id": webhook.webhook_id }).to_string();
+        let data = RawValue::from_string(data).expect("valid JSON");
+        let delivery = new_delivery(webhook, PING_EVENT, None, &data, now, now);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(delivery.delivery_id.clone(), tx);
+        let persisted = self.persist(std::slice::from_ref(&delivery)).await;
+        if let Err(e) = persisted {
+            self.waiters.remove(&delivery.delivery_id);
+            return Err(e);
+        }
+        let wait = Duration::from_secs(self.config.timeout_s + 2);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(done)) => Ok(done),
+            _ => {
+                self.waiters.remove(&delivery.delivery_id);
+                Ok(self.store.delivery(&delivery.delivery_id).await?.unwrap_or(delivery))
+            }
+        }
+    }
+
+    /// Requeues a final delivery for an attempt now, with a fresh retry schedule. `Ok(None)`
+    /// when it is not final (it is already scheduled).
+    pub async fn retry(&self, mut delivery: DeliveryRecord) -> Result<Option<DeliveryRecord>, StoreError> {
+        if !delivery.status.is_final() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        delivery.status = DeliveryStatus::Pending;
+        delivery.step = 0;
+        delivery.next_retry_at = Some(now);
+        delivery.updated_at = now;
+        self.store.save_attempt(&delivery, None).await?;
+        self.dispatch.schedule(&delivery.delivery_id, &delivery.webhook_id, now);
+        Ok(Some(delivery))
+    }
+
+    /// Puts a re-enabled webhook's waiting deliveries back on the schedule.
+    pub async fn resume(&self, webhook_id: &str) -> Result<(), StoreError> {
+        let due = self.store.due_deliveries(Some(webhook_id)).await?;
+        self.dispatch.schedule_all(due);
+        Ok(())
+    }
+
+    /// Hourly: forgets final deliveries older than `log_retention_days`.
+    async fn prune_log(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = Duration::from_secs(3600);
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let before = now_ms() - self.config.log_retention_days as i64 * 86_400_000;
+            match self.store.prune_deliveries(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deliveries = n, "pruned old webhook deliveries"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune webhook deliveries"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_a_known_vector() {
+        // printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac whsec_test
+        assert_eq!(
+            signature("whsec_test", 1_700_000_000, br#"{"a":1}"#),
+            "38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789"
+        );
+    }
+
+    #[test]
+    fn delivery_ids_sort_by_time() {
+        let a = delivery_id(1_700_000_000_000);
+        let b = delivery_id(1_700_000_000_001);
+        assert!(a < b, "{a} < {b}");
+        assert_eq!(a.len(), 23);
+    }
+}
