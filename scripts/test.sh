@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the integration binary (real server, real SQLite file, real
-# HTTP/WebSocket clients) and the browser test (Debian's Chromium driven by playwright-core).
+# HTTP/WebSocket clients), the browser test (Debian's Chromium driven by playwright-core) and the
+# webhook verification examples (Node and Python).
 # Installs the browser tooling when it is missing; needs root (or sudo) for apt-get then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,10 @@ apt_install() {
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "test.sh: installing nodejs and npm"
   apt_install nodejs npm
+fi
+if ! command -v python3 >/dev/null; then
+  echo "test.sh: installing python3 (the webhook receiver example runs in the suite)"
+  apt_install python3
 fi
 if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
   echo "test.sh: installing chromium"

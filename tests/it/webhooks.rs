@@ -682,3 +682,110 @@ async fn a_slow_receiver_does_not_delay_broadcasts() {
     assert_eq!(log.len(), 100, "a full first page");
     assert!(log.iter().all(|d| d["status"] == "pending"), "nothing answered yet");
 }
+
+/// A verification example from `examples/webhooks/` running as its own process.
+struct Example {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    url: String,
+}
+
+impl Example {
+    async fn start(program: &str, script: &str, secret: &str) -> Example {
+        use tokio::io::AsyncBufReadExt;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/webhooks/");
+        let mut child = tokio::process::Command::new(program)
+            .arg(format!("{path}{script}"))
+            .env("WEBHOOK_SECRET", secret)
+            .env("PORT", "0")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{program} is needed for the webhook examples (scripts/test.sh installs it): {e}")
+            });
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = Self::read(&mut lines).await;
+        let addr = first.strip_prefix("listening on ").unwrap_or_else(|| panic!("{script}: {first}"));
+        Example { url: format!("http://{addr}/hook"), child, lines }
+    }
+
+    async fn read(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>) -> String {
+        tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("still running")
+    }
+
+    async fn line(&mut self) -> String {
+        Self::read(&mut self.lines).await
+    }
+}
+
+#[tokio::test]
+async fn the_documented_verification_examples_accept_deliveries_and_refuse_forgeries() {
+    let hub = hub_with(|_| {}).await;
+    let app = hub.create_app(json!({"app_id": "example-app"})).await;
+    let secret = "whsec_an_example_secret_0123456789";
+    for (program, script) in [("python3", "receiver.py"), ("node", "receiver.js")] {
+        let mut example = Example::start(program, script, secret).await;
+        let (status, v) = hub
+            .post(
+                "/api/webhooks",
+                &app.api_key,
+                json!({"url": example.url, "events": [script], "secret": secret}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        let id = v["webhook"]["webhook_id"].as_str().unwrap().to_owned();
+        hub.broadcast(&app, "lobby:1", script, json!({"text": "naïve – ünïcödé", "n": 1e3})).await;
+        let line = example.line().await;
+        assert!(line.starts_with("verified d"), "{script}: {line}");
+        assert!(line.contains(&format!("{script} lobby:1 ")), "{script}: {line}");
+        let log = log_until(&hub, &app.api_key, &id, |l| l.len() == 1 && l[0]["status"] == "succeeded").await;
+        assert_eq!(log[0]["response_code"], 204);
+        let delivery_id = log[0]["delivery_id"].as_str().unwrap();
+        assert!(line.contains(delivery_id), "{line}");
+
+        // Forgeries, and a replay of a real delivery, as a receiver sees them.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let body = format!(
+            r#"{{"id":"dforged","app_id":"example-app","event":"x","room":"r","data":1,"timestamp":{now}000}}"#
+        );
+        let sign = |ts: u64, body: &str, key: &str| {
+            let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
+            mac.update(format!("{ts}.{body}").as_bytes());
+            let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            format!("sha256={hex}")
+        };
+        let url = example.url.clone();
+        let post = |ts: u64, signature: String, body: String| {
+            hub.http
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .header("X-Roomcast-Timestamp", ts.to_string())
+                .header("X-Roomcast-Signature", signature)
+                .body(body)
+                .send()
+        };
+        let cases = [
+            (now, sign(now, &body, "whsec_some_other_secret_000000"), body.clone(), "rejected bad signature"),
+            (
+                now,
+                sign(now, &body, secret),
+                body.replace("\"data\":1", "\"data\":2"),
+                "rejected bad signature",
+            ),
+            (now - 600, sign(now - 600, &body, secret), body.clone(), "rejected stale or missing timestamp"),
+            (now, sign(now, &body, secret), body.clone(), "verified dforged x r 1"),
+            (now, sign(now, &body, secret), body.clone(), "duplicate dforged"),
+        ];
+        for (ts, signature, body, expected) in cases {
+            let status = post(ts, signature, body).await.unwrap().status();
+            assert_eq!(status.is_success(), !expected.starts_with("rejected"), "{script}: {expected}");
+            assert_eq!(example.line().await, expected, "{script}");
+        }
+        example.child.kill().await.unwrap();
+    }
+}
