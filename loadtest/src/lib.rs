@@ -6,6 +6,7 @@
 //! at most `drain` for stragglers, and stops by itself.
 
 pub mod target;
+pub mod webhook;
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +65,8 @@ pub struct Options {
     /// Extra subscribers in room 0 that never read a byte (slow consumers); they are not
     /// counted in deliveries, only in how the others fare.
     pub stalled: usize,
+    /// roomcast: register a webhook for every broadcast and measure its deliveries too.
+    pub webhook: bool,
 }
 
 /// Latency figures in milliseconds.
@@ -74,6 +77,36 @@ pub struct Latency {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+}
+
+impl Latency {
+    /// Quantiles of a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// Webhook deliveries of the run's broadcasts (`--webhook`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WebhookReport {
+    /// Distinct deliveries received.
+    pub received: u64,
+    /// Broadcasts whose delivery did not arrive within the drain time.
+    pub missing: u64,
+    pub duplicated: u64,
+    pub per_second: f64,
+    /// Publish → arrival at the receiver.
+    pub latency: Latency,
 }
 
 /// Everything a run measured.
@@ -106,6 +139,7 @@ pub struct Report {
     pub hub_rss_per_connection_bytes: Option<f64>,
     pub hub_cpu_seconds: Option<f64>,
     pub generator_cpu_seconds: Option<f64>,
+    pub webhook: Option<WebhookReport>,
 }
 
 impl Report {
@@ -152,6 +186,18 @@ impl Report {
         if self.churn_cycles > 0 || self.churn_errors > 0 {
             s += &format!("  churn: {} cycles, {} errors\n", self.churn_cycles, self.churn_errors);
         }
+        if let Some(w) = &self.webhook {
+            s += &format!(
+                "  webhook: {} received ({:.0}/s), {} missing, {} duplicated; latency ms: p50 {:.2}  p99 {:.2}  max {:.2}\n",
+                w.received,
+                w.per_second,
+                w.missing,
+                w.duplicated,
+                w.latency.p50_ms,
+                w.latency.p99_ms,
+                w.latency.max_ms
+            );
+        }
         if let (Some(hub), Some(generator)) = (self.hub_cpu_seconds, self.generator_cpu_seconds) {
             s += &format!("  CPU seconds: hub {hub:.2}, generator {generator:.2}\n");
         }
@@ -164,7 +210,7 @@ pub fn raise_fd_limit() -> Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
@@ -364,6 +410,15 @@ pub async fn run(opts: Options) -> Result<Report> {
         tokio::spawn(churn_loop(target, collect, rate, spread))
     });
 
+    let sink = match opts.webhook {
+        true => {
+            let sink = webhook::Sink::start().await?;
+            sink.register(&target).await?;
+            Some(sink)
+        }
+        false => None,
+    };
+
     // Publish phase.
     let publish_started = Instant::now();
     let deadline = publish_started + opts.duration;
@@ -427,7 +482,9 @@ pub async fn run(opts: Options) -> Result<Report> {
 
     // Drain: wait for the deliveries still in flight, up to `drain`.
     let drain_until = Instant::now() + opts.drain;
-    while collect.delivered.load(Ordering::Relaxed) < report.expected_deliveries
+    let webhooks_done =
+        || sink.as_ref().is_none_or(|s| s.received.load(Ordering::Relaxed) >= report.published);
+    while (collect.delivered.load(Ordering::Relaxed) < report.expected_deliveries || !webhooks_done())
         && Instant::now() < drain_until
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -459,15 +516,16 @@ pub async fn run(opts: Options) -> Result<Report> {
             all.add(&*h).ok();
         }
     }
-    let ms = |us: u64| us as f64 / 1000.0;
-    if !all.is_empty() {
-        report.latency = Latency {
-            p50_ms: ms(all.value_at_quantile(0.5)),
-            p90_ms: ms(all.value_at_quantile(0.9)),
-            p99_ms: ms(all.value_at_quantile(0.99)),
-            p999_ms: ms(all.value_at_quantile(0.999)),
-            max_ms: ms(all.max()),
-        };
+    report.latency = Latency::of(&all);
+    if let Some(sink) = &sink {
+        let received = sink.received.load(Ordering::Relaxed);
+        report.webhook = Some(WebhookReport {
+            received,
+            missing: report.published.saturating_sub(received),
+            duplicated: sink.duplicated.load(Ordering::Relaxed),
+            per_second: received as f64 / delivery_seconds.max(1e-9),
+            latency: sink.latency(),
+        });
     }
     report.hub_cpu_seconds =
         opts.hub_pid.and_then(|p| cpu_seconds(Some(p))).zip(hub_cpu_before).map(|(a, b)| a - b);

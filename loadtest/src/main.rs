@@ -69,6 +69,10 @@ struct Cli {
     /// Extra subscribers in the first room that never read (slow consumers).
     #[arg(long, env = "LT_STALLED", default_value_t = 0)]
     stalled: usize,
+    /// roomcast: also register a webhook (a receiver in this process) for the broadcasts and
+    /// measure its deliveries; the hub needs `webhooks.allow_private_targets = true`.
+    #[arg(long, env = "LT_WEBHOOK")]
+    webhook: bool,
     /// Also write the report as JSON to this file.
     #[arg(long, env = "LT_JSON")]
     json: Option<std::path::PathBuf>,
@@ -109,6 +113,7 @@ async fn main() -> Result<()> {
         churn_rate: cli.churn_rate,
         drain: Duration::from_secs_f64(cli.drain),
         stalled: cli.stalled,
+        webhook: cli.webhook,
     })
     .await?;
     print!("{}", report.summary());
