@@ -205,6 +205,16 @@ impl Report {
     }
 }
 
+/// A reqwest client builder. When this crate is built in one go with roomcast, cargo unifies
+/// reqwest's features and its TLS then needs a rustls provider installed; this does it once.
+pub fn http() -> reqwest::ClientBuilder {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
 /// Raises the open-files soft limit to the hard limit, so 100,000 sockets fit.
 pub fn raise_fd_limit() -> Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")
@@ -422,7 +432,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     // Publish phase.
     let publish_started = Instant::now();
     let deadline = publish_started + opts.duration;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(publishers).build()?;
+    let http = http().pool_max_idle_per_host(publishers).build()?;
     let pad = "x".repeat(opts.payload_bytes);
     let mut tasks = Vec::new();
     for p in 0..publishers {

@@ -49,7 +49,7 @@ fn unix_now() -> u64 {
 impl Target {
     /// For roomcast with an admin key: creates a fresh app with room for `connections` clients.
     pub async fn roomcast_with_new_app(base: &str, admin_key: &str, connections: usize) -> Result<Self> {
-        let http = reqwest::Client::new();
+        let http = crate::http().build()?;
         let app_id = format!("lt-{}", rand::random::<u32>());
         let res = http
             .post(format!("{base}/api/applications"))

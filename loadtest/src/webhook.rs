@@ -78,7 +78,8 @@ impl Sink {
 
     /// Registers this receiver as a webhook of the target's app for the load-test event.
     pub async fn register(&self, target: &Target) -> Result<()> {
-        let res = reqwest::Client::new()
+        let res = crate::http()
+            .build()?
             .post(format!("{}/api/webhooks", target.base))
             .header("X-APP-API-KEY", &target.key)
             .json(&json!({"url": format!("http://{}/lt", self.addr), "events": ["lt"]}))

@@ -198,6 +198,14 @@ pub struct WebhookHealth {
     pub updated_at: i64,
 }
 
+/// One attempt's outcome, to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub delivery: DeliveryRecord,
+    /// The webhook's health when the attempt changed it.
+    pub health: Option<WebhookHealth>,
+}
+
 /// Everything the caches need, read in one go.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -291,13 +299,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn delete_webhook(&self, webhook_id: &str) -> Result<(), StoreError>;
     /// Records new deliveries, all or none.
     async fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError>;
-    /// Writes a delivery after an attempt (or a manual retry) and, when given, its webhook's new
-    /// health, in one transaction. `NotFound` when the delivery is gone (its webhook was deleted).
-    async fn save_attempt(
-        &self,
-        delivery: &DeliveryRecord,
-        health: Option<&WebhookHealth>,
-    ) -> Result<(), StoreError>;
+    /// Writes deliveries after attempts (or a manual retry), each with its webhook's new health
+    /// when given, in one transaction. Deliveries that are gone (their webhook was deleted) are
+    /// skipped.
+    async fn save_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), StoreError>;
     /// One delivery.
     async fn delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>, StoreError>;
     /// A webhook's deliveries, newest first, those older than the `before` id only when given.

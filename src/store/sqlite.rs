@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    AnalyticsRows, AppRecord, AppStatus, DeliveryRecord, DeliveryStatus, DueDelivery, KeyKind, KeyRecord,
-    MinuteCounts, MinuteRow, Snapshot, Store, StoreError, UserRow, WebhookHealth, WebhookRecord,
+    AnalyticsRows, AppRecord, AppStatus, AttemptRecord, DeliveryRecord, DeliveryStatus, DueDelivery, KeyKind,
+    KeyRecord, MinuteCounts, MinuteRow, Snapshot, Store, StoreError, UserRow, WebhookRecord,
 };
 
 /// Schema changes in order; entry `i` moves `user_version` from `i` to `i + 1`. Never edit a
@@ -599,25 +599,30 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn save_attempt(
-        &self,
-        delivery: &DeliveryRecord,
-        health: Option<&WebhookHealth>,
-    ) -> Result<(), StoreError> {
-        let delivery = delivery.clone();
-        let health = health.cloned();
+    async fn save_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), StoreError> {
+        let attempts = attempts.to_vec();
         self.with(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
-            if write_delivery(&tx, UPDATE_DELIVERY, &delivery).map_err(write_error)? == 0 {
-                return Err(StoreError::NotFound);
-            }
-            if let Some(h) = &health {
-                tx.execute(
-                    "UPDATE webhooks SET enabled = ?2, disabled_reason = ?3, consecutive_failures = ?4,
-                        updated_at = ?5 WHERE webhook_id = ?1",
-                    params![h.webhook_id, h.enabled, h.disabled_reason, h.consecutive_failures, h.updated_at],
-                )
-                .map_err(write_error)?;
+            for a in &attempts {
+                if write_delivery(&tx, UPDATE_DELIVERY, &a.delivery).map_err(write_error)? == 0 {
+                    continue;
+                }
+                if let Some(h) = &a.health {
+                    tx.prepare_cached(
+                        "UPDATE webhooks SET enabled = ?2, disabled_reason = ?3, consecutive_failures = ?4,
+                            updated_at = ?5 WHERE webhook_id = ?1",
+                    )
+                    .and_then(|mut q| {
+                        q.execute(params![
+                            h.webhook_id,
+                            h.enabled,
+                            h.disabled_reason,
+                            h.consecutive_failures,
+                            h.updated_at
+                        ])
+                    })
+                    .map_err(write_error)?;
+                }
             }
             tx.commit().map_err(unavailable)
         })

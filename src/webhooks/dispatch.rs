@@ -17,7 +17,9 @@ use super::Webhooks;
 use crate::config::WebhooksConfig;
 use crate::hub::now_ms;
 use crate::metrics::WebhookOutcome;
-use crate::store::{DeliveryRecord, DeliveryStatus, DueDelivery, StoreError, WebhookHealth, WebhookRecord};
+use crate::store::{
+    AttemptRecord, DeliveryRecord, DeliveryStatus, DueDelivery, StoreError, WebhookHealth, WebhookRecord,
+};
 
 /// Most response-body bytes read (and quoted in the delivery's `error`).
 const RESPONSE_CAP: usize = 1024;
@@ -25,6 +27,11 @@ const RESPONSE_CAP: usize = 1024;
 const QUOTE_CHARS: usize = 200;
 /// Delay before trying again when the store could not be read.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+/// Most new deliveries kept in memory with their bodies until their first attempt, which then
+/// needs no store read; beyond it (a receiver far behind) entries hold ids only.
+const FRESH_MAX: usize = 4096;
+/// Most attempt outcomes written in one transaction.
+const WRITE_BATCH: usize = 256;
 
 /// One scheduled attempt: `(due ms, delivery id, webhook id)`.
 type Entry = Reverse<(i64, String, String)>;
@@ -36,6 +43,14 @@ struct Queue {
     in_flight: HashSet<String>,
     /// Per webhook: attempts in flight, and due deliveries waiting for one of those to end.
     per_webhook: HashMap<String, (usize, VecDeque<(String, String)>)>,
+    /// New deliveries with their bodies, until their first attempt (at most [`FRESH_MAX`]).
+    fresh: HashMap<String, Arc<DeliveryRecord>>,
+}
+
+/// An attempt outcome waiting for the writer, and who waits for it to be on disk.
+pub(super) struct PendingWrite {
+    attempt: AttemptRecord,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
 /// The schedule and the HTTP client.
@@ -57,9 +72,7 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// An idle dispatcher with its HTTP client built from `config`.
     pub fn new(config: &WebhooksConfig) -> Result<Self, String> {
-        // reqwest is built without a default TLS provider (the aws-lc one is a long C build);
-        // ring is installed once per process. An error means one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::webhooks::install_tls_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_s))
             .connect_timeout(Duration::from_secs(config.timeout_s.min(5)))
@@ -89,6 +102,22 @@ impl Dispatcher {
     pub fn schedule(&self, delivery_id: &str, webhook_id: &str, due: i64) {
         self.lock().heap.push(Reverse((due, delivery_id.to_owned(), webhook_id.to_owned())));
         self.wake.notify_one();
+    }
+
+    /// Schedules the first attempt of a delivery just written, keeping its body at hand.
+    pub fn schedule_fresh(&self, delivery: &DeliveryRecord) {
+        let mut q = self.lock();
+        let due = delivery.next_retry_at.unwrap_or(delivery.created_at);
+        q.heap.push(Reverse((due, delivery.delivery_id.clone(), delivery.webhook_id.clone())));
+        if q.fresh.len() < FRESH_MAX {
+            q.fresh.insert(delivery.delivery_id.clone(), Arc::new(delivery.clone()));
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    fn take_fresh(&self, delivery_id: &str) -> Option<Arc<DeliveryRecord>> {
+        self.lock().fresh.remove(delivery_id)
     }
 
     /// Schedules every delivery in `due`.
@@ -218,9 +247,14 @@ impl Webhooks {
 
     /// Makes one attempt and records it; returns when the next one is due, if any.
     async fn attempt_once(&self, delivery_id: &str, webhook_id: &str) -> Option<i64> {
+        let fresh = self.dispatch.take_fresh(delivery_id);
         // A disabled or deleted webhook's deliveries wait in the store; enabling resumes them.
         let webhook = self.get(webhook_id).filter(|w| w.enabled)?;
-        let mut delivery = match self.store.delivery(delivery_id).await {
+        let stored = match fresh {
+            Some(d) => Ok(Some(Arc::unwrap_or_clone(d))),
+            None => self.store.delivery(delivery_id).await,
+        };
+        let mut delivery = match stored {
             Ok(Some(d)) if !d.status.is_final() => d,
             Ok(_) => return None,
             Err(e) => {
@@ -266,10 +300,7 @@ impl Webhooks {
         }
         tracing::debug!(delivery_id, webhook_id, status = delivery.status.as_str(), code = ?delivery.response_code, error = ?delivery.error, "webhook attempt");
         if let Err(e) = self.record(&delivery, &webhook, succeeded, gone).await {
-            match e {
-                StoreError::NotFound => return None,
-                e => tracing::warn!(error = %e, delivery_id, "cannot record a webhook attempt"),
-            }
+            tracing::warn!(error = %e, delivery_id, "cannot record a webhook attempt");
         }
         if let Some(waiter) = self.waiters.remove(delivery_id) {
             let _ = waiter.1.send(delivery.clone());
@@ -286,12 +317,12 @@ impl Webhooks {
         gone: bool,
     ) -> Result<(), StoreError> {
         if succeeded && webhook.consecutive_failures == 0 {
-            return self.store.save_attempt(delivery, None).await;
+            return self.save(delivery, None).await;
         }
         let _writes = self.writes.lock().await;
         // The cached record may have changed while the attempt ran.
         let Some(current) = self.get(&webhook.webhook_id) else {
-            return self.store.save_attempt(delivery, None).await;
+            return self.save(delivery, None).await;
         };
         let mut next = (*current).clone();
         if succeeded {
@@ -315,12 +346,51 @@ impl Webhooks {
             consecutive_failures: next.consecutive_failures,
             updated_at: next.updated_at,
         };
-        self.store.save_attempt(delivery, Some(&health)).await?;
+        self.save(delivery, Some(health)).await?;
         if current.enabled && !next.enabled {
             tracing::warn!(webhook_id = %next.webhook_id, app_id = %next.app_id, reason = ?next.disabled_reason, "webhook disabled");
         }
         self.put(next);
         Ok(())
+    }
+
+    /// Hands an attempt's outcome to the writer and waits until it is on disk.
+    async fn save(&self, delivery: &DeliveryRecord, health: Option<WebhookHealth>) -> Result<(), StoreError> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        let attempt = AttemptRecord { delivery: delivery.clone(), health };
+        self.writes_tx
+            .send(PendingWrite { attempt, done })
+            .map_err(|_| StoreError::Unavailable("shutting down".into()))?;
+        written.await.map_err(|_| StoreError::Unavailable("shutting down".into()))?
+    }
+
+    /// Writes attempt outcomes in batches: one transaction (and one trip to the blocking pool)
+    /// for all that finished while the previous batch was written.
+    pub(super) async fn run_writer(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut rx = self.writes_rx.lock().await;
+        loop {
+            let first = tokio::select! {
+                w = rx.recv() => w,
+                _ = shutdown.cancelled() => return,
+            };
+            let Some(first) = first else { return };
+            let mut batch = vec![first];
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            let (attempts, waiters): (Vec<AttemptRecord>, Vec<_>) =
+                batch.into_iter().map(|w| (w.attempt, w.done)).unzip();
+            let result = self.store.save_attempts(&attempts).await;
+            for done in waiters {
+                let _ = done.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::Unavailable(e.to_string())),
+                });
+            }
+        }
     }
 
     /// POSTs the delivery's body, signed, and reads at most [`RESPONSE_CAP`] bytes of the answer.

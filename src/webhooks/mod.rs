@@ -27,7 +27,7 @@ use crate::config::WebhooksConfig;
 use crate::hub::events::{HubEvent, PublishKind};
 use crate::hub::now_ms;
 use crate::metrics::{WebhookMetrics, WebhookOutcome};
-use crate::store::{DeliveryRecord, DeliveryStatus, Store, StoreError, WebhookRecord};
+use crate::store::{AttemptRecord, DeliveryRecord, DeliveryStatus, Store, StoreError, WebhookRecord};
 
 /// The event name of `POST /api/webhooks/:id/test` deliveries.
 pub const PING_EVENT: &str = "ping";
@@ -46,6 +46,17 @@ struct Matched {
     room: Option<String>,
     data: Arc<RawValue>,
     timestamp: i64,
+}
+
+/// Installs rustls' ring provider for the process, once. reqwest is built without a default
+/// TLS provider (its aws-lc one is a long C build) and panics when a client is built before a
+/// provider is installed; every reqwest client in the process (tests' too) needs this first.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// `HMAC-SHA256(secret, "{timestamp}.{body}")` as lower-case hex: the `X-Roomcast-Signature`
@@ -127,6 +138,10 @@ pub struct Webhooks {
     waiters: DashMap<String, oneshot::Sender<DeliveryRecord>>,
     /// Serializes webhook record writes with the API's (the server's `writes` lock).
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// Attempt outcomes on their way to the store (at most `max_in_flight` at once: each
+    /// attempt waits for its write).
+    writes_tx: mpsc::UnboundedSender<dispatch::PendingWrite>,
+    writes_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<dispatch::PendingWrite>>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -147,6 +162,7 @@ impl Webhooks {
     ) -> Result<Self, String> {
         let (intake, intake_rx) = mpsc::channel(config.queue_capacity);
         let dispatch = dispatch::Dispatcher::new(&config)?;
+        let (writes_tx, writes_rx) = mpsc::unbounded_channel();
         let service = Self {
             config,
             store,
@@ -159,6 +175,8 @@ impl Webhooks {
             dispatch,
             waiters: DashMap::new(),
             writes,
+            writes_tx,
+            writes_rx: tokio::sync::Mutex::new(writes_rx),
         };
         service.replace_all(webhooks);
         Ok(service)
@@ -283,6 +301,7 @@ impl Webhooks {
             }
             Err(e) => tracing::error!(error = %e, "cannot load pending webhook deliveries"),
         }
+        tracker.spawn(self.clone().run_writer(shutdown.clone()));
         tracker.spawn(self.clone().run_intake(shutdown.clone()));
         tracker.spawn(self.clone().run_dispatch(shutdown.clone(), tracker.clone()));
         tracker.spawn(self.clone().prune_log(shutdown));
@@ -364,7 +383,7 @@ impl Webhooks {
         }
         self.store.insert_deliveries(deliveries).await?;
         for d in deliveries {
-            self.dispatch.schedule(&d.delivery_id, &d.webhook_id, d.created_at);
+            self.dispatch.schedule_fresh(d);
         }
         Ok(())
     }
@@ -404,8 +423,9 @@ impl Webhooks {
         delivery.step = 0;
         delivery.next_retry_at = Some(now);
         delivery.updated_at = now;
-        self.store.save_attempt(&delivery, None).await?;
-        self.dispatch.schedule(&delivery.delivery_id, &delivery.webhook_id, now);
+        let attempt = AttemptRecord { delivery: delivery.clone(), health: None };
+        self.store.save_attempts(std::slice::from_ref(&attempt)).await?;
+        self.dispatch.schedule_fresh(&delivery);
         Ok(Some(delivery))
     }
 

@@ -57,7 +57,7 @@ async fn the_binary_bootstraps_serves_and_stops_on_sigterm() {
     let (mut child, key, addr) = start(dir.path()).await;
     let key = key.expect("first start prints an admin key");
     assert!(dir.path().join("data/roomcast.db").exists(), "the default store path is data/roomcast.db");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = |p: &str| format!("http://{addr}{p}");
     let (status, v) = split(http.get(url("/api/test")).header("X-API-Key", &key).send().await.unwrap()).await;
     assert_eq!((status, v["kind"].as_str()), (StatusCode::OK, Some("admin")));
@@ -137,7 +137,7 @@ async fn json_logs_have_a_line_per_request_and_per_connection() {
         command(dir.path()).env("ROOMCAST_LOG__FORMAT", "json").env("ROOMCAST_ADMIN_KEY", admin).stderr(log),
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = |p: &str| format!("http://{addr}{p}");
     let res = http
         .post(url("/api/applications"))

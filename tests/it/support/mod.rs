@@ -43,6 +43,13 @@ pub struct TestHub {
     task: tokio::task::JoinHandle<bool>,
 }
 
+/// An HTTP client; use this rather than `reqwest::Client::new()`, which panics in a process
+/// where no TLS provider was installed yet (see `roomcast::webhooks::install_tls_provider`).
+pub fn http_client() -> reqwest::Client {
+    roomcast::webhooks::install_tls_provider();
+    reqwest::Client::new()
+}
+
 /// A config for tests: port 0, a store in `dir`, and a fixed admin key.
 pub fn test_config(dir: &Path, admin_key: &str) -> Config {
     let mut config = Config::default();
@@ -73,7 +80,7 @@ pub async fn spawn_hub_in(dir: TempDir, admin_key: String, adjust: impl FnOnce(&
     let addr = server.local_addr();
     let shutdown = server.shutdown_token();
     let task = tokio::spawn(server.run(std::future::pending()));
-    TestHub { addr, admin_key, http: reqwest::Client::new(), dir, shutdown, task }
+    TestHub { addr, admin_key, http: http_client(), dir, shutdown, task }
 }
 
 /// A created app with its one-time secrets.
