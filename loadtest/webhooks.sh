@@ -39,7 +39,7 @@ run() { # name, binary, env (one word or -), loadtest args...
   local name=$1 bin=$2 env=$3; shift 3
   if [ "$env" = - ]; then start_hub "$bin"; else start_hub "$bin" "$env"; fi
   "$LT" "$@" --url "http://127.0.0.1:$PORT" --admin-key "$ADMIN" --hub-pid "$hub_pid" --json "$OUT/$name.json" \
-    | grep -v '^[{}]\|^  "' | sed "s/^/[$name] /"
+    | grep -v '^ *["{}]' | sed "s/^/[$name] /"
   stop_hub
 }
 

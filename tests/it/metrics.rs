@@ -79,9 +79,16 @@ async fn every_family_moves_as_expected_and_passes_promtool() {
     assert_eq!(get(r#"roomcast_build_info{version="0.1.0"}"#), 1.0);
     assert!(get("roomcast_uptime_seconds") >= 0.0);
     assert_eq!(get("roomcast_hub_events_dropped_total"), 0.0);
-    for family in
-        ["roomcast_connections", "roomcast_messages_published_total", "roomcast_fanout_duration_seconds"]
-    {
+    // No webhook here: every outcome is present at 0 (values are tested in tests/it/webhooks.rs).
+    for outcome in ["succeeded", "retried", "failed", "dropped"] {
+        assert_eq!(get(&format!(r#"roomcast_webhook_deliveries_total{{outcome="{outcome}"}}"#)), 0.0);
+    }
+    for family in [
+        "roomcast_connections",
+        "roomcast_messages_published_total",
+        "roomcast_fanout_duration_seconds",
+        "roomcast_webhook_deliveries_total",
+    ] {
         assert!(text.contains(&format!("# HELP {family} ")), "{family} has no HELP");
     }
     // Room names and user ids never become labels.
