@@ -368,21 +368,17 @@ impl Webhooks {
     /// for all that finished while the previous batch was written.
     pub(super) async fn run_writer(self: Arc<Self>, shutdown: CancellationToken) {
         let mut rx = self.writes_rx.lock().await;
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
         loop {
-            let first = tokio::select! {
-                w = rx.recv() => w,
+            let received = tokio::select! {
+                n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
                 _ = shutdown.cancelled() => return,
             };
-            let Some(first) = first else { return };
-            let mut batch = vec![first];
-            while batch.len() < WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(w) => batch.push(w),
-                    Err(_) => break,
-                }
+            if received == 0 {
+                return;
             }
             let (attempts, waiters): (Vec<AttemptRecord>, Vec<_>) =
-                batch.into_iter().map(|w| (w.attempt, w.done)).unzip();
+                batch.drain(..).map(|w| (w.attempt, w.done)).unzip();
             let result = self.store.save_attempts(&attempts).await;
             for done in waiters {
                 let _ = done.send(match &result {

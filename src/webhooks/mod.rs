@@ -309,18 +309,15 @@ impl Webhooks {
 
     async fn run_intake(self: Arc<Self>, shutdown: CancellationToken) {
         let mut rx = self.intake_rx.lock().await;
+        let mut batch = Vec::with_capacity(INTAKE_BATCH);
         loop {
-            let first = tokio::select! {
-                m = rx.recv() => m,
+            batch.clear();
+            let received = tokio::select! {
+                n = rx.recv_many(&mut batch, INTAKE_BATCH) => n,
                 _ = shutdown.cancelled() => return,
             };
-            let Some(first) = first else { return };
-            let mut batch = vec![first];
-            while batch.len() < INTAKE_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
+            if received == 0 {
+                return;
             }
             let deliveries = self.deliveries_for(&batch);
             let mut wait = Duration::from_millis(100);
