@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the integration binary (real server, real SQLite file, real
 # HTTP/WebSocket clients), the browser test (Debian's Chromium driven by playwright-core) and the
-# webhook verification examples (Node and Python).
+# webhook verification examples (Node and Python), and cluster tests against real redis-server
+# processes.
 # Installs the browser tooling when it is missing; needs root (or sudo) for apt-get then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,10 @@ fi
 if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
   echo "test.sh: installing chromium"
   apt_install chromium
+fi
+if ! command -v redis-server >/dev/null; then
+  echo "test.sh: installing redis-server (cluster tests start their own on a free port)"
+  apt_install redis-server
 fi
 if ! command -v promtool >/dev/null; then
   echo "test.sh: installing promtool (Debian package prometheus)"

@@ -163,6 +163,9 @@ impl Analytics {
                 }
                 m.delivered += *delivered as u64;
             }),
+            HubEvent::Delivered { room, delivered, .. } => {
+                self.with_app(&room.app_id, |s| s.minute(now).delivered += *delivered as u64)
+            }
             HubEvent::RoomOccupied { .. }
             | HubEvent::RoomVacated { .. }
             | HubEvent::MemberJoined { .. }

@@ -389,8 +389,10 @@ impl Config {
             problems
                 .push("store.kind: \"redis\" needs cluster mode, which this build does not have yet".into());
         }
-        if self.cluster.redis_url.is_some() {
-            problems.push("cluster.redis_url: cluster mode is not available in this build yet".into());
+        if let Some(url) = &self.cluster.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("redis+unix://"))
+        {
+            problems.push("cluster.redis_url: must be a redis:// or redis+unix:// URL".into());
         }
         if let Some(level) = Some(&self.log.level)
             && tracing_subscriber::EnvFilter::try_new(level).is_err()

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::apps::AppCache;
 use crate::auth::api_key::{KeyRing, PresentedKey};
 use crate::broker::local::LocalBroker;
+use crate::broker::redis::RedisBroker;
 use crate::config::Config;
 use crate::http::apps::RESTORE_WINDOW_MS;
 use crate::http::{AppState, Shared, router};
@@ -33,6 +34,9 @@ pub enum StartError {
     /// The store cannot be opened or read.
     #[error("store {path}: {source}")]
     Store { path: String, source: StoreError },
+    /// Cluster mode: Redis cannot be reached at start.
+    #[error("cannot reach Redis at {url}: {source}")]
+    Redis { url: String, source: crate::broker::BrokerError },
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -74,13 +78,28 @@ impl Server {
             bytes: config.websocket.outbound_queue_bytes,
         };
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let node_id =
+            config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
+        let redis = match &config.cluster.redis_url {
+            Some(url) => Some(Arc::new(
+                RedisBroker::connect(url, &node_id, registry.clone())
+                    .await
+                    .map_err(|e| StartError::Redis { url: redact(url), source: e })?,
+            )),
+            None => None,
+        };
+        let broker: Arc<dyn crate::broker::Broker> = match &redis {
+            Some(redis) => redis.clone(),
+            None => Arc::new(LocalBroker::new(registry.clone())),
+        };
         let hub = Arc::new(
-            Hub::new(registry.clone(), Arc::new(LocalBroker::new(registry)), limits)
+            Hub::new(registry, broker, limits)
                 .with_presence_list_max(config.limits.presence_members_listed)
                 .with_metrics(metrics.hub.clone()),
         );
-        let node_id =
-            config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
+        if let Some(redis) = &redis {
+            redis.attach(&hub);
+        }
         let api_limits = crate::limits::ApiLimits::new(&config.limits);
         let analytics = Arc::new(crate::analytics::Analytics::default());
         let saved =
@@ -119,6 +138,7 @@ impl Server {
             tracker: TaskTracker::new(),
             writes,
             webhooks,
+            redis,
         });
         Ok(Self { listener, state, bootstrap_key, marker })
     }
@@ -165,6 +185,9 @@ impl Server {
         tracker.spawn(purge_deleted_apps(state.clone()));
         tracker.spawn(flush_analytics(state.clone()));
         state.webhooks.start(token.clone(), tracker.clone()).await;
+        if let Some(redis) = &state.redis {
+            tracker.spawn(redis.clone().run(token.clone()));
+        }
 
         let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = %state.node_id, "roomcast listening");
@@ -189,6 +212,17 @@ impl Server {
             tracing::warn!(grace_s = grace.as_secs(), "shutdown grace period ended with tasks still running");
         }
         drained
+    }
+}
+
+/// A Redis URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! to a room when its first local subscriber joins and unsubscribes after the last one leaves.
 
 pub mod local;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde_json::value::RawValue;

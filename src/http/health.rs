@@ -40,15 +40,21 @@ async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Health
         }
         Err(_) => false,
     };
+    let redis = match &state.redis {
+        None => "disabled",
+        Some(r) if r.is_up() => "ok",
+        Some(_) => "down",
+    };
+    let ok = store_ok && redis != "down";
     let body = Health {
-        ok: store_ok,
+        ok,
         version: env!("CARGO_PKG_VERSION"),
         node_id: state.node_id.clone(),
         uptime_s: state.started.elapsed().as_secs(),
         store: if store_ok { "ok" } else { "down" },
-        redis: "disabled",
+        redis,
         connections: state.hub.connection_count(),
     };
-    let status = if store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body))
 }

@@ -60,6 +60,8 @@ pub struct Shared {
     /// reload can never put back a snapshot older than a write. Only admin paths take it.
     pub writes: Arc<tokio::sync::Mutex<()>>,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The cluster broker, in cluster mode.
+    pub redis: Option<Arc<crate::broker::redis::RedisBroker>>,
 }
 
 impl Deref for AppState {

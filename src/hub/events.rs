@@ -53,6 +53,13 @@ pub enum HubEvent {
         room: RoomKey,
         user_id: String,
     },
+    /// Frames of a publication that came through the cluster broker, placed in this node's
+    /// queues. On a single node deliveries are counted in [`HubEvent::Published`] instead.
+    Delivered {
+        room: RoomKey,
+        delivered: usize,
+        dropped: usize,
+    },
     Published {
         room: RoomKey,
         event: EventName,

@@ -267,6 +267,24 @@ impl Hub {
         Ok(BroadcastOutcome { subscriber_count: outcome.subscribers, offset: outcome.offset, timestamp })
     }
 
+    /// Fans out a publication that came back from the cluster broker (published on any node,
+    /// this one included), counting its deliveries here.
+    pub fn deliver_received(&self, publication: &Publication<'_>, offset: u64) {
+        let outcome = fanout_at(&self.registry, publication, Some(offset));
+        if outcome.subscribers == 0 {
+            return;
+        }
+        self.metrics.delivered.increment(outcome.delivered as u64);
+        if outcome.dropped > 0 {
+            self.metrics.dropped(DropReason::SlowConsumer).increment(outcome.dropped as u64);
+        }
+        self.events.emit(HubEvent::Delivered {
+            room: publication.key.clone(),
+            delivered: outcome.delivered,
+            dropped: outcome.dropped,
+        });
+    }
+
     fn count(&self, kind: PublishKind, outcome: &FanoutOutcome) {
         self.metrics.published(kind).increment(1);
         self.metrics.delivered.increment(outcome.delivered as u64);
@@ -327,7 +345,12 @@ impl Hub {
 
 /// Delivers a publication to this node's subscribers: the last step of every broker.
 pub fn fanout(registry: &Registry, publication: &Publication<'_>) -> FanoutOutcome {
-    registry.publish(&publication.key, publication.exclude, |offset| {
+    fanout_at(registry, publication, None)
+}
+
+/// [`fanout`] with the offset a cluster broker assigned.
+pub fn fanout_at(registry: &Registry, publication: &Publication<'_>, offset: Option<u64>) -> FanoutOutcome {
+    registry.publish_at(&publication.key, publication.exclude, offset, |offset| {
         Frame::from(ServerFrame::event(
             &publication.key.room,
             &publication.event,
@@ -426,6 +449,7 @@ mod tests {
                 HubEvent::RoomOccupied { .. } => "occupied",
                 HubEvent::RoomVacated { .. } => "vacated",
                 HubEvent::Published { .. } => "published",
+                HubEvent::Delivered { .. } => "delivered",
                 HubEvent::MemberJoined { .. } => "member joined",
                 HubEvent::MemberLeft { .. } => "member left",
             });

@@ -221,6 +221,18 @@ impl Registry {
         exclude: Option<u64>,
         build: impl FnOnce(u64) -> Frame,
     ) -> FanoutOutcome {
+        self.publish_at(key, exclude, None, build)
+    }
+
+    /// [`Registry::publish`] with the offset chosen elsewhere (cluster-wide, by the broker)
+    /// when `offset` is given; the room's own counter follows it.
+    pub fn publish_at(
+        &self,
+        key: &RoomKey,
+        exclude: Option<u64>,
+        offset: Option<u64>,
+        build: impl FnOnce(u64) -> Frame,
+    ) -> FanoutOutcome {
         let Some(room) = self.rooms.get(key).map(|r| r.clone()) else {
             return FanoutOutcome::default();
         };
@@ -228,7 +240,7 @@ impl Registry {
         if state.subscribers.is_empty() {
             return FanoutOutcome::default();
         }
-        state.offset += 1;
+        state.offset = offset.unwrap_or(state.offset + 1);
         let frame = build(state.offset);
         let mut outcome = FanoutOutcome {
             subscribers: state.subscribers.len(),
@@ -251,6 +263,11 @@ impl Registry {
     /// Subscribers of one room right now.
     pub fn subscriber_count(&self, key: &RoomKey) -> usize {
         self.rooms.get(key).map(|r| r.lock().subscribers.len()).unwrap_or(0)
+    }
+
+    /// Every occupied room of the node (a broker re-subscribes them after reconnecting).
+    pub fn room_keys(&self) -> Vec<RoomKey> {
+        self.rooms.iter().map(|r| r.key().clone()).collect()
     }
 
     /// Rooms with at least one subscriber.

@@ -8,6 +8,7 @@ mod api;
 mod binary;
 mod broadcast;
 mod browser;
+mod cluster;
 mod fanout;
 mod hostile;
 mod keys;

@@ -1,0 +1,307 @@
+//! The cluster broker (DESIGN §7): publications go through Redis pub/sub, one channel per room,
+//! and come back to every node subscribed to the room, the publishing node included, so each
+//! subscriber gets each event exactly once. A Lua script increments the room's offset and
+//! publishes in one step, so offsets are cluster-wide and every node sees the same order.
+//!
+//! A node subscribes to a room's channel when the room gets its first local subscriber (the
+//! `subscribed` frame waits for Redis to confirm) and unsubscribes after the last one leaves.
+//! When the subscription connection drops, the node reconnects with backoff and subscribes
+//! again to every room it still has; publications made meanwhile fail with `unavailable`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, BrokerError, Publication};
+use crate::hub::Hub;
+use crate::hub::registry::{FanoutOutcome, Registry, RoomKey};
+use crate::protocol::{EventName, RoomName};
+
+/// Prefix of room channels: `rc:room:{app_id}:{room}` (app ids have no `:`).
+const CHANNEL_PREFIX: &str = "rc:room:";
+/// Prefix of the per-room offset counters.
+const OFFSET_PREFIX: &str = "rc:offset:";
+/// A room's offset counter is forgotten after a day without publications.
+const OFFSET_TTL_MS: u64 = 86_400_000;
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Time allowed for one Redis command before the node reports Redis as down.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Increments the room's offset and publishes `offset \n message`; returns the offset.
+const PUBLISH_SCRIPT: &str = r"
+local offset = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[2], offset .. '\n' .. ARGV[1])
+return offset
+";
+
+fn channel(key: &RoomKey) -> String {
+    format!("{CHANNEL_PREFIX}{}:{}", key.app_id, key.room)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+/// A publication as it travels through Redis: `offset`, then (from the publisher)
+/// `node`, `exclude` (a connection sequence number of that node, or `-`), `timestamp`, `event`,
+/// `data`, separated by newlines. Names and node ids cannot hold a newline; `data` may, and is
+/// last.
+#[derive(Debug, PartialEq)]
+struct Wire<'a> {
+    offset: u64,
+    node: &'a str,
+    exclude: Option<u64>,
+    timestamp: i64,
+    event: &'a str,
+    data: &'a str,
+}
+
+fn encode(node: &str, publication: &Publication<'_>) -> String {
+    let exclude = publication.exclude.map_or_else(|| "-".to_owned(), |s| s.to_string());
+    format!(
+        "{node}\n{exclude}\n{}\n{}\n{}",
+        publication.timestamp,
+        publication.event.as_str(),
+        publication.data.get()
+    )
+}
+
+fn decode(message: &str) -> Option<Wire<'_>> {
+    let mut parts = message.splitn(6, '\n');
+    let offset = parts.next()?.parse().ok()?;
+    let node = parts.next()?;
+    let exclude = match parts.next()? {
+        "-" => None,
+        n => Some(n.parse().ok()?),
+    };
+    let timestamp = parts.next()?.parse().ok()?;
+    let event = parts.next()?;
+    let data = parts.next()?;
+    Some(Wire { offset, node, exclude, timestamp, event, data })
+}
+
+fn room_of(channel: &str) -> Option<RoomKey> {
+    let (app_id, room) = channel.strip_prefix(CHANNEL_PREFIX)?.split_once(':')?;
+    Some(RoomKey { app_id: Arc::from(app_id), room: RoomName::parse(room).ok()? })
+}
+
+/// [`Broker`] over Redis pub/sub.
+pub struct RedisBroker {
+    registry: Arc<Registry>,
+    node_id: String,
+    client: redis::Client,
+    commands: redis::aio::ConnectionManager,
+    script: redis::Script,
+    /// The subscription connection's command half; `None` while disconnected.
+    subscriptions: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
+    up: AtomicBool,
+    /// Where received publications are fanned out (set once the hub exists).
+    hub: OnceLock<Weak<Hub>>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects to `url` (the command connection; the subscription connection is made by
+    /// [`RedisBroker::run`]). Fails when Redis cannot be reached at start.
+    pub async fn connect(url: &str, node_id: &str, registry: Arc<Registry>) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_max_delay(MAX_BACKOFF);
+        let commands = tokio::time::timeout(
+            COMMAND_TIMEOUT * 2,
+            redis::aio::ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        .map_err(|_| unavailable("timed out connecting to Redis"))?
+        .map_err(unavailable)?;
+        Ok(Self {
+            registry,
+            node_id: node_id.to_owned(),
+            client,
+            commands,
+            script: redis::Script::new(PUBLISH_SCRIPT),
+            subscriptions: tokio::sync::Mutex::new(None),
+            up: AtomicBool::new(false),
+            hub: OnceLock::new(),
+        })
+    }
+
+    /// Tells the broker which hub fans received publications out.
+    pub fn attach(&self, hub: &Arc<Hub>) {
+        let _ = self.hub.set(Arc::downgrade(hub));
+    }
+
+    /// Whether the subscription connection is up (for `/health`).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the subscription connection: connects, re-subscribes every local room, delivers
+    /// what arrives; after a drop, waits (100 ms doubling to 5 s) and starts again. Ends on
+    /// `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let session = async {
+                let pubsub = self.client.get_async_pubsub().await?;
+                let (mut sink, mut stream) = pubsub.split();
+                let rooms = self.registry.room_keys();
+                if !rooms.is_empty() {
+                    sink.subscribe(rooms.iter().map(channel).collect::<Vec<_>>()).await?;
+                }
+                *self.subscriptions.lock().await = Some(sink);
+                self.refresh_commands().await;
+                self.up.store(true, Ordering::Relaxed);
+                tracing::info!(rooms = rooms.len(), "Redis subscription connection up");
+                while let Some(msg) = stream.next().await {
+                    self.receive(&msg);
+                }
+                redis::RedisResult::Ok(())
+            };
+            let ended = tokio::select! {
+                r = session => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let was_up = self.up.swap(false, Ordering::Relaxed);
+            *self.subscriptions.lock().await = None;
+            match ended {
+                Ok(()) => tracing::warn!("Redis subscription connection lost; reconnecting"),
+                Err(e) => tracing::warn!(error = %e, "cannot reach Redis; retrying"),
+            }
+            if was_up {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// After Redis came back: the command connection notices a dead connection only on the
+    /// command that fails on it, so PING until one answers, before the node reports `ok` and
+    /// publications flow again.
+    async fn refresh_commands(&self) {
+        for _ in 0..3 {
+            let ping: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut self.commands.clone()).await;
+            if ping.is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// Delivers one message from Redis to this node's subscribers of its room.
+    fn receive(&self, msg: &redis::Msg) {
+        let Some(key) = room_of(msg.get_channel_name()) else { return };
+        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else { return };
+        let Some(wire) = decode(payload) else {
+            tracing::warn!(channel = msg.get_channel_name(), "unreadable publication in Redis; skipped");
+            return;
+        };
+        let (Ok(event), Ok(data)) =
+            (EventName::parse(wire.event), serde_json::from_str::<&RawValue>(wire.data))
+        else {
+            tracing::warn!(
+                channel = msg.get_channel_name(),
+                "publication with a bad event name or data in Redis; skipped"
+            );
+            return;
+        };
+        let exclude = if wire.node == self.node_id { wire.exclude } else { None };
+        let publication = Publication { key, event, data, exclude, timestamp: wire.timestamp };
+        match self.hub.get().and_then(Weak::upgrade) {
+            Some(hub) => hub.deliver_received(&publication, wire.offset),
+            None => {
+                crate::hub::fanout_at(&self.registry, &publication, Some(wire.offset));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, publication: &Publication<'_>) -> Result<FanoutOutcome, BrokerError> {
+        let key = &publication.key;
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(format!("{OFFSET_PREFIX}{}:{}", key.app_id, key.room))
+            .key(channel(key))
+            .arg(encode(&self.node_id, publication))
+            .arg(OFFSET_TTL_MS);
+        // Not retried: a connection lost while the script ran leaves unknown whether it
+        // published, and a retry could deliver twice. The caller gets 503 and may retry.
+        let offset: u64 = invocation.invoke_async(&mut self.commands.clone()).await.map_err(unavailable)?;
+        // This node's subscribers get it when it comes back from Redis, like everyone else's.
+        Ok(FanoutOutcome { subscribers: self.registry.subscriber_count(key), offset, ..Default::default() })
+    }
+
+    async fn subscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
+        let mut guard = self.subscriptions.lock().await;
+        let sink = guard.as_mut().ok_or_else(|| unavailable("Redis is not connected"))?;
+        tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(channel(key)))
+            .await
+            .map_err(|_| unavailable("Redis did not confirm the subscription in time"))?
+            .map_err(unavailable)
+    }
+
+    async fn unsubscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
+        let mut guard = self.subscriptions.lock().await;
+        // Disconnected: nothing to undo; the reconnect subscribes only to occupied rooms.
+        let Some(sink) = guard.as_mut() else { return Ok(()) };
+        tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(channel(key)))
+            .await
+            .map_err(|_| unavailable("Redis did not confirm the unsubscription in time"))?
+            .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publications_survive_the_wire_format() {
+        let data = RawValue::from_string(r#"{"text":"a\nb","n":[1,2]}"#.into()).unwrap();
+        let publication = Publication {
+            key: RoomKey { app_id: Arc::from("my-app"), room: RoomName::parse("chat:1").unwrap() },
+            event: EventName::parse("new message").unwrap(),
+            data: &data,
+            exclude: Some(42),
+            timestamp: 1_700_000_000_123,
+        };
+        let message = format!("7\n{}", encode("n_abc", &publication));
+        let wire = decode(&message).unwrap();
+        assert_eq!(
+            wire,
+            Wire {
+                offset: 7,
+                node: "n_abc",
+                exclude: Some(42),
+                timestamp: 1_700_000_000_123,
+                event: "new message",
+                data: r#"{"text":"a\nb","n":[1,2]}"#,
+            }
+        );
+        let key = room_of(&channel(&publication.key)).unwrap();
+        assert_eq!((&*key.app_id, key.room.as_str()), ("my-app", "chat:1"));
+        assert!(decode("x\nn\n-\n1\ne\n{}").is_none());
+        assert!(decode("1\nn\n-\n1\ne").is_none());
+        assert!(room_of("other:my-app:chat").is_none());
+    }
+}
