@@ -429,6 +429,8 @@ pub async fn run(opts: Options) -> Result<Report> {
         false => None,
     };
 
+    target.wait_for_publish_node().await?;
+
     // Publish phase.
     let publish_started = Instant::now();
     let deadline = publish_started + opts.duration;

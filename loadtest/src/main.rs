@@ -21,6 +21,9 @@ struct Cli {
     /// The hub's HTTP base URL (loopback only).
     #[arg(long, env = "LT_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Send broadcasts to this node instead (cluster runs: clients on --url, publishers here).
+    #[arg(long, env = "LT_PUBLISH_URL")]
+    publish_url: Option<String>,
     /// roomcast: an admin key; the run creates its own app with it.
     #[arg(long, env = "LT_ADMIN_KEY")]
     admin_key: Option<String>,
@@ -91,13 +94,23 @@ async fn main() -> Result<()> {
     if (limit as usize) < cli.connections + 1000 {
         eprintln!("warning: open-files limit is {limit}, below {} connections", cli.connections);
     }
-    let target = match (cli.protocol, &cli.admin_key, &cli.app_id, &cli.app_secret, &cli.app_key) {
+    if cli
+        .publish_url
+        .as_ref()
+        .is_some_and(|u| !u.starts_with("http://127.") && !u.starts_with("http://localhost"))
+    {
+        bail!("--publish-url must be a loopback address (127.0.0.0/8 or localhost)");
+    }
+    let mut target = match (cli.protocol, &cli.admin_key, &cli.app_id, &cli.app_secret, &cli.app_key) {
         (Protocol::Roomcast, Some(admin), _, _, _) => {
             Target::roomcast_with_new_app(&cli.url, admin, cli.connections).await?
         }
         (protocol, _, Some(id), Some(secret), Some(key)) => Target::new(protocol, &cli.url, id, secret, key)?,
         _ => bail!("give --admin-key (roomcast) or --app-id, --app-secret and --app-key"),
     };
+    if let Some(url) = &cli.publish_url {
+        target.publish_base.clone_from(url);
+    }
     let report = run(Options {
         scenario: cli.scenario,
         target,

@@ -29,8 +29,10 @@ pub enum Protocol {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub protocol: Protocol,
-    /// `http://host:port`.
+    /// `http://host:port`: where clients connect and the run's app is managed.
     pub base: String,
+    /// Where broadcasts go; `base` unless another node of a cluster is named.
+    pub publish_base: String,
     pub host: SocketAddr,
     pub app_id: String,
     /// roomcast: the app secret (signs client JWTs). Pusher: the app secret (signs API calls).
@@ -66,6 +68,7 @@ impl Target {
         Ok(Self {
             protocol: Protocol::Roomcast,
             base: base.to_owned(),
+            publish_base: base.to_owned(),
             host: host_of(base)?,
             app_id,
             secret: body["app_secret"].as_str().context("app_secret")?.to_owned(),
@@ -73,11 +76,36 @@ impl Target {
         })
     }
 
+    /// When broadcasts go to another node: waits (up to 10 s) until that node knows the app's
+    /// key, which it learns from the shared store.
+    pub async fn wait_for_publish_node(&self) -> Result<()> {
+        if self.publish_base == self.base || self.protocol != Protocol::Roomcast {
+            return Ok(());
+        }
+        let http = crate::http().build()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let res = http
+                .get(format!("{}/api/test", self.publish_base))
+                .header("X-APP-API-KEY", &self.key)
+                .send()
+                .await;
+            if res.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{} never accepted the app's key", self.publish_base);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A target with known credentials.
     pub fn new(protocol: Protocol, base: &str, app_id: &str, secret: &str, key: &str) -> Result<Self> {
         Ok(Self {
             protocol,
             base: base.to_owned(),
+            publish_base: base.to_owned(),
             host: host_of(base)?,
             app_id: app_id.to_owned(),
             secret: secret.to_owned(),
@@ -154,7 +182,7 @@ impl Target {
         match self.protocol {
             Protocol::Roomcast => {
                 let body = format!(r#"{{"room":"{room}","event":"lt","data":{payload}}}"#);
-                http.post(format!("{}/api/broadcast", self.base))
+                http.post(format!("{}/api/broadcast", self.publish_base))
                     .header("X-APP-API-KEY", &self.key)
                     .header("Content-Type", "application/json")
                     .body(body)
@@ -172,7 +200,7 @@ impl Target {
                 let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.as_bytes()).expect("any key length");
                 mac.update(to_sign.as_bytes());
                 let signature = hex(&mac.finalize().into_bytes());
-                http.post(format!("{}{path}?{query}&auth_signature={signature}", self.base))
+                http.post(format!("{}{path}?{query}&auth_signature={signature}", self.publish_base))
                     .header("Content-Type", "application/json")
                     .body(body)
             }
