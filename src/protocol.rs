@@ -212,6 +212,11 @@ impl RoomPattern {
         Ok(Self { text: body.to_owned(), prefix })
     }
 
+    /// The pattern as written (`chat-*`).
+    pub fn to_pattern(&self) -> String {
+        if self.prefix { format!("{}*", self.text) } else { self.text.clone() }
+    }
+
     /// Whether this pattern grants `room`. A `private-` room is granted only by a pattern that
     /// itself starts with `private-`, so `*` never opens private rooms.
     pub fn allows(&self, room: &RoomName) -> bool {
@@ -230,6 +235,11 @@ impl RoomGrants {
     /// Grants from a `rooms` claim; `None` means every room except `private-*`.
     pub fn new(patterns: Option<Vec<RoomPattern>>) -> Self {
         Self(patterns.map(Arc::from))
+    }
+
+    /// The patterns as written; `None` for the default grant.
+    pub fn patterns(&self) -> Option<Vec<String>> {
+        self.0.as_ref().map(|p| p.iter().map(RoomPattern::to_pattern).collect())
     }
 
     /// Whether `room` may be joined.

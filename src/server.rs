@@ -127,7 +127,10 @@ impl Server {
             store,
             apps,
             keys,
-            tickets: Default::default(),
+            tickets: match &redis {
+                Some(redis) => crate::auth::ticket::TicketBook::in_redis(redis.commands()),
+                None => Default::default(),
+            },
             limits: api_limits,
             metrics,
             analytics,

@@ -145,6 +145,11 @@ impl RedisBroker {
         let _ = self.hub.set(Arc::downgrade(hub));
     }
 
+    /// A handle on the command connection (reconnecting by itself), for other shared state.
+    pub fn commands(&self) -> redis::aio::ConnectionManager {
+        self.commands.clone()
+    }
+
     /// Whether the subscription connection is up (for `/health`).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)

@@ -154,6 +154,11 @@ async fn create_ticket(
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);
     }
-    let ticket = state.tickets.issue(identity, now_ms() + ttl as i64 * 1000);
+    let now = now_ms();
+    let ticket = state
+        .tickets
+        .issue(identity, now + ttl as i64 * 1000, now)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(axum::Json(TicketResponse { success: true, ticket, expires_in: ttl }))
 }

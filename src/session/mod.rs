@@ -36,7 +36,7 @@ pub async fn upgrade(
     let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
     // Charged before any check, so a flood of bad credentials is limited too.
     AppState::charge_ip(&state.limits.upgrades, ip, slot.as_deref())?;
-    let identity = authenticate(&state, &params, &headers)?;
+    let identity = authenticate(&state, &params, &headers).await?;
     let app = state.apps.get(&identity.app_id).ok_or_else(|| ApiError::InvalidToken("unknown app".into()))?;
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);
@@ -63,9 +63,18 @@ pub async fn upgrade(
         .on_upgrade(move |socket| connection::run(state, socket, identity)))
 }
 
-fn authenticate(state: &AppState, params: &WsParams, headers: &HeaderMap) -> Result<Identity, ApiError> {
+async fn authenticate(
+    state: &AppState,
+    params: &WsParams,
+    headers: &HeaderMap,
+) -> Result<Identity, ApiError> {
     if let Some(ticket) = &params.ticket {
-        return state.tickets.redeem(ticket, crate::hub::now_ms()).ok_or(ApiError::InvalidTicket);
+        return state
+            .tickets
+            .redeem(ticket, crate::hub::now_ms())
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .ok_or(ApiError::InvalidTicket);
     }
     let bearer = headers
         .get(header::AUTHORIZATION)

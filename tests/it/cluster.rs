@@ -156,3 +156,40 @@ async fn redis_down_is_reported_and_refused_then_rooms_resume() {
         ws.roundtrip(9).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_is_single_use_across_nodes() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let redis = RedisServer::start().await;
+    let (a, b, _shared) = two_nodes(&redis).await;
+    let app = a.create_app(json!({"app_id": "ticket-app"})).await;
+    known_on(&b, &app).await;
+    let (status, v) = a
+        .post(
+            "/api/tickets",
+            &app.api_key,
+            json!({"user_id": "ann", "rooms": ["team-*"], "can_publish": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let ticket = v["ticket"].as_str().unwrap().to_owned();
+    let redeem = |hub: &TestHub| {
+        let req = format!("ws://{}/ws?ticket={ticket}", hub.addr).into_client_request().unwrap();
+        Ws::open(req)
+    };
+    // Bought on A, used on B, with the identity and grants it was bought for.
+    let (mut ws, hello) = redeem(&b).await.expect("the ticket works on another node");
+    assert_eq!(
+        (hello["type"].as_str(), hello["user_id"].as_str()),
+        (Some("connected"), Some("ann")),
+        "{hello}"
+    );
+    ws.subscribe("team-red").await;
+    ws.send_json(json!({"type": "subscribe", "room": "other", "id": 2})).await;
+    assert_eq!(ws.next_json().await["code"], "room_forbidden");
+    // Used once, on any node.
+    for hub in [&a, &b] {
+        let (status, body) = redeem(hub).await.err().expect("a ticket works once");
+        assert_eq!((status, body["code"].as_str()), (401, Some("invalid_ticket")));
+    }
+}
