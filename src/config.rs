@@ -185,12 +185,15 @@ pub struct WebhooksConfig {
 }
 
 /// Cluster mode (Redis). Empty `redis_url` means a single node.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     pub redis_url: Option<String>,
     /// This node's id; a random one is chosen at start when absent.
     pub node_id: Option<String>,
+    /// A node that has not refreshed its liveness in Redis for this long is dead, and the
+    /// others remove its subscriber counts. It refreshes every third of it.
+    pub node_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -269,6 +272,12 @@ impl Default for WebhooksConfig {
             queue_capacity: 10_000,
             log_retention_days: 7,
         }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { redis_url: None, node_id: None, node_timeout_ms: 30_000 }
     }
 }
 
@@ -363,6 +372,16 @@ impl Config {
         positive("webhooks.log_retention_days", self.webhooks.log_retention_days);
         if self.webhooks.retry_delays_ms.len() > 20 {
             problems.push("webhooks.retry_delays_ms: at most 20 retries".into());
+        }
+        if self.cluster.node_timeout_ms < 300 {
+            problems.push("cluster.node_timeout_ms: must be at least 300".into());
+        }
+        if let Some(id) = &self.cluster.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            problems.push("cluster.node_id: must be 1 to 64 characters of A-Z a-z 0-9 - _".into());
         }
         if self.websocket.idle_timeout_s <= self.websocket.heartbeat_s {
             problems.push("websocket.idle_timeout_s: must be greater than websocket.heartbeat_s".into());

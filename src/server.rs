@@ -82,9 +82,14 @@ impl Server {
             config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
         let redis = match &config.cluster.redis_url {
             Some(url) => Some(Arc::new(
-                RedisBroker::connect(url, &node_id, registry.clone())
-                    .await
-                    .map_err(|e| StartError::Redis { url: redact(url), source: e })?,
+                RedisBroker::connect(
+                    url,
+                    &node_id,
+                    Duration::from_millis(config.cluster.node_timeout_ms),
+                    registry.clone(),
+                )
+                .await
+                .map_err(|e| StartError::Redis { url: redact(url), source: e })?,
             )),
             None => None,
         };
@@ -190,6 +195,7 @@ impl Server {
         state.webhooks.start(token.clone(), tracker.clone()).await;
         if let Some(redis) = &state.redis {
             tracker.spawn(redis.clone().run(token.clone()));
+            tracker.spawn(redis.clone().keep_alive(token.clone()));
         }
 
         let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
@@ -206,6 +212,9 @@ impl Server {
         let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
         save_analytics(&state).await;
         state.webhooks.flush_intake().await;
+        if let Some(redis) = &state.redis {
+            redis.deregister().await;
+        }
         if let Err(e) = state.store.touch_keys(&state.keys.unflushed_uses()).await {
             tracing::warn!(error = %e, "could not record key use times at shutdown");
         }

@@ -37,4 +37,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     async fn subscribe(&self, key: &RoomKey) -> Result<(), BrokerError>;
     /// Stops receiving the room's publications.
     async fn unsubscribe(&self, key: &RoomKey) -> Result<(), BrokerError>;
+    /// Records that this node's subscribers of `key` changed by `delta` and returns the room's
+    /// subscribers over the whole cluster; `None` on a single node, where the registry's count
+    /// is the room's.
+    async fn count_subscribers(&self, _key: &RoomKey, _delta: i64) -> Result<Option<usize>, BrokerError> {
+        Ok(None)
+    }
+    /// The room's subscribers over the whole cluster; `None` on a single node.
+    async fn subscriber_total(&self, _key: &RoomKey) -> Result<Option<usize>, BrokerError> {
+        Ok(None)
+    }
 }

@@ -33,16 +33,68 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Time allowed for one Redis command before the node reports Redis as down.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Increments the room's offset and publishes `offset \n message`; returns the offset.
+/// Prefix of the per-room subscriber counts: a hash of node id → that node's subscribers.
+const COUNT_PREFIX: &str = "rc:count:";
+/// Every node's liveness key, refreshed while it runs: `rc:alive:{node}`.
+const ALIVE_PREFIX: &str = "rc:alive:";
+/// The rooms a node has counted subscribers in: `rc:node-rooms:{node}` (members `{app}:{room}`).
+const NODE_ROOMS_PREFIX: &str = "rc:node-rooms:";
+/// The set of node ids that registered.
+const NODES: &str = "rc:nodes";
+
+/// Increments the room's offset and publishes `offset \n message`; returns the offset and the
+/// room's subscribers over the cluster.
 const PUBLISH_SCRIPT: &str = r"
 local offset = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PUBLISH', KEYS[2], offset .. '\n' .. ARGV[1])
-return offset
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[3])) do total = total + tonumber(v) end
+return {offset, total}
+";
+
+/// Adds ARGV[2] to node ARGV[1]'s subscribers of a room (KEYS[1]), keeping the node's room set
+/// (KEYS[2], member ARGV[3]); returns the room's subscribers over the cluster.
+const COUNT_SCRIPT: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if n <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[2], ARGV[3])
+else
+  redis.call('SADD', KEYS[2], ARGV[3])
+end
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
+return total
+";
+
+/// Removes every count of node ARGV[1] (its room set is KEYS[1]) and, when ARGV[2] is 1, the
+/// node from the node set KEYS[2]; returns the rooms nobody is left in. Atomic, so of several
+/// nodes cleaning up after a dead one only one gets the rooms.
+const FORGET_NODE_SCRIPT: &str = r"
+local vacated = {}
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = 'rc:count:' .. room
+  redis.call('HDEL', key, ARGV[1])
+  if redis.call('HLEN', key) == 0 then table.insert(vacated, room) end
+end
+redis.call('DEL', KEYS[1])
+if ARGV[2] == '1' then redis.call('SREM', KEYS[2], ARGV[1]) end
+return vacated
 ";
 
 fn channel(key: &RoomKey) -> String {
     format!("{CHANNEL_PREFIX}{}:{}", key.app_id, key.room)
+}
+
+/// `{app}:{room}`, the name of a room in Redis keys and sets.
+fn room_id(key: &RoomKey) -> String {
+    format!("{}:{}", key.app_id, key.room)
+}
+
+fn room_from_id(id: &str) -> Option<RoomKey> {
+    let (app_id, room) = id.split_once(':')?;
+    Some(RoomKey { app_id: Arc::from(app_id), room: RoomName::parse(room).ok()? })
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
@@ -88,8 +140,7 @@ fn decode(message: &str) -> Option<Wire<'_>> {
 }
 
 fn room_of(channel: &str) -> Option<RoomKey> {
-    let (app_id, room) = channel.strip_prefix(CHANNEL_PREFIX)?.split_once(':')?;
-    Some(RoomKey { app_id: Arc::from(app_id), room: RoomName::parse(room).ok()? })
+    room_from_id(channel.strip_prefix(CHANNEL_PREFIX)?)
 }
 
 /// [`Broker`] over Redis pub/sub.
@@ -99,6 +150,10 @@ pub struct RedisBroker {
     client: redis::Client,
     commands: redis::aio::ConnectionManager,
     script: redis::Script,
+    count_script: redis::Script,
+    forget_script: redis::Script,
+    /// A node silent this long is dead; its counts are removed by the others.
+    node_timeout: Duration,
     /// The subscription connection's command half; `None` while disconnected.
     subscriptions: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
     up: AtomicBool,
@@ -115,7 +170,12 @@ impl std::fmt::Debug for RedisBroker {
 impl RedisBroker {
     /// Connects to `url` (the command connection; the subscription connection is made by
     /// [`RedisBroker::run`]). Fails when Redis cannot be reached at start.
-    pub async fn connect(url: &str, node_id: &str, registry: Arc<Registry>) -> Result<Self, BrokerError> {
+    pub async fn connect(
+        url: &str,
+        node_id: &str,
+        node_timeout: Duration,
+        registry: Arc<Registry>,
+    ) -> Result<Self, BrokerError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
@@ -134,6 +194,9 @@ impl RedisBroker {
             client,
             commands,
             script: redis::Script::new(PUBLISH_SCRIPT),
+            count_script: redis::Script::new(COUNT_SCRIPT),
+            forget_script: redis::Script::new(FORGET_NODE_SCRIPT),
+            node_timeout,
             subscriptions: tokio::sync::Mutex::new(None),
             up: AtomicBool::new(false),
             hub: OnceLock::new(),
@@ -170,6 +233,7 @@ impl RedisBroker {
                 }
                 *self.subscriptions.lock().await = Some(sink);
                 self.refresh_commands().await;
+                self.recount().await?;
                 self.up.store(true, Ordering::Relaxed);
                 tracing::info!(rooms = rooms.len(), "Redis subscription connection up");
                 while let Some(msg) = stream.next().await {
@@ -195,6 +259,109 @@ impl RedisBroker {
                 _ = shutdown.cancelled() => return,
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// After (re)connecting: replaces this node's counts in Redis with the registry's (a Redis
+    /// that restarted lost them; decrements that failed while it was away left them wrong), and
+    /// reports rooms that were counted here, are empty now and have nobody elsewhere.
+    async fn recount(&self) -> redis::RedisResult<()> {
+        let vacated = self.forget_node(&self.node_id, false).await?;
+        let mut pipe = redis::pipe();
+        let rooms_key = format!("{NODE_ROOMS_PREFIX}{}", self.node_id);
+        let mut local = std::collections::HashSet::new();
+        for key in self.registry.room_keys() {
+            let n = self.registry.subscriber_count(&key);
+            if n > 0 {
+                let id = room_id(&key);
+                pipe.hset(format!("{COUNT_PREFIX}{id}"), &self.node_id, n).ignore();
+                pipe.sadd(&rooms_key, &id).ignore();
+                local.insert(key);
+            }
+        }
+        if !local.is_empty() {
+            pipe.query_async::<()>(&mut self.commands.clone()).await?;
+        }
+        for key in vacated.into_iter().filter(|k| !local.contains(k)) {
+            self.vacated_elsewhere(key);
+        }
+        Ok(())
+    }
+
+    /// Removes a node's counts, and the node itself from the node set when `gone`; returns the
+    /// rooms left empty.
+    async fn forget_node(&self, node: &str, gone: bool) -> redis::RedisResult<Vec<RoomKey>> {
+        let rooms: Vec<String> = self
+            .forget_script
+            .key(format!("{NODE_ROOMS_PREFIX}{node}"))
+            .key(NODES)
+            .arg(node)
+            .arg(if gone { "1" } else { "0" })
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        Ok(rooms.iter().filter_map(|r| room_from_id(r)).collect())
+    }
+
+    fn vacated_elsewhere(&self, key: RoomKey) {
+        if let Some(hub) = self.hub.get().and_then(Weak::upgrade) {
+            hub.room_vacated_elsewhere(key);
+        }
+    }
+
+    /// Every third of the node timeout: refreshes this node's liveness key, and removes the
+    /// counts of nodes whose key expired (killed, or cut off from Redis), reporting the rooms
+    /// that leaves empty. Ends on `shutdown`.
+    pub async fn keep_alive(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = self.node_timeout / 3;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if let Err(e) = self.check_nodes().await {
+                tracing::warn!(error = %e, "cannot refresh this node's liveness in Redis");
+            }
+        }
+    }
+
+    async fn check_nodes(&self) -> redis::RedisResult<()> {
+        let mut commands = self.commands.clone();
+        redis::pipe()
+            .set_options(
+                format!("{ALIVE_PREFIX}{}", self.node_id),
+                1,
+                redis::SetOptions::default()
+                    .with_expiration(redis::SetExpiry::PX(self.node_timeout.as_millis() as u64)),
+            )
+            .ignore()
+            .sadd(NODES, &self.node_id)
+            .ignore()
+            .query_async::<()>(&mut commands)
+            .await?;
+        let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(NODES).query_async(&mut commands).await?;
+        for node in nodes.iter().filter(|n| **n != self.node_id) {
+            let alive: bool =
+                redis::cmd("EXISTS").arg(format!("{ALIVE_PREFIX}{node}")).query_async(&mut commands).await?;
+            if !alive {
+                let vacated = self.forget_node(node, true).await?;
+                tracing::warn!(node = %node, rooms_vacated = vacated.len(), "a cluster node stopped refreshing its liveness; its subscriber counts were removed");
+                for key in vacated {
+                    self.vacated_elsewhere(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At shutdown, after every local client left: removes what is left of this node.
+    pub async fn deregister(&self) {
+        let mut commands = self.commands.clone();
+        let done: redis::RedisResult<()> =
+            redis::cmd("DEL").arg(format!("{ALIVE_PREFIX}{}", self.node_id)).query_async(&mut commands).await;
+        if let Err(e) = done.and(self.forget_node(&self.node_id, true).await.map(drop)) {
+            tracing::warn!(error = %e, "cannot remove this node from Redis; the others will after the node timeout");
         }
     }
 
@@ -245,15 +412,17 @@ impl Broker for RedisBroker {
         let key = &publication.key;
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(format!("{OFFSET_PREFIX}{}:{}", key.app_id, key.room))
+            .key(format!("{OFFSET_PREFIX}{}", room_id(key)))
             .key(channel(key))
+            .key(format!("{COUNT_PREFIX}{}", room_id(key)))
             .arg(encode(&self.node_id, publication))
             .arg(OFFSET_TTL_MS);
         // Not retried: a connection lost while the script ran leaves unknown whether it
         // published, and a retry could deliver twice. The caller gets 503 and may retry.
-        let offset: u64 = invocation.invoke_async(&mut self.commands.clone()).await.map_err(unavailable)?;
+        let (offset, total): (u64, usize) =
+            invocation.invoke_async(&mut self.commands.clone()).await.map_err(unavailable)?;
         // This node's subscribers get it when it comes back from Redis, like everyone else's.
-        Ok(FanoutOutcome { subscribers: self.registry.subscriber_count(key), offset, ..Default::default() })
+        Ok(FanoutOutcome { subscribers: total, offset, ..Default::default() })
     }
 
     async fn subscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
@@ -263,6 +432,30 @@ impl Broker for RedisBroker {
             .await
             .map_err(|_| unavailable("Redis did not confirm the subscription in time"))?
             .map_err(unavailable)
+    }
+
+    async fn count_subscribers(&self, key: &RoomKey, delta: i64) -> Result<Option<usize>, BrokerError> {
+        let id = room_id(key);
+        let total: usize = self
+            .count_script
+            .key(format!("{COUNT_PREFIX}{id}"))
+            .key(format!("{NODE_ROOMS_PREFIX}{}", self.node_id))
+            .arg(&self.node_id)
+            .arg(delta)
+            .arg(&id)
+            .invoke_async(&mut self.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(total))
+    }
+
+    async fn subscriber_total(&self, key: &RoomKey) -> Result<Option<usize>, BrokerError> {
+        let counts: Vec<i64> = redis::cmd("HVALS")
+            .arg(format!("{COUNT_PREFIX}{}", room_id(key)))
+            .query_async(&mut self.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(counts.iter().sum::<i64>().max(0) as usize))
     }
 
     async fn unsubscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {

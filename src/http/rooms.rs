@@ -173,13 +173,15 @@ async fn get_room(
 ) -> Result<axum::Json<RoomShown>, ApiError> {
     let app_id = rooms_app(&state, &principal, params.app_id.as_deref())?;
     let room = room_name("room", &room)?;
+    // Over the whole cluster in cluster mode; the rest of the view is this node's.
+    let total = state.hub.room_subscribers(&app_id, &room).await?;
     let key = RoomKey { app_id, room };
     let view = match state.hub.registry().room_info(&key) {
-        Some(info) => RoomView::from(&info),
+        Some(info) => RoomView { subscriber_count: total, ..RoomView::from(&info) },
         None => RoomView {
             room: key.room.to_string(),
-            occupied: false,
-            subscriber_count: 0,
+            occupied: total > 0,
+            subscriber_count: total,
             user_count: key.room.is_presence().then_some(0),
             occupied_since: None,
         },

@@ -170,11 +170,22 @@ impl Hub {
             _ => None,
         };
         let outcome = self.registry.join(&key, conn, presence, now_ms());
-        if outcome.occupied {
-            if let Err(e) = self.broker.subscribe(&key).await {
-                self.leave(conn, room).await;
+        if outcome.occupied
+            && let Err(e) = self.broker.subscribe(&key).await
+        {
+            self.leave(conn, room).await;
+            return Err(e);
+        }
+        // In a cluster the room is occupied when its first subscriber anywhere joins.
+        let occupied = match self.broker.count_subscribers(&key, 1).await {
+            Ok(Some(total)) => total == 1,
+            Ok(None) => outcome.occupied,
+            Err(e) => {
+                self.leave_uncounted(conn, room).await;
                 return Err(e);
             }
+        };
+        if occupied {
             self.events.emit(HubEvent::RoomOccupied { room: key.clone() });
         }
         if let Some(member) = outcome.presence.as_ref().and_then(|p| p.joined.as_ref()) {
@@ -186,23 +197,58 @@ impl Hub {
 
     /// Unsubscribes `conn` from `room`; `false` when it was not subscribed.
     pub async fn leave(&self, conn: &ConnHandle, room: &RoomName) -> bool {
+        self.leave_counted(conn, room, true).await
+    }
+
+    /// [`Hub::leave`] for a join whose cluster count failed (it was never counted).
+    async fn leave_uncounted(&self, conn: &ConnHandle, room: &RoomName) -> bool {
+        self.leave_counted(conn, room, false).await
+    }
+
+    async fn leave_counted(&self, conn: &ConnHandle, room: &RoomName, counted: bool) -> bool {
         let key = RoomKey { app_id: conn.app_id.clone(), room: room.clone() };
         let Some(outcome) = self.registry.leave(&key, conn) else {
             return false;
         };
+        let cluster_total = match counted {
+            true => self.broker.count_subscribers(&key, -1).await.unwrap_or_else(|e| {
+                tracing::warn!(room = ?key, error = %e, "cannot update the cluster's subscriber count");
+                None
+            }),
+            false => None,
+        };
+        // In a cluster the room is vacated when its last subscriber anywhere leaves.
+        let vacated_cluster = cluster_total.map_or(outcome.vacated, |total| total == 0);
         if let Some(member) = &outcome.left {
             if !outcome.vacated {
                 self.announce(&key, "user-left", member, None).await;
             }
             self.events.emit(HubEvent::MemberLeft { room: key.clone(), user_id: member.user_id.to_string() });
         }
-        if outcome.vacated {
-            if let Err(e) = self.broker.unsubscribe(&key).await {
-                tracing::warn!(room = ?key, error = %e, "broker unsubscribe failed");
-            }
+        if outcome.vacated
+            && let Err(e) = self.broker.unsubscribe(&key).await
+        {
+            tracing::warn!(room = ?key, error = %e, "broker unsubscribe failed");
+        }
+        if vacated_cluster {
             self.events.emit(HubEvent::RoomVacated { room: key });
         }
         true
+    }
+
+    /// A room vacated by a dead node of the cluster (its entries were removed here).
+    pub fn room_vacated_elsewhere(&self, key: RoomKey) {
+        self.events.emit(HubEvent::RoomVacated { room: key });
+    }
+
+    /// Subscribers of one room: over the whole cluster in cluster mode (failing when Redis
+    /// cannot be asked), else on this node.
+    pub async fn room_subscribers(&self, app_id: &str, room: &RoomName) -> Result<usize, BrokerError> {
+        let key = RoomKey { app_id: Arc::from(app_id), room: room.clone() };
+        match self.broker.subscriber_total(&key).await? {
+            Some(total) => Ok(total),
+            None => Ok(self.registry.subscriber_count(&key)),
+        }
     }
 
     /// Tells a presence room's other subscribers that a member joined or left.

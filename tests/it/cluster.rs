@@ -23,6 +23,8 @@ async fn two_nodes(redis: &RedisServer) -> (TestHub, TestHub, tempfile::TempDir)
             c.cluster.node_id = Some(name.to_owned());
             c.store.path = path;
             c.store.reload_interval_ms = 50;
+            c.cluster.node_timeout_ms = 1500;
+            c.webhooks.allow_private_targets = true;
         })
         .await;
         nodes.push(hub);
@@ -192,4 +194,135 @@ async fn a_ticket_is_single_use_across_nodes() {
         let (status, body) = redeem(hub).await.err().expect("a ticket works once");
         assert_eq!((status, body["code"].as_str()), (401, Some("invalid_ticket")));
     }
+}
+
+/// A webhook receiver that only counts system events (the suite's full one is in webhooks.rs).
+async fn system_event_sink() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let tx = tx.clone();
+        async move {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let _ =
+                tx.send(format!("{} {}", v["event"].as_str().unwrap(), v["room"].as_str().unwrap_or("-")));
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(WAIT, rx.recv()).await.expect("a webhook in time").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_and_room_events_are_cluster_wide() {
+    let redis = RedisServer::start().await;
+    let (a, b, _shared) = two_nodes(&redis).await;
+    let app = a.create_app(json!({"app_id": "count-app"})).await;
+    known_on(&b, &app).await;
+    let (url, mut hooks) = system_event_sink().await;
+    let (status, v) = a
+        .post("/api/webhooks", &app.api_key, json!({"url": url, "events": ["room-occupied", "room-vacated"]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    // B learns of the webhook at its next reload; wait until its listing shows it.
+    let deadline = Instant::now() + WAIT;
+    while b.get("/api/webhooks", &app.api_key).await.1["webhooks"].as_array().is_none_or(|l| l.is_empty()) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut a1 = a.subscriber(&app, json!({}), &["room"]).await;
+    assert_eq!(next_event(&mut hooks).await, "room-occupied room");
+    let a2 = a.subscriber(&app, json!({}), &["room"]).await;
+    let mut b1 = b.subscriber(&app, json!({}), &["room"]).await;
+    for hub in [&a, &b] {
+        let v = hub.broadcast(&app, "room", "e", json!(1)).await;
+        assert_eq!(v["subscriber_count"], 3, "{v}");
+        let (_, v) = hub.get("/api/rooms/room", &app.api_key).await;
+        assert_eq!(
+            (v["room"]["occupied"].as_bool(), v["room"]["subscriber_count"].as_u64()),
+            (Some(true), Some(3)),
+            "{v}"
+        );
+    }
+    // Node A empties the room, B still has a subscriber: not vacated.
+    drop(a2);
+    a1.stream.close(None).await.unwrap();
+    a1.closed().await;
+    let deadline = Instant::now() + WAIT;
+    while a.get("/api/rooms/room", &app.api_key).await.1["room"]["subscriber_count"] != 1 {
+        assert!(Instant::now() < deadline, "A's subscribers never left the count");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, v) = a.get("/api/rooms/room", &app.api_key).await;
+    assert_eq!(v["room"]["occupied"], true, "occupied through node B: {v}");
+    b1.stream.close(None).await.unwrap();
+    b1.closed().await;
+    assert_eq!(next_event(&mut hooks).await, "room-vacated room");
+    // Once per cluster: nothing more.
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(300), hooks.recv()).await {
+        panic!("a room event fired twice: {extra}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_removed_from_counts() {
+    let redis = RedisServer::start().await;
+    let (a, _b, shared) = two_nodes(&redis).await;
+    let app = a.create_app(json!({"app_id": "kill-app"})).await;
+    let (url, mut hooks) = system_event_sink().await;
+    a.post("/api/webhooks", &app.api_key, json!({"url": url, "events": ["room-vacated"]})).await;
+
+    // A third node as its own process, killed with SIGKILL while it holds the room's only
+    // subscriber.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .current_dir(dir.path())
+        .env("ROOMCAST_SERVER__LISTEN", "127.0.0.1:0")
+        .env("ROOMCAST_ADMIN_KEY", &a.admin_key)
+        .env("ROOMCAST_STORE__PATH", shared.path().join("roomcast.db"))
+        .env("ROOMCAST_CLUSTER__REDIS_URL", redis.url())
+        .env("ROOMCAST_CLUSTER__NODE_ID", "node-c")
+        .env("ROOMCAST_CLUSTER__NODE_TIMEOUT_MS", "1500")
+        .env("ROOMCAST_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(addr) = line.strip_prefix("roomcast listening on http://") {
+                return addr.to_owned();
+            }
+        }
+        panic!("node-c exited");
+    })
+    .await
+    .unwrap();
+    let token = a.token(&app, json!({})).await;
+    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{addr}/ws?token={token}"
+    ))
+    .unwrap();
+    let (mut ws, _) = Ws::open(req).await.unwrap();
+    ws.subscribe("room").await;
+    assert_eq!(a.broadcast(&app, "room", "e", json!(1)).await["subscriber_count"], 1);
+
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let killed = Instant::now();
+    // Node A (node timeout 1.5 s in these tests) removes node-c's count and reports the room
+    // vacated, once.
+    assert_eq!(next_event(&mut hooks).await, "room-vacated room");
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(5), "cleanup took {took:?}");
+    assert_eq!(a.broadcast(&app, "room", "e", json!(2)).await["subscriber_count"], 0);
 }
