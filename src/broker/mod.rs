@@ -7,7 +7,7 @@ pub mod redis;
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 
-use crate::hub::registry::{FanoutOutcome, RoomKey};
+use crate::hub::registry::{FanoutOutcome, Member, RoomKey};
 use crate::protocol::EventName;
 
 /// One event on its way to a room's subscribers.
@@ -45,6 +45,31 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     }
     /// The room's subscribers over the whole cluster; `None` on a single node.
     async fn subscriber_total(&self, _key: &RoomKey) -> Result<Option<usize>, BrokerError> {
+        Ok(None)
+    }
+    /// A user's first connection on this node joined a presence room: returns whether it is the
+    /// user's first anywhere (a cluster-wide `user-joined`); `None` on a single node.
+    async fn presence_join(
+        &self,
+        _key: &RoomKey,
+        _user_id: &str,
+        _user_info: &RawValue,
+    ) -> Result<Option<bool>, BrokerError> {
+        Ok(None)
+    }
+    /// A user's last connection on this node left: returns whether it was the user's last
+    /// anywhere (a cluster-wide `user-left`); `None` on a single node.
+    async fn presence_leave(&self, _key: &RoomKey, _user_id: &str) -> Result<Option<bool>, BrokerError> {
+        Ok(None)
+    }
+    /// Members of a presence room over the cluster, by user id after `after`, at most `limit`,
+    /// and how many there are; `None` on a single node.
+    async fn presence_members(
+        &self,
+        _key: &RoomKey,
+        _after: Option<&str>,
+        _limit: usize,
+    ) -> Result<Option<(Vec<Member>, usize)>, BrokerError> {
         Ok(None)
     }
 }

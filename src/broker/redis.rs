@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Broker, BrokerError, Publication};
 use crate::hub::Hub;
-use crate::hub::registry::{FanoutOutcome, Registry, RoomKey};
+use crate::hub::registry::{FanoutOutcome, Member, Registry, RoomKey};
 use crate::protocol::{EventName, RoomName};
 
 /// Prefix of room channels: `rc:room:{app_id}:{room}` (app ids have no `:`).
@@ -41,6 +41,63 @@ const ALIVE_PREFIX: &str = "rc:alive:";
 const NODE_ROOMS_PREFIX: &str = "rc:node-rooms:";
 /// The set of node ids that registered.
 const NODES: &str = "rc:nodes";
+/// A presence room's members: `rc:members:{app}:{room}`, user id → user_info JSON.
+const MEMBERS_PREFIX: &str = "rc:members:";
+/// Which nodes hold each member: `rc:member-nodes:{app}:{room}`, field `{user}\n{node}`.
+const MEMBER_NODES_PREFIX: &str = "rc:member-nodes:";
+/// On how many nodes each member is: `rc:member-count:{app}:{room}`, user id → nodes.
+const MEMBER_COUNT_PREFIX: &str = "rc:member-count:";
+/// The presence rooms a node has members in: `rc:node-presence:{node}`.
+const NODE_PRESENCE_PREFIX: &str = "rc:node-presence:";
+
+/// Node ARGV[2] holds user ARGV[1] (user_info ARGV[3]) in room ARGV[4]: KEYS are members,
+/// member nodes, member counts, the node's presence rooms. Returns 1 when the user is new to
+/// the room cluster-wide.
+const PRESENCE_JOIN_SCRIPT: &str = r"
+redis.call('SADD', KEYS[4], ARGV[4])
+if redis.call('HSETNX', KEYS[2], ARGV[1] .. '\n' .. ARGV[2], 1) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[3], ARGV[1], 1) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Node ARGV[2] no longer holds user ARGV[1]; KEYS as for joining. Returns 1 when the user is
+/// gone from the room cluster-wide.
+const PRESENCE_LEAVE_SCRIPT: &str = r"
+if redis.call('HDEL', KEYS[2], ARGV[1] .. '\n' .. ARGV[2]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[3], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+";
+
+/// Removes every member node ARGV[1] held (its presence rooms are KEYS[1]); returns
+/// `room, user` pairs of members gone cluster-wide, flattened.
+const FORGET_PRESENCE_SCRIPT: &str = r"
+local gone = {}
+local suffix = '\n' .. ARGV[1]
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local nodes = 'rc:member-nodes:' .. room
+  for _, field in ipairs(redis.call('HKEYS', nodes)) do
+    if string.sub(field, -string.len(suffix)) == suffix then
+      redis.call('HDEL', nodes, field)
+      local user = string.sub(field, 1, string.len(field) - string.len(suffix))
+      if redis.call('HINCRBY', 'rc:member-count:' .. room, user, -1) <= 0 then
+        redis.call('HDEL', 'rc:member-count:' .. room, user)
+        redis.call('HDEL', 'rc:members:' .. room, user)
+        table.insert(gone, room)
+        table.insert(gone, user)
+      end
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+return gone
+";
 
 /// Increments the room's offset and publishes `offset \n message`; returns the offset and the
 /// room's subscribers over the cluster.
@@ -152,6 +209,9 @@ pub struct RedisBroker {
     script: redis::Script,
     count_script: redis::Script,
     forget_script: redis::Script,
+    presence_join_script: redis::Script,
+    presence_leave_script: redis::Script,
+    forget_presence_script: redis::Script,
     /// A node silent this long is dead; its counts are removed by the others.
     node_timeout: Duration,
     /// The subscription connection's command half; `None` while disconnected.
@@ -196,6 +256,9 @@ impl RedisBroker {
             script: redis::Script::new(PUBLISH_SCRIPT),
             count_script: redis::Script::new(COUNT_SCRIPT),
             forget_script: redis::Script::new(FORGET_NODE_SCRIPT),
+            presence_join_script: redis::Script::new(PRESENCE_JOIN_SCRIPT),
+            presence_leave_script: redis::Script::new(PRESENCE_LEAVE_SCRIPT),
+            forget_presence_script: redis::Script::new(FORGET_PRESENCE_SCRIPT),
             node_timeout,
             subscriptions: tokio::sync::Mutex::new(None),
             up: AtomicBool::new(false),
@@ -282,10 +345,63 @@ impl RedisBroker {
         if !local.is_empty() {
             pipe.query_async::<()>(&mut self.commands.clone()).await?;
         }
+        // Presence: the same, member by member; users gone from here while Redis was away, and
+        // from everywhere else, are announced as gone.
+        let gone = self.forget_presence(&self.node_id).await?;
+        let mut present = std::collections::HashSet::new();
+        for key in local.iter().filter(|k| k.room.is_presence()) {
+            let Some((members, _)) = self.registry.members(key, None, usize::MAX) else { continue };
+            for m in members {
+                self.presence_join_raw(key, &m.user_id, m.user_info.get()).await?;
+                present.insert((key.clone(), m.user_id.to_string()));
+            }
+        }
         for key in vacated.into_iter().filter(|k| !local.contains(k)) {
             self.vacated_elsewhere(key);
         }
+        for (key, user) in gone.into_iter().filter(|g| !present.contains(g)) {
+            self.member_gone_elsewhere(key, user);
+        }
         Ok(())
+    }
+
+    /// Removes a node's presence entries; returns the members gone cluster-wide.
+    async fn forget_presence(&self, node: &str) -> redis::RedisResult<Vec<(RoomKey, String)>> {
+        let flat: Vec<String> = self
+            .forget_presence_script
+            .key(format!("{NODE_PRESENCE_PREFIX}{node}"))
+            .arg(node)
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        Ok(flat.chunks(2).filter_map(|p| Some((room_from_id(&p[0])?, p.get(1)?.clone()))).collect())
+    }
+
+    async fn presence_join_raw(
+        &self,
+        key: &RoomKey,
+        user_id: &str,
+        user_info: &str,
+    ) -> redis::RedisResult<bool> {
+        let id = room_id(key);
+        let joined: i64 = self
+            .presence_join_script
+            .key(format!("{MEMBERS_PREFIX}{id}"))
+            .key(format!("{MEMBER_NODES_PREFIX}{id}"))
+            .key(format!("{MEMBER_COUNT_PREFIX}{id}"))
+            .key(format!("{NODE_PRESENCE_PREFIX}{}", self.node_id))
+            .arg(user_id)
+            .arg(&self.node_id)
+            .arg(user_info)
+            .arg(&id)
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        Ok(joined == 1)
+    }
+
+    fn member_gone_elsewhere(&self, key: RoomKey, user: String) {
+        if let Some(hub) = self.hub.get().and_then(Weak::upgrade) {
+            tokio::spawn(async move { hub.member_left_elsewhere(key, &user).await });
+        }
     }
 
     /// Removes a node's counts, and the node itself from the node set when `gone`; returns the
@@ -345,8 +461,12 @@ impl RedisBroker {
             let alive: bool =
                 redis::cmd("EXISTS").arg(format!("{ALIVE_PREFIX}{node}")).query_async(&mut commands).await?;
             if !alive {
+                let gone = self.forget_presence(node).await?;
                 let vacated = self.forget_node(node, true).await?;
-                tracing::warn!(node = %node, rooms_vacated = vacated.len(), "a cluster node stopped refreshing its liveness; its subscriber counts were removed");
+                tracing::warn!(node = %node, rooms_vacated = vacated.len(), members_gone = gone.len(), "a cluster node stopped refreshing its liveness; its subscriber counts and presence were removed");
+                for (key, user) in gone {
+                    self.member_gone_elsewhere(key, user);
+                }
                 for key in vacated {
                     self.vacated_elsewhere(key);
                 }
@@ -360,7 +480,8 @@ impl RedisBroker {
         let mut commands = self.commands.clone();
         let done: redis::RedisResult<()> =
             redis::cmd("DEL").arg(format!("{ALIVE_PREFIX}{}", self.node_id)).query_async(&mut commands).await;
-        if let Err(e) = done.and(self.forget_node(&self.node_id, true).await.map(drop)) {
+        let presence = self.forget_presence(&self.node_id).await.map(drop);
+        if let Err(e) = done.and(presence).and(self.forget_node(&self.node_id, true).await.map(drop)) {
             tracing::warn!(error = %e, "cannot remove this node from Redis; the others will after the node timeout");
         }
     }
@@ -456,6 +577,59 @@ impl Broker for RedisBroker {
             .await
             .map_err(unavailable)?;
         Ok(Some(counts.iter().sum::<i64>().max(0) as usize))
+    }
+
+    async fn presence_join(
+        &self,
+        key: &RoomKey,
+        user_id: &str,
+        user_info: &RawValue,
+    ) -> Result<Option<bool>, BrokerError> {
+        self.presence_join_raw(key, user_id, user_info.get()).await.map(Some).map_err(unavailable)
+    }
+
+    async fn presence_leave(&self, key: &RoomKey, user_id: &str) -> Result<Option<bool>, BrokerError> {
+        let id = room_id(key);
+        let left: i64 = self
+            .presence_leave_script
+            .key(format!("{MEMBERS_PREFIX}{id}"))
+            .key(format!("{MEMBER_NODES_PREFIX}{id}"))
+            .key(format!("{MEMBER_COUNT_PREFIX}{id}"))
+            .arg(user_id)
+            .arg(&self.node_id)
+            .invoke_async(&mut self.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(left == 1))
+    }
+
+    async fn presence_members(
+        &self,
+        key: &RoomKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<(Vec<Member>, usize)>, BrokerError> {
+        // Whole hash, sorted by user id: fine for the rooms presence is for (hundreds to a few
+        // thousand members); very large rooms pay one HGETALL per join.
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(format!("{MEMBERS_PREFIX}{}", room_id(key)))
+            .query_async(&mut self.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        let count = all.len();
+        let mut members: Vec<(String, String)> =
+            all.into_iter().filter(|(user, _)| after.is_none_or(|a| user.as_str() > a)).collect();
+        members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        members.truncate(limit);
+        let null = || Arc::from(RawValue::from_string("null".into()).expect("null is JSON"));
+        let members = members
+            .into_iter()
+            .map(|(user, info)| Member {
+                user_id: Arc::from(user),
+                user_info: RawValue::from_string(info).map(Arc::from).unwrap_or_else(|_| null()),
+            })
+            .collect();
+        Ok(Some((members, count)))
     }
 
     async fn unsubscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {

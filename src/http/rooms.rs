@@ -209,7 +209,7 @@ async fn presence(
     let key = RoomKey { app_id, room };
     // One more than the page, under one lock: whether it comes back says whether more follow.
     let (mut members, member_count) =
-        state.hub.registry().members(&key, params.cursor.as_deref(), limit + 1).unwrap_or_default();
+        state.hub.presence_page(&key, params.cursor.as_deref(), limit + 1).await?.unwrap_or_default();
     let more = members.len() > limit;
     members.truncate(limit);
     let next_cursor = if more { members.last().map(|m| m.user_id.to_string()) } else { None };

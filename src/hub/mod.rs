@@ -188,11 +188,60 @@ impl Hub {
         if occupied {
             self.events.emit(HubEvent::RoomOccupied { room: key.clone() });
         }
-        if let Some(member) = outcome.presence.as_ref().and_then(|p| p.joined.as_ref()) {
-            self.announce(&key, "user-joined", member, Some(conn.seq)).await;
-            self.events.emit(HubEvent::MemberJoined { room: key, user_id: member.user_id.to_string() });
+        let mut outcome = outcome;
+        if let Some(presence) = outcome.presence.as_mut() {
+            let joined = match &presence.joined {
+                Some(member) => {
+                    match self.broker.presence_join(&key, &member.user_id, &member.user_info).await {
+                        Ok(Some(first_anywhere)) => first_anywhere,
+                        Ok(None) => true,
+                        Err(e) => {
+                            self.leave(conn, room).await;
+                            return Err(e);
+                        }
+                    }
+                }
+                None => false,
+            };
+            // In a cluster the list comes from Redis: members of every node.
+            match self.broker.presence_members(&key, None, self.presence_list_max).await {
+                Ok(Some((members, count))) => (presence.members, presence.member_count) = (members, count),
+                Ok(None) => {}
+                Err(e) => {
+                    self.leave(conn, room).await;
+                    return Err(e);
+                }
+            }
+            if let (true, Some(member)) = (joined, &presence.joined) {
+                self.announce(&key, "user-joined", member, Some(conn.seq)).await;
+                self.events.emit(HubEvent::MemberJoined { room: key, user_id: member.user_id.to_string() });
+            }
         }
         Ok(outcome)
+    }
+
+    /// Members of a presence room by user id after `after`: the cluster's in cluster mode, else
+    /// this node's; `None` when the room is empty here and not in a cluster.
+    pub async fn presence_page(
+        &self,
+        key: &RoomKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<(Vec<Member>, usize)>, BrokerError> {
+        match self.broker.presence_members(key, after, limit).await? {
+            Some(page) => Ok(Some(page)),
+            None => Ok(self.registry.members(key, after, limit)),
+        }
+    }
+
+    /// A member whose last connection was on a dead node: the others learn `user-left`.
+    pub async fn member_left_elsewhere(&self, key: RoomKey, user_id: &str) {
+        let member = Member {
+            user_id: Arc::from(user_id),
+            user_info: Arc::from(RawValue::from_string("null".into()).expect("null is JSON")),
+        };
+        self.announce(&key, "user-left", &member, None).await;
+        self.events.emit(HubEvent::MemberLeft { room: key, user_id: user_id.to_owned() });
     }
 
     /// Unsubscribes `conn` from `room`; `false` when it was not subscribed.
@@ -220,10 +269,23 @@ impl Hub {
         // In a cluster the room is vacated when its last subscriber anywhere leaves.
         let vacated_cluster = cluster_total.map_or(outcome.vacated, |total| total == 0);
         if let Some(member) = &outcome.left {
-            if !outcome.vacated {
-                self.announce(&key, "user-left", member, None).await;
+            let left_cluster = match self.broker.presence_leave(&key, &member.user_id).await {
+                Ok(cluster) => cluster,
+                Err(e) => {
+                    tracing::warn!(room = ?key, error = %e, "cannot record a presence leave in Redis");
+                    Some(false)
+                }
+            };
+            match left_cluster {
+                // One node: nobody here is left to hear it when the room emptied.
+                None if outcome.vacated => {}
+                None | Some(true) => self.announce(&key, "user-left", member, None).await,
+                Some(false) => {}
             }
-            self.events.emit(HubEvent::MemberLeft { room: key.clone(), user_id: member.user_id.to_string() });
+            if left_cluster != Some(false) {
+                self.events
+                    .emit(HubEvent::MemberLeft { room: key.clone(), user_id: member.user_id.to_string() });
+            }
         }
         if outcome.vacated
             && let Err(e) = self.broker.unsubscribe(&key).await

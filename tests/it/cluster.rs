@@ -315,6 +315,17 @@ async fn a_killed_node_is_removed_from_counts() {
     let (mut ws, _) = Ws::open(req).await.unwrap();
     ws.subscribe("room").await;
     assert_eq!(a.broadcast(&app, "room", "e", json!(1)).await["subscriber_count"], 1);
+    // Carol is present through node-c only; Dave, on node A, watches.
+    let carol_token = a.token(&app, json!({"user_id": "carol"})).await;
+    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{addr}/ws?token={carol_token}"
+    ))
+    .unwrap();
+    let (mut carol, _) = Ws::open(req).await.unwrap();
+    carol.send_json(json!({"type": "subscribe", "room": "presence-team", "id": 1})).await;
+    assert_eq!(carol.next_json().await["type"], "subscribed");
+    let (mut dave, ack) = member(&a, &app, "dave").await;
+    assert_eq!(user_ids(&ack["presence"]), ["carol", "dave"], "{ack}");
 
     child.start_kill().unwrap();
     child.wait().await.unwrap();
@@ -325,4 +336,73 @@ async fn a_killed_node_is_removed_from_counts() {
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(5), "cleanup took {took:?}");
     assert_eq!(a.broadcast(&app, "room", "e", json!(2)).await["subscriber_count"], 0);
+    let f = dave.next_json().await;
+    assert_eq!(
+        (f["event"].as_str(), f["data"]["user_id"].as_str()),
+        (Some("user-left"), Some("carol")),
+        "{f}"
+    );
+    let (_, v) = a.get("/api/rooms/presence-team/presence", &app.api_key).await;
+    assert_eq!(user_ids(&v["members"]), ["dave"], "{v}");
+}
+
+/// A connection of `user` on `hub`, subscribed to `presence-team`; returns it and its
+/// `subscribed` frame.
+async fn member(hub: &TestHub, app: &TestApp, user: &str) -> (Ws, Value) {
+    let mut ws = hub.subscriber(app, json!({"user_id": user, "user_info": {"name": user}}), &[]).await;
+    ws.send_json(json!({"type": "subscribe", "room": "presence-team", "id": 1})).await;
+    let ack = ws.next_json().await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    (ws, ack)
+}
+
+fn user_ids(list: &Value) -> Vec<&str> {
+    list.as_array().unwrap().iter().map(|m| m["user_id"].as_str().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_the_cluster() {
+    let redis = RedisServer::start().await;
+    let (a, b, _shared) = two_nodes(&redis).await;
+    let app = a.create_app(json!({"app_id": "presence-app"})).await;
+    known_on(&b, &app).await;
+
+    let (mut alice, ack) = member(&a, &app, "alice").await;
+    assert_eq!(user_ids(&ack["presence"]), ["alice"]);
+    let (mut bob, ack) = member(&b, &app, "bob").await;
+    assert_eq!(
+        (user_ids(&ack["presence"]), ack["member_count"].as_u64()),
+        (vec!["alice", "bob"], Some(2)),
+        "{ack}"
+    );
+    assert_eq!(ack["presence"][0]["user_info"], json!({"name": "alice"}));
+    let f = alice.next_json().await;
+    assert_eq!(
+        (f["event"].as_str(), f["data"]["user_id"].as_str()),
+        (Some("user-joined"), Some("bob")),
+        "{f}"
+    );
+
+    // A second tab of alice on the other node is not a new member.
+    let (mut alice2, ack) = member(&b, &app, "alice").await;
+    assert_eq!(ack["member_count"], 2);
+    bob.roundtrip(3).await;
+    // Alice leaves node A but is still on B: nobody hears user-left.
+    alice.stream.close(None).await.unwrap();
+    alice.closed().await;
+    bob.roundtrip(4).await;
+    let (_, v) = a.get("/api/rooms/presence-team/presence", &app.api_key).await;
+    assert_eq!((user_ids(&v["members"]), v["member_count"].as_u64()), (vec!["alice", "bob"], Some(2)), "{v}");
+    // Her last tab leaves: user-left, once.
+    alice2.stream.close(None).await.unwrap();
+    alice2.closed().await;
+    let f = bob.next_json().await;
+    assert_eq!(
+        (f["event"].as_str(), f["data"]["user_id"].as_str()),
+        (Some("user-left"), Some("alice")),
+        "{f}"
+    );
+    bob.roundtrip(5).await;
+    let (_, v) = a.get("/api/rooms/presence-team/presence", &app.api_key).await;
+    assert_eq!(user_ids(&v["members"]), ["bob"], "{v}");
 }
