@@ -404,9 +404,8 @@ impl Config {
         if !(60..=2_592_000).contains(&self.tokens.default_ttl_s) {
             problems.push("tokens.default_ttl_s: must be between 60 and 2592000".into());
         }
-        if self.store.kind == StoreKind::Redis {
-            problems
-                .push("store.kind: \"redis\" needs cluster mode, which this build does not have yet".into());
+        if self.store.kind == StoreKind::Redis && self.cluster.redis_url.is_none() {
+            problems.push("store.kind: \"redis\" needs cluster.redis_url".into());
         }
         if let Some(url) = &self.cluster.redis_url
             && !(url.starts_with("redis://") || url.starts_with("redis+unix://"))

@@ -14,7 +14,7 @@ use crate::apps::AppCache;
 use crate::auth::api_key::{KeyRing, PresentedKey};
 use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::http::apps::RESTORE_WINDOW_MS;
 use crate::http::{AppState, Shared, router};
 use crate::hub::registry::Registry;
@@ -54,8 +54,18 @@ pub struct Server {
 impl Server {
     /// Opens the store, fills the caches, registers or creates the admin key and binds.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let store_err = |source| StartError::Store { path: config.store.path.display().to_string(), source };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path).map_err(store_err)?);
+        let store_err = |source| StartError::Store { path: store_name(&config), source };
+        let node_id =
+            config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
+        let store: Arc<dyn Store> = match (&config.store.kind, &config.cluster.redis_url) {
+            (StoreKind::Redis, Some(url)) => {
+                Arc::new(crate::store::redis::RedisStore::connect(url, &node_id).await.map_err(store_err)?)
+            }
+            (StoreKind::Redis, None) => {
+                return Err(StartError::Config("store.kind = \"redis\" needs cluster.redis_url".into()));
+            }
+            (StoreKind::Sqlite, _) => Arc::new(SqliteStore::open(&config.store.path).map_err(store_err)?),
+        };
         // Read before the snapshot, so a change racing with start-up triggers a reload later.
         let marker = store.change_marker().await.map_err(store_err)?;
         // Apps past their restore window go before anything is cached or served.
@@ -78,8 +88,6 @@ impl Server {
             bytes: config.websocket.outbound_queue_bytes,
         };
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let node_id =
-            config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
         let redis = match &config.cluster.redis_url {
             Some(url) => Some(Arc::new(
                 RedisBroker::connect(
@@ -227,6 +235,14 @@ impl Server {
     }
 }
 
+/// What the store is, for messages: the SQLite path or the Redis URL.
+fn store_name(config: &Config) -> String {
+    match (&config.store.kind, &config.cluster.redis_url) {
+        (StoreKind::Redis, Some(url)) => redact(url),
+        _ => config.store.path.display().to_string(),
+    }
+}
+
 /// A Redis URL without its password, for messages.
 fn redact(url: &str) -> String {
     match url::Url::parse(url) {
@@ -258,7 +274,7 @@ async fn bootstrap_admin(
     store: &dyn Store,
     keys: &KeyRing,
 ) -> Result<Option<String>, StartError> {
-    let store_err = |source| StartError::Store { path: config.store.path.display().to_string(), source };
+    let store_err = |source| StartError::Store { path: store_name(config), source };
     if let Some(raw) = &config.admin_key {
         let presented = PresentedKey::parse(raw).filter(|k| k.kind == KeyKind::Admin).ok_or_else(|| {
             StartError::Config(
@@ -324,10 +340,17 @@ pub fn admin_record(presented: &PresentedKey, name: &str) -> KeyRecord {
 /// store.
 async fn reload_caches(state: AppState, mut marker: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(state.config.store.reload_interval_ms));
+    // In a cluster a write on any node is announced, so the reload follows at once.
+    let announced = state.redis.as_ref().map(|r| r.store_changes());
+    let announcement = async || match &announced {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    };
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            _ = announcement() => {}
         }
         let current = match state.store.change_marker().await {
             Ok(m) => m,

@@ -217,6 +217,8 @@ pub struct RedisBroker {
     /// The subscription connection's command half; `None` while disconnected.
     subscriptions: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
     up: AtomicBool,
+    /// Woken when another node (or this one) wrote to a Redis store.
+    store_changes: Arc<tokio::sync::Notify>,
     /// Where received publications are fanned out (set once the hub exists).
     hub: OnceLock<Weak<Hub>>,
 }
@@ -262,6 +264,7 @@ impl RedisBroker {
             node_timeout,
             subscriptions: tokio::sync::Mutex::new(None),
             up: AtomicBool::new(false),
+            store_changes: Arc::new(tokio::sync::Notify::new()),
             hub: OnceLock::new(),
         })
     }
@@ -274,6 +277,11 @@ impl RedisBroker {
     /// A handle on the command connection (reconnecting by itself), for other shared state.
     pub fn commands(&self) -> redis::aio::ConnectionManager {
         self.commands.clone()
+    }
+
+    /// Notified when the Redis store announces a write (`rc:store:changed`).
+    pub fn store_changes(&self) -> Arc<tokio::sync::Notify> {
+        self.store_changes.clone()
     }
 
     /// Whether the subscription connection is up (for `/health`).
@@ -291,9 +299,11 @@ impl RedisBroker {
                 let pubsub = self.client.get_async_pubsub().await?;
                 let (mut sink, mut stream) = pubsub.split();
                 let rooms = self.registry.room_keys();
-                if !rooms.is_empty() {
-                    sink.subscribe(rooms.iter().map(channel).collect::<Vec<_>>()).await?;
-                }
+                let mut channels: Vec<String> = rooms.iter().map(channel).collect();
+                channels.push(crate::store::redis::CHANGED_CHANNEL.to_owned());
+                sink.subscribe(channels).await?;
+                // Whatever changed while disconnected is read now.
+                self.store_changes.notify_one();
                 *self.subscriptions.lock().await = Some(sink);
                 self.refresh_commands().await;
                 self.recount().await?;
@@ -501,6 +511,10 @@ impl RedisBroker {
 
     /// Delivers one message from Redis to this node's subscribers of its room.
     fn receive(&self, msg: &redis::Msg) {
+        if msg.get_channel_name() == crate::store::redis::CHANGED_CHANNEL {
+            self.store_changes.notify_one();
+            return;
+        }
         let Some(key) = room_of(msg.get_channel_name()) else { return };
         let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else { return };
         let Some(wire) = decode(payload) else {

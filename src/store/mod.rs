@@ -2,6 +2,7 @@
 //! store: it reads the caches in [`crate::apps`], which are filled from here at start and updated
 //! after every write.
 
+pub mod redis;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -34,7 +35,7 @@ impl AppStatus {
 }
 
 /// A tenant as stored. Times are milliseconds since the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppRecord {
     pub app_id: String,
     pub name: String,
@@ -77,7 +78,7 @@ impl KeyKind {
 }
 
 /// An API key as stored: only the SHA-256 of its secret, never the secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub key_id: String,
     pub kind: KeyKind,
@@ -96,7 +97,7 @@ pub struct KeyRecord {
 }
 
 /// An app's webhook endpoint as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookRecord {
     pub webhook_id: String,
     pub app_id: String,
@@ -156,7 +157,7 @@ impl DeliveryStatus {
 }
 
 /// One event for one webhook, with the outcome of its latest attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
     /// Sorts by creation time: `d` + 12 hex digits of ms + 10 base62.
     pub delivery_id: String,
@@ -189,7 +190,7 @@ pub struct DueDelivery {
 }
 
 /// What an attempt changed in its webhook's health, written with the delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookHealth {
     pub webhook_id: String,
     pub enabled: bool,
@@ -232,7 +233,7 @@ pub enum StoreError {
 }
 
 /// The counters of one app for one minute.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MinuteCounts {
     pub connections_opened: u64,
     pub broadcasts: u64,

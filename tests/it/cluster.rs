@@ -11,6 +11,37 @@ use crate::support::{RedisServer, TestApp, TestHub, WAIT, Ws, assert_error, spaw
 use roomcast::auth::api_key::PresentedKey;
 use roomcast::store::KeyKind;
 
+/// Two nodes on `redis` with their records in Redis too (`store.kind = "redis"`), each with
+/// its own data directory; caches are refreshed by announcements only (the poll is a minute).
+async fn two_redis_nodes(redis: &RedisServer) -> (TestHub, TestHub) {
+    let admin_key = PresentedKey::generate(KeyKind::Admin).plaintext();
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b"] {
+        let url = redis.url();
+        let hub = spawn_hub_in(tempfile::tempdir().unwrap(), admin_key.clone(), move |c| {
+            c.cluster.redis_url = Some(url);
+            c.cluster.node_id = Some(name.to_owned());
+            c.store.kind = roomcast::config::StoreKind::Redis;
+            c.store.reload_interval_ms = 60_000;
+            c.cluster.node_timeout_ms = 1500;
+        })
+        .await;
+        nodes.push(hub);
+    }
+    let b = nodes.pop().unwrap();
+    (nodes.pop().unwrap(), b)
+}
+
+/// How long until `check` holds, polling; panics after [`WAIT`].
+async fn within<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> Duration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < WAIT, "never happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
 /// Two nodes on `redis`, sharing a store.
 async fn two_nodes(redis: &RedisServer) -> (TestHub, TestHub, tempfile::TempDir) {
     let shared = tempfile::tempdir().unwrap();
@@ -405,4 +436,58 @@ async fn presence_spans_the_cluster() {
     bob.roundtrip(5).await;
     let (_, v) = a.get("/api/rooms/presence-team/presence", &app.api_key).await;
     assert_eq!(user_ids(&v["members"]), ["bob"], "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_in_redis_reach_every_node_within_a_second() {
+    let redis = RedisServer::start().await;
+    let (a, b) = two_redis_nodes(&redis).await;
+    // Both started with the same admin key: registered once, accepted by both.
+    for hub in [&a, &b] {
+        assert_eq!(hub.get("/api/test", &hub.admin_key).await.0, StatusCode::OK);
+    }
+    let app = a.create_app(json!({"app_id": "redis-store-app"})).await;
+    let took = within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
+    assert!(took < Duration::from_secs(1), "a new app reached node B after {took:?}");
+    let (_, list) = b.get("/api/applications/redis-store-app", &b.admin_key).await;
+    assert_eq!(list["app"]["app_id"], "redis-store-app", "{list}");
+
+    // A narrow key, revoked on A: refused on B within a second.
+    let (status, v) = a
+        .post("/api/applications/redis-store-app/keys", &app.api_key, json!({"scopes": ["rooms:read"]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (narrow, key_id) =
+        (v["api_key"].as_str().unwrap().to_owned(), v["key"]["key_id"].as_str().unwrap().to_owned());
+    within(|| async { b.get("/api/rooms", &narrow).await.0 == StatusCode::OK }).await;
+    let (status, _) = a
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/applications/redis-store-app/keys/{key_id}"),
+            &app.api_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let took = within(|| async { b.get("/api/rooms", &narrow).await.0 == StatusCode::UNAUTHORIZED }).await;
+    assert!(took < Duration::from_secs(1), "a revoked key still worked on node B after {took:?}");
+
+    // A regenerated secret: tokens signed with the old one stop working on B.
+    let old_token = a.token(&app, json!({"user_id": "u"})).await;
+    assert!(b.try_connect(&old_token).await.is_ok());
+    let (status, v) =
+        a.post("/api/applications/redis-store-app/regenerate-secret", &app.api_key, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let took = within(|| async { b.try_connect(&old_token).await.is_err() }).await;
+    assert!(took < Duration::from_secs(1), "an old token still connected to node B after {took:?}");
+
+    // Webhooks live there too; the app's key works on both nodes for them.
+    let (status, v) =
+        a.post("/api/webhooks", &app.api_key, json!({"url": "https://example.com/h", "events": ["*"]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let id = v["webhook"]["webhook_id"].as_str().unwrap().to_owned();
+    within(|| async { b.get(&format!("/api/webhooks/{id}"), &app.api_key).await.0 == StatusCode::OK }).await;
+    // A duplicate app id is refused whichever node is asked.
+    let got = b.post("/api/applications", &b.admin_key, json!({"app_id": "redis-store-app"})).await;
+    assert_error(&got, 409, "conflict");
 }

@@ -17,6 +17,7 @@ mod limits;
 mod metrics;
 mod presence;
 mod smoke;
+mod stores;
 mod support;
 mod tickets;
 mod webhooks;

@@ -1,0 +1,483 @@
+//! The cluster store (`store.kind = "redis"`): apps, keys, webhooks and their deliveries as
+//! JSON in Redis hashes, so every node reads the same records. Every write that the caches care
+//! about increments `rc:store:version` and is announced on `rc:store:changed`, so other nodes
+//! reload at once (see the broker) and, failing that, at their next poll of the version.
+//!
+//! Analytics rows stay per node (`rc:store:analytics:{node}`): each node counts what happened
+//! on it and restores its own counts after a restart.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use async_trait::async_trait;
+use redis::AsyncCommands;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    AnalyticsRows, AppRecord, AttemptRecord, DeliveryRecord, DueDelivery, KeyRecord, MinuteCounts, MinuteRow,
+    Snapshot, Store, StoreError, UserRow, WebhookRecord,
+};
+
+const APPS: &str = "rc:store:apps";
+const KEYS: &str = "rc:store:keys";
+const WEBHOOKS: &str = "rc:store:webhooks";
+const DELIVERIES: &str = "rc:store:deliveries";
+/// Pending and retrying deliveries, scored by when they are due.
+const WAITING: &str = "rc:store:waiting";
+const VERSION: &str = "rc:store:version";
+/// Where a write is announced to the other nodes.
+pub const CHANGED_CHANNEL: &str = "rc:store:changed";
+/// Old analytics rows are looked for at most this often.
+const ANALYTICS_FORGET_EVERY_MS: i64 = 3_600_000;
+
+/// A webhook's deliveries by id (scores all 0, so ids sort lexically, which is by time).
+fn webhook_deliveries(webhook_id: &str) -> String {
+    format!("rc:store:deliveries-of:{webhook_id}")
+}
+
+/// Sets field ARGV[2] of hash KEYS[1] to ARGV[3] when it is absent (and, when given, field
+/// ARGV[4] of hash KEYS[2] to ARGV[5] when that is absent too), all or nothing; bumps the
+/// version (KEYS[3]) and announces it on channel ARGV[1]. Returns 0 on a conflict.
+const INSERT_SCRIPT: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 0 end
+if ARGV[4] and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+if ARGV[4] then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) end
+local v = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[1], v)
+return 1
+";
+
+/// Replaces field ARGV[1] of hash KEYS[1] with ARGV[2] when it exists; bumps and announces the
+/// version (KEYS[2], channel ARGV[3]). Returns 0 when it does not exist.
+const UPDATE_SCRIPT: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local v = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], v)
+return 1
+";
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("store records always serialize")
+}
+
+fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Redis-backed [`Store`].
+pub struct RedisStore {
+    conn: redis::aio::ConnectionManager,
+    analytics_key: String,
+    insert: redis::Script,
+    update: redis::Script,
+    analytics_forgotten_at: AtomicI64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("analytics_key", &self.analytics_key).finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url`; `node_id` names this node's analytics rows.
+    pub async fn connect(url: &str, node_id: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let timeout = std::time::Duration::from_secs(3);
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn =
+            tokio::time::timeout(timeout * 2, redis::aio::ConnectionManager::new_with_config(client, config))
+                .await
+                .map_err(|_| StoreError::Unavailable("timed out connecting to Redis".into()))?
+                .map_err(unavailable)?;
+        Ok(Self {
+            conn,
+            analytics_key: format!("rc:store:analytics:{node_id}"),
+            insert: redis::Script::new(INSERT_SCRIPT),
+            update: redis::Script::new(UPDATE_SCRIPT),
+            analytics_forgotten_at: AtomicI64::new(0),
+        })
+    }
+
+    fn conn(&self) -> redis::aio::ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn hash<T: DeserializeOwned>(&self, key: &str, what: &str) -> Result<Vec<T>, StoreError> {
+        let all: HashMap<String, String> = self.conn().hgetall(key).await.map_err(unavailable)?;
+        all.values().map(|v| parse(what, v)).collect()
+    }
+
+    async fn insert_one(&self, hash: &str, id: &str, json: String) -> Result<(), StoreError> {
+        let done: i64 = self
+            .insert
+            .key(hash)
+            .key(hash)
+            .key(VERSION)
+            .arg(CHANGED_CHANNEL)
+            .arg(id)
+            .arg(json)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if done == 0 { Err(StoreError::Conflict) } else { Ok(()) }
+    }
+
+    async fn update_one(&self, hash: &str, id: &str, json: String) -> Result<(), StoreError> {
+        let done: i64 = self
+            .update
+            .key(hash)
+            .key(VERSION)
+            .arg(id)
+            .arg(json)
+            .arg(CHANGED_CHANNEL)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if done == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    /// Bumps the version and tells the other nodes, after a write made outside the scripts.
+    fn bump(pipe: &mut redis::Pipeline) {
+        pipe.cmd("EVAL")
+            .arg("local v = redis.call('INCR', KEYS[1]) redis.call('PUBLISH', ARGV[1], v) return v")
+            .arg(1)
+            .arg(VERSION)
+            .arg(CHANGED_CHANNEL)
+            .ignore();
+    }
+
+    async fn deliveries_by_id(&self, ids: &[String]) -> Result<Vec<DeliveryRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(DELIVERIES)
+            .arg(ids)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        found.iter().flatten().map(|t| parse("delivery", t)).collect()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut apps: Vec<AppRecord> = self.hash(APPS, "app").await?;
+        let mut keys: Vec<KeyRecord> = self.hash(KEYS, "key").await?;
+        let mut webhooks: Vec<WebhookRecord> = self.hash(WEBHOOKS, "webhook").await?;
+        apps.sort_by(|a, b| a.app_id.cmp(&b.app_id));
+        keys.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
+        webhooks.sort_by(|a, b| (a.created_at, &a.webhook_id).cmp(&(b.created_at, &b.webhook_id)));
+        Ok(Snapshot { apps, keys, webhooks })
+    }
+
+    async fn insert_app(&self, app: &AppRecord, primary_key: &KeyRecord) -> Result<(), StoreError> {
+        let done: i64 = self
+            .insert
+            .key(APPS)
+            .key(KEYS)
+            .key(VERSION)
+            .arg(CHANGED_CHANNEL)
+            .arg(&app.app_id)
+            .arg(to_json(app))
+            .arg(&primary_key.key_id)
+            .arg(to_json(primary_key))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if done == 0 { Err(StoreError::Conflict) } else { Ok(()) }
+    }
+
+    async fn update_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        self.update_one(APPS, &app.app_id, to_json(app)).await
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.insert_one(KEYS, &key.key_id, to_json(key)).await
+    }
+
+    async fn save_keys(&self, keys: &[KeyRecord]) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in keys {
+            pipe.hset(KEYS, &key.key_id, to_json(key)).ignore();
+        }
+        Self::bump(&mut pipe);
+        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+    }
+
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        // Not announced: use times do not change what a key may do.
+        for (key_id, at) in used {
+            let Some(text): Option<String> = self.conn().hget(KEYS, key_id).await.map_err(unavailable)?
+            else {
+                continue;
+            };
+            let mut key: KeyRecord = parse("key", &text)?;
+            if key.last_used_at.is_some_and(|t| t >= *at) {
+                continue;
+            }
+            key.last_used_at = Some(*at);
+            let _: () = self.conn().hset(KEYS, key_id, to_json(&key)).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn purge_deleted(&self, deleted_before: i64) -> Result<Vec<String>, StoreError> {
+        let apps: Vec<AppRecord> = self.hash(APPS, "app").await?;
+        let gone: Vec<String> = apps
+            .into_iter()
+            .filter(|a| a.deleted_at.is_some_and(|d| d < deleted_before))
+            .map(|a| a.app_id)
+            .collect();
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        let keys: Vec<KeyRecord> = self.hash(KEYS, "key").await?;
+        let webhooks: Vec<WebhookRecord> = self.hash(WEBHOOKS, "webhook").await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in keys.iter().filter(|k| k.app_id.as_ref().is_some_and(|a| gone.contains(a))) {
+            pipe.hdel(KEYS, &key.key_id).ignore();
+        }
+        for w in webhooks.iter().filter(|w| gone.contains(&w.app_id)) {
+            let ids: Vec<String> =
+                self.conn().zrange(webhook_deliveries(&w.webhook_id), 0, -1).await.map_err(unavailable)?;
+            if !ids.is_empty() {
+                pipe.hdel(DELIVERIES, &ids).ignore().zrem(WAITING, &ids).ignore();
+            }
+            pipe.del(webhook_deliveries(&w.webhook_id)).ignore().hdel(WEBHOOKS, &w.webhook_id).ignore();
+        }
+        let fields: Vec<String> = self.conn().hkeys(&self.analytics_key).await.map_err(unavailable)?;
+        for field in fields.iter().filter(|f| gone.iter().any(|a| f[2..].starts_with(&format!("{a}|")))) {
+            pipe.hdel(&self.analytics_key, field).ignore();
+        }
+        pipe.hdel(APPS, &gone).ignore();
+        Self::bump(&mut pipe);
+        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(gone)
+    }
+
+    async fn save_analytics(&self, rows: AnalyticsRows, forget_before: i64) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for m in &rows.minutes {
+            pipe.hset(&self.analytics_key, format!("m|{}|{}", m.app_id, m.minute), to_json(&m.counts))
+                .ignore();
+        }
+        for u in &rows.users {
+            pipe.hset(&self.analytics_key, format!("u|{}|{}", u.app_id, u.user_id), u.last_seen).ignore();
+        }
+        let now = crate::hub::now_ms();
+        if now - self.analytics_forgotten_at.load(Ordering::Relaxed) > ANALYTICS_FORGET_EVERY_MS {
+            self.analytics_forgotten_at.store(now, Ordering::Relaxed);
+            let all: HashMap<String, String> =
+                self.conn().hgetall(&self.analytics_key).await.map_err(unavailable)?;
+            for (field, value) in &all {
+                let old = match field.split('|').collect::<Vec<_>>().as_slice() {
+                    ["m", _, minute] => minute.parse::<i64>().is_ok_and(|m| m < forget_before),
+                    ["u", ..] => value.parse::<i64>().is_ok_and(|t| t < forget_before),
+                    _ => false,
+                };
+                if old {
+                    pipe.hdel(&self.analytics_key, field).ignore();
+                }
+            }
+        }
+        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+    }
+
+    async fn load_analytics(&self, since: i64) -> Result<AnalyticsRows, StoreError> {
+        let all: HashMap<String, String> =
+            self.conn().hgetall(&self.analytics_key).await.map_err(unavailable)?;
+        let mut rows = AnalyticsRows::default();
+        for (field, value) in &all {
+            // User ids may hold `|`; app ids and minutes cannot.
+            let mut parts = field.splitn(3, '|');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("m"), Some(app), Some(minute)) => {
+                    let minute: i64 =
+                        minute.parse().map_err(|_| StoreError::Corrupt(format!("analytics {field}")))?;
+                    if minute >= since {
+                        let counts: MinuteCounts = parse("analytics minute", value)?;
+                        rows.minutes.push(MinuteRow { app_id: app.to_owned(), minute, counts });
+                    }
+                }
+                (Some("u"), Some(app), Some(user)) => {
+                    let last_seen: i64 =
+                        value.parse().map_err(|_| StoreError::Corrupt(format!("analytics {field}")))?;
+                    if last_seen >= since {
+                        rows.users.push(UserRow {
+                            app_id: app.to_owned(),
+                            user_id: user.to_owned(),
+                            last_seen,
+                        });
+                    }
+                }
+                _ => return Err(StoreError::Corrupt(format!("analytics field {field:?}"))),
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn insert_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
+        self.insert_one(WEBHOOKS, &webhook.webhook_id, to_json(webhook)).await
+    }
+
+    async fn update_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
+        self.update_one(WEBHOOKS, &webhook.webhook_id, to_json(webhook)).await
+    }
+
+    async fn delete_webhook(&self, webhook_id: &str) -> Result<(), StoreError> {
+        let exists: bool = self.conn().hexists(WEBHOOKS, webhook_id).await.map_err(unavailable)?;
+        if !exists {
+            return Err(StoreError::NotFound);
+        }
+        let ids: Vec<String> =
+            self.conn().zrange(webhook_deliveries(webhook_id), 0, -1).await.map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !ids.is_empty() {
+            pipe.hdel(DELIVERIES, &ids).ignore().zrem(WAITING, &ids).ignore();
+        }
+        pipe.del(webhook_deliveries(webhook_id)).ignore().hdel(WEBHOOKS, webhook_id).ignore();
+        Self::bump(&mut pipe);
+        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+    }
+
+    async fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for d in deliveries {
+            pipe.hset(DELIVERIES, &d.delivery_id, to_json(d)).ignore();
+            pipe.zadd(webhook_deliveries(&d.webhook_id), &d.delivery_id, 0).ignore();
+            pipe.zadd(WAITING, &d.delivery_id, d.next_retry_at.unwrap_or(d.created_at)).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+    }
+
+    async fn save_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), StoreError> {
+        let ids: Vec<String> = attempts.iter().map(|a| a.delivery.delivery_id.clone()).collect();
+        let exist: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(DELIVERIES)
+            .arg(&ids)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut health_changed = false;
+        for (a, existing) in attempts.iter().zip(exist) {
+            if existing.is_none() {
+                continue;
+            }
+            let d = &a.delivery;
+            pipe.hset(DELIVERIES, &d.delivery_id, to_json(d)).ignore();
+            match (d.status.is_final(), d.next_retry_at) {
+                (false, Some(due)) => pipe.zadd(WAITING, &d.delivery_id, due).ignore(),
+                _ => pipe.zrem(WAITING, &d.delivery_id).ignore(),
+            };
+            if let Some(h) = &a.health {
+                let Some(text): Option<String> =
+                    self.conn().hget(WEBHOOKS, &h.webhook_id).await.map_err(unavailable)?
+                else {
+                    continue;
+                };
+                let mut w: WebhookRecord = parse("webhook", &text)?;
+                w.enabled = h.enabled;
+                w.disabled_reason.clone_from(&h.disabled_reason);
+                w.consecutive_failures = h.consecutive_failures;
+                w.updated_at = h.updated_at;
+                pipe.hset(WEBHOOKS, &w.webhook_id, to_json(&w)).ignore();
+                health_changed = true;
+            }
+        }
+        if health_changed {
+            Self::bump(&mut pipe);
+        }
+        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+    }
+
+    async fn delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        let text: Option<String> = self.conn().hget(DELIVERIES, delivery_id).await.map_err(unavailable)?;
+        text.map(|t| parse("delivery", &t)).transpose()
+    }
+
+    async fn deliveries(
+        &self,
+        webhook_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let max = before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
+        let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+            .arg(webhook_deliveries(webhook_id))
+            .arg(max)
+            .arg("-")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        self.deliveries_by_id(&ids).await
+    }
+
+    async fn due_deliveries(&self, webhook_id: Option<&str>) -> Result<Vec<DueDelivery>, StoreError> {
+        let waiting: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(WAITING)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let ids: Vec<String> = waiting.iter().map(|(id, _)| id.clone()).collect();
+        let records = self.deliveries_by_id(&ids).await?;
+        let due: HashMap<String, i64> = waiting.into_iter().collect();
+        Ok(records
+            .into_iter()
+            .filter(|d| !d.status.is_final() && webhook_id.is_none_or(|w| w == d.webhook_id))
+            .map(|d| DueDelivery {
+                due_at: due.get(&d.delivery_id).copied().unwrap_or(d.created_at),
+                delivery_id: d.delivery_id,
+                webhook_id: d.webhook_id,
+            })
+            .collect())
+    }
+
+    async fn prune_deliveries(&self, before: i64) -> Result<usize, StoreError> {
+        let all: Vec<DeliveryRecord> = self.hash(DELIVERIES, "delivery").await?;
+        let old: Vec<&DeliveryRecord> =
+            all.iter().filter(|d| d.status.is_final() && d.updated_at < before).collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for d in &old {
+            pipe.hdel(DELIVERIES, &d.delivery_id).ignore();
+            pipe.zrem(webhook_deliveries(&d.webhook_id), &d.delivery_id).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(old.len())
+    }
+
+    async fn change_marker(&self) -> Result<u64, StoreError> {
+        let v: Option<u64> = self.conn().get(VERSION).await.map_err(unavailable)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING").query_async::<String>(&mut self.conn()).await.map(drop).map_err(unavailable)
+    }
+}
