@@ -182,6 +182,9 @@ pub struct WebhooksConfig {
     pub queue_capacity: usize,
     /// Days succeeded and failed deliveries stay in the log.
     pub log_retention_days: u64,
+    /// Cluster mode: a waiting delivery this long past due (its node stopped, or is far behind)
+    /// is claimed by any node, in milliseconds; nodes look every half of it.
+    pub claim_overdue_after_ms: u64,
 }
 
 /// Cluster mode (Redis). Empty `redis_url` means a single node.
@@ -271,6 +274,7 @@ impl Default for WebhooksConfig {
             max_per_app: 20,
             queue_capacity: 10_000,
             log_retention_days: 7,
+            claim_overdue_after_ms: 30_000,
         }
     }
 }
@@ -370,6 +374,7 @@ impl Config {
         positive("webhooks.max_per_app", self.webhooks.max_per_app as u64);
         positive("webhooks.queue_capacity", self.webhooks.queue_capacity as u64);
         positive("webhooks.log_retention_days", self.webhooks.log_retention_days);
+        positive("webhooks.claim_overdue_after_ms", self.webhooks.claim_overdue_after_ms);
         if self.webhooks.retry_delays_ms.len() > 20 {
             problems.push("webhooks.retry_delays_ms: at most 20 retries".into());
         }

@@ -129,6 +129,7 @@ impl Server {
                 metrics.webhooks.clone(),
                 analytics.clone(),
                 writes.clone(),
+                redis.as_ref().map(|r| r.commands()),
             )
             .map_err(StartError::Config)?,
         );

@@ -317,6 +317,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn due_deliveries(&self, webhook_id: Option<&str>) -> Result<Vec<DueDelivery>, StoreError>;
     /// Forgets final deliveries last changed before `before` (ms); returns how many.
     async fn prune_deliveries(&self, before: i64) -> Result<usize, StoreError>;
+    /// Waiting deliveries that were due before `due_before` (ms), at most `limit`, oldest first:
+    /// in a cluster, what a node that stopped did not send.
+    async fn overdue_deliveries(&self, due_before: i64, limit: usize)
+    -> Result<Vec<DueDelivery>, StoreError>;
     /// A number that changes when another process wrote to the store, so caches can reload.
     async fn change_marker(&self) -> Result<u64, StoreError>;
     /// Cheap liveness probe for `/health`.

@@ -472,6 +472,34 @@ impl Store for RedisStore {
         Ok(old.len())
     }
 
+    async fn overdue_deliveries(
+        &self,
+        due_before: i64,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let waiting: Vec<(String, i64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(WAITING)
+            .arg("-inf")
+            .arg(format!("({due_before}"))
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let ids: Vec<String> = waiting.iter().map(|(id, _)| id.clone()).collect();
+        let webhooks: HashMap<String, String> =
+            self.deliveries_by_id(&ids).await?.into_iter().map(|d| (d.delivery_id, d.webhook_id)).collect();
+        Ok(waiting
+            .into_iter()
+            .filter_map(|(id, due_at)| {
+                let webhook_id = webhooks.get(&id)?.clone();
+                Some(DueDelivery { delivery_id: id, webhook_id, due_at })
+            })
+            .collect())
+    }
+
     async fn change_marker(&self) -> Result<u64, StoreError> {
         let v: Option<u64> = self.conn().get(VERSION).await.map_err(unavailable)?;
         Ok(v.unwrap_or(0))

@@ -687,6 +687,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn overdue_deliveries(
+        &self,
+        due_before: i64,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        self.with(move |conn| {
+            let read = |conn: &Connection| -> rusqlite::Result<Vec<DueDelivery>> {
+                let mut q = conn.prepare_cached(
+                    "SELECT delivery_id, webhook_id, next_retry_at FROM webhook_deliveries
+                     WHERE status IN ('pending', 'retrying') AND next_retry_at < ?1
+                     ORDER BY next_retry_at LIMIT ?2",
+                )?;
+                q.query_map(params![due_before, limit as i64], |r| {
+                    Ok(DueDelivery { delivery_id: r.get(0)?, webhook_id: r.get(1)?, due_at: r.get(2)? })
+                })?
+                .collect()
+            };
+            read(conn).map_err(unavailable)
+        })
+        .await
+    }
+
     async fn change_marker(&self) -> Result<u64, StoreError> {
         self.with(|conn| {
             conn.pragma_query_value(None, "data_version", |r| r.get::<_, i64>(0))

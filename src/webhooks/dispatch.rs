@@ -255,6 +255,9 @@ impl Webhooks {
             None => self.store.delivery(delivery_id).await,
         };
         let mut delivery = match stored {
+            // A second entry for a delivery rescheduled meanwhile (a claim, a resume): its
+            // attempt is not due yet, and the entry for it is still queued.
+            Ok(Some(d)) if d.next_retry_at.is_some_and(|t| t > now_ms() + 1000) => return None,
             Ok(Some(d)) if !d.status.is_final() => d,
             Ok(_) => return None,
             Err(e) => {
@@ -262,6 +265,10 @@ impl Webhooks {
                 return Some(now_ms() + STORE_RETRY.as_millis() as i64);
             }
         };
+        if !self.lease(delivery_id).await {
+            // Another node is making this attempt; it schedules the next one.
+            return None;
+        }
         let started = Instant::now();
         let answer = self.send(&webhook, &delivery).await;
         let now = now_ms();
@@ -305,7 +312,38 @@ impl Webhooks {
         if let Some(waiter) = self.waiters.remove(delivery_id) {
             let _ = waiter.1.send(delivery.clone());
         }
+        self.release(delivery_id).await;
         delivery.next_retry_at
+    }
+
+    /// In a cluster: takes the delivery's lease (for one attempt's time), or says another node
+    /// holds it. On a single node, or when Redis does not answer, the attempt goes ahead: a
+    /// duplicate is better than a delivery never made.
+    async fn lease(&self, delivery_id: &str) -> bool {
+        let Some(conn) = &self.leases else { return true };
+        let ttl_ms = (self.config.timeout_s + 5) * 1000;
+        let taken: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(format!("rc:lease:{delivery_id}"))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut conn.clone())
+            .await;
+        match taken {
+            Ok(taken) => taken.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, delivery_id, "cannot take a webhook delivery's lease; sending anyway");
+                true
+            }
+        }
+    }
+
+    async fn release(&self, delivery_id: &str) {
+        if let Some(conn) = &self.leases {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEL").arg(format!("rc:lease:{delivery_id}")).query_async(&mut conn.clone()).await;
+        }
     }
 
     /// Writes the attempt and, when it changes, the webhook's health.

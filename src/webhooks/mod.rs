@@ -35,6 +35,9 @@ pub const PING_EVENT: &str = "ping";
 /// The system events a webhook can ask for besides publication names.
 pub const SYSTEM_EVENTS: [&str; 4] = ["room-occupied", "room-vacated", "user-joined", "user-left"];
 
+/// Most overdue deliveries claimed at once.
+const CLAIM_BATCH: usize = 1000;
+
 /// Most matched events written to the store in one transaction.
 const INTAKE_BATCH: usize = 256;
 
@@ -142,6 +145,9 @@ pub struct Webhooks {
     /// attempt waits for its write).
     writes_tx: mpsc::UnboundedSender<dispatch::PendingWrite>,
     writes_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<dispatch::PendingWrite>>,
+    /// In a cluster: Redis, where a node takes a short lease on a delivery before an attempt, so
+    /// one node at a time makes it, and from which overdue deliveries are claimed.
+    leases: Option<redis::aio::ConnectionManager>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -159,6 +165,7 @@ impl Webhooks {
         metrics: WebhookMetrics,
         analytics: Arc<Analytics>,
         writes: Arc<tokio::sync::Mutex<()>>,
+        leases: Option<redis::aio::ConnectionManager>,
     ) -> Result<Self, String> {
         let (intake, intake_rx) = mpsc::channel(config.queue_capacity);
         let dispatch = dispatch::Dispatcher::new(&config)?;
@@ -177,6 +184,7 @@ impl Webhooks {
             writes,
             writes_tx,
             writes_rx: tokio::sync::Mutex::new(writes_rx),
+            leases,
         };
         service.replace_all(webhooks);
         Ok(service)
@@ -304,7 +312,33 @@ impl Webhooks {
         tracker.spawn(self.clone().run_writer(shutdown.clone()));
         tracker.spawn(self.clone().run_intake(shutdown.clone()));
         tracker.spawn(self.clone().run_dispatch(shutdown.clone(), tracker.clone()));
+        if self.leases.is_some() {
+            tracker.spawn(self.clone().claim_overdue(shutdown.clone()));
+        }
         tracker.spawn(self.clone().prune_log(shutdown));
+    }
+
+    /// In a cluster, every half of `webhooks.claim_overdue_after_ms`: schedules deliveries
+    /// overdue by more than that (their node stopped, or is far behind); the lease taken before
+    /// each attempt keeps two nodes from sending one delivery at once.
+    async fn claim_overdue(self: Arc<Self>, shutdown: CancellationToken) {
+        let overdue = Duration::from_millis(self.config.claim_overdue_after_ms);
+        let mut tick = tokio::time::interval(overdue / 2);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let before = now_ms() - overdue.as_millis() as i64;
+            match self.store.overdue_deliveries(before, CLAIM_BATCH).await {
+                Ok(due) if due.is_empty() => {}
+                Ok(due) => {
+                    tracing::info!(deliveries = due.len(), "claiming overdue webhook deliveries");
+                    self.dispatch.schedule_all(due);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot look for overdue webhook deliveries"),
+            }
+        }
     }
 
     async fn run_intake(self: Arc<Self>, shutdown: CancellationToken) {

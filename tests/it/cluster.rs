@@ -491,3 +491,74 @@ async fn records_in_redis_reach_every_node_within_a_second() {
     let got = b.post("/api/applications", &b.admin_key, json!({"app_id": "redis-store-app"})).await;
     assert_error(&got, 409, "conflict");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_takes_over_the_deliveries_of_a_stopped_one() {
+    let redis = RedisServer::start().await;
+    let admin_key = PresentedKey::generate(KeyKind::Admin).plaintext();
+    let node = |name: &'static str| {
+        let (url, admin_key) = (redis.url(), admin_key.clone());
+        async move {
+            spawn_hub_in(tempfile::tempdir().unwrap(), admin_key, move |c| {
+                c.cluster.redis_url = Some(url);
+                c.cluster.node_id = Some(name.to_owned());
+                c.store.kind = roomcast::config::StoreKind::Redis;
+                c.webhooks.allow_private_targets = true;
+                c.webhooks.retry_delays_ms = vec![300, 300, 300, 300, 300, 300, 300, 300];
+                c.webhooks.claim_overdue_after_ms = 1000;
+            })
+            .await
+        }
+    };
+    let a = node("node-a").await;
+    let b = node("node-b").await;
+    let app = a.create_app(json!({"app_id": "takeover-app"})).await;
+    // The receiver is down while node A makes its first attempts.
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = spare.local_addr().unwrap().port();
+    drop(spare);
+    let (status, v) = a
+        .post(
+            "/api/webhooks",
+            &app.api_key,
+            json!({"url": format!("http://127.0.0.1:{port}/h"), "events": ["order"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let id = v["webhook"]["webhook_id"].as_str().unwrap().to_owned();
+    within(|| async { b.get(&format!("/api/webhooks/{id}"), &app.api_key).await.0 == StatusCode::OK }).await;
+    a.broadcast(&app, "shop", "order", json!({"n": 1})).await;
+    within(|| async {
+        let (_, v) = b.get(&format!("/api/webhooks/{id}/deliveries"), &app.api_key).await;
+        v["deliveries"][0]["status"] == "retrying"
+    })
+    .await;
+    // Node A stops for good; the receiver comes up; node B sends the delivery.
+    a.stop().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let receiver =
+        axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let id = headers["x-roomcast-delivery-id"].to_str().unwrap().to_owned();
+                let _ = tx.send((id, serde_json::from_slice::<Value>(&body).unwrap()));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        });
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let (delivery_id, body) =
+        tokio::time::timeout(WAIT, rx.recv()).await.expect("node B delivers in time").unwrap();
+    assert_eq!(body["data"], json!({"n": 1}));
+    let log = b.get(&format!("/api/webhooks/{id}/deliveries"), &app.api_key).await.1;
+    let entry = &log["deliveries"][0];
+    assert_eq!(entry["delivery_id"], delivery_id.as_str(), "the same delivery, not a new one");
+    within(|| async {
+        b.get(&format!("/api/webhooks/{id}/deliveries"), &app.api_key).await.1["deliveries"][0]["status"]
+            == "succeeded"
+    })
+    .await;
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        panic!("delivered twice: {extra:?}");
+    }
+}
