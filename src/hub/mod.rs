@@ -173,7 +173,7 @@ impl Hub {
         if outcome.occupied
             && let Err(e) = self.broker.subscribe(&key).await
         {
-            self.leave(conn, room).await;
+            self.leave_uncounted(conn, room).await;
             return Err(e);
         }
         // In a cluster the room is occupied when its first subscriber anywhere joins.
@@ -266,8 +266,9 @@ impl Hub {
             }),
             false => None,
         };
-        // In a cluster the room is vacated when its last subscriber anywhere leaves.
-        let vacated_cluster = cluster_total.map_or(outcome.vacated, |total| total == 0);
+        // In a cluster the room is vacated when its last subscriber anywhere leaves. A join
+        // that failed before it was counted did not make the room occupied either.
+        let vacated_cluster = counted && cluster_total.map_or(outcome.vacated, |total| total == 0);
         if let Some(member) = &outcome.left {
             let left_cluster = match self.broker.presence_leave(&key, &member.user_id).await {
                 Ok(cluster) => cluster,
