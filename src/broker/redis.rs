@@ -158,6 +158,24 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
+/// Opens `url`: the client (for further connections) and a command connection that reconnects
+/// by itself (3 s timeouts, reconnect delays up to 5 s). Shared by the broker and the store.
+pub async fn connect_commands(url: &str) -> Result<(redis::Client, redis::aio::ConnectionManager), String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(COMMAND_TIMEOUT))
+        .set_response_timeout(Some(COMMAND_TIMEOUT))
+        .set_max_delay(MAX_BACKOFF);
+    let commands = tokio::time::timeout(
+        COMMAND_TIMEOUT * 2,
+        redis::aio::ConnectionManager::new_with_config(client.clone(), config),
+    )
+    .await
+    .map_err(|_| "timed out connecting to Redis".to_owned())?
+    .map_err(|e| e.to_string())?;
+    Ok((client, commands))
+}
+
 /// A publication as it travels through Redis: `offset`, then (from the publisher)
 /// `node`, `exclude` (a connection sequence number of that node, or `-`), `timestamp`, `event`,
 /// `data`, separated by newlines. Names and node ids cannot hold a newline; `data` may, and is
@@ -238,18 +256,7 @@ impl RedisBroker {
         node_timeout: Duration,
         registry: Arc<Registry>,
     ) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_max_delay(MAX_BACKOFF);
-        let commands = tokio::time::timeout(
-            COMMAND_TIMEOUT * 2,
-            redis::aio::ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| unavailable("timed out connecting to Redis"))?
-        .map_err(unavailable)?;
+        let (client, commands) = connect_commands(url).await.map_err(BrokerError::Unavailable)?;
         Ok(Self {
             registry,
             node_id: node_id.to_owned(),

@@ -89,16 +89,7 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Connects to `url`; `node_id` names this node's analytics rows.
     pub async fn connect(url: &str, node_id: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let timeout = std::time::Duration::from_secs(3);
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let conn =
-            tokio::time::timeout(timeout * 2, redis::aio::ConnectionManager::new_with_config(client, config))
-                .await
-                .map_err(|_| StoreError::Unavailable("timed out connecting to Redis".into()))?
-                .map_err(unavailable)?;
+        let (_, conn) = crate::broker::redis::connect_commands(url).await.map_err(StoreError::Unavailable)?;
         Ok(Self {
             conn,
             analytics_key: format!("rc:store:analytics:{node_id}"),
