@@ -7,8 +7,7 @@ use clap::{Parser, Subcommand};
 use roomcast::auth::api_key::PresentedKey;
 use roomcast::config::{Config, LogFormat};
 use roomcast::server::{Server, admin_record};
-use roomcast::store::sqlite::SqliteStore;
-use roomcast::store::{KeyKind, Store};
+use roomcast::store::KeyKind;
 
 /// sysexits.h: the configuration is wrong.
 const EX_CONFIG: u8 = 78;
@@ -107,10 +106,10 @@ async fn serve(config: Config) -> ExitCode {
 }
 
 async fn create_key(config: Config, name: &str) -> ExitCode {
-    let store = match SqliteStore::open(&config.store.path) {
+    let store = match roomcast::server::open_store(&config, "cli").await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("roomcast: store {}: {e}", config.store.path.display());
+            eprintln!("roomcast: {e}");
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };

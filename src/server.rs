@@ -57,15 +57,7 @@ impl Server {
         let store_err = |source| StartError::Store { path: store_name(&config), source };
         let node_id =
             config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
-        let store: Arc<dyn Store> = match (&config.store.kind, &config.cluster.redis_url) {
-            (StoreKind::Redis, Some(url)) => {
-                Arc::new(crate::store::redis::RedisStore::connect(url, &node_id).await.map_err(store_err)?)
-            }
-            (StoreKind::Redis, None) => {
-                return Err(StartError::Config("store.kind = \"redis\" needs cluster.redis_url".into()));
-            }
-            (StoreKind::Sqlite, _) => Arc::new(SqliteStore::open(&config.store.path).map_err(store_err)?),
-        };
+        let store = open_store(&config, &node_id).await?;
         // Read before the snapshot, so a change racing with start-up triggers a reload later.
         let marker = store.change_marker().await.map_err(store_err)?;
         // Apps past their restore window go before anything is cached or served.
@@ -234,6 +226,21 @@ impl Server {
         }
         drained
     }
+}
+
+/// Opens the configured store: the SQLite file, or Redis (`node_id` names this process's
+/// analytics rows there).
+pub async fn open_store(config: &Config, node_id: &str) -> Result<Arc<dyn Store>, StartError> {
+    let store_err = |source| StartError::Store { path: store_name(config), source };
+    Ok(match (&config.store.kind, &config.cluster.redis_url) {
+        (StoreKind::Redis, Some(url)) => {
+            Arc::new(crate::store::redis::RedisStore::connect(url, node_id).await.map_err(store_err)?)
+        }
+        (StoreKind::Redis, None) => {
+            return Err(StartError::Config("store.kind = \"redis\" needs cluster.redis_url".into()));
+        }
+        (StoreKind::Sqlite, _) => Arc::new(SqliteStore::open(&config.store.path).map_err(store_err)?),
+    })
 }
 
 /// What the store is, for messages: the SQLite path or the Redis URL.

@@ -490,6 +490,22 @@ async fn records_in_redis_reach_every_node_within_a_second() {
     // A duplicate app id is refused whichever node is asked.
     let got = b.post("/api/applications", &b.admin_key, json!({"app_id": "redis-store-app"})).await;
     assert_error(&got, 409, "conflict");
+
+    // `roomcast admin create-key` writes to the same Redis; running nodes accept the key at once.
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["admin", "create-key", "--name", "ops"])
+        .current_dir(dir.path())
+        .env("ROOMCAST_STORE__KIND", "redis")
+        .env("ROOMCAST_CLUSTER__REDIS_URL", redis.url())
+        .env_remove("ROOMCAST_ADMIN_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let new_key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let took = within(|| async { b.get("/api/test", &new_key).await.0 == StatusCode::OK }).await;
+    assert!(took < Duration::from_secs(1), "a key made with the CLI reached node B after {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
