@@ -334,7 +334,7 @@ impl ClientFrame {
                         ));
                     }
                     Some(d) => d.to_owned(),
-                    None => RawValue::from_string("null".into()).expect("null is JSON"),
+                    None => RawValue::NULL.to_owned(),
                 };
                 Ok(ClientFrame::Publish { room, event, data, id })
             }

@@ -149,6 +149,16 @@ fn room_id(key: &RoomKey) -> String {
     format!("{}:{}", key.app_id, key.room)
 }
 
+/// A presence room's members, member-nodes and member-count hashes: the first three keys of
+/// the presence join and leave scripts.
+fn presence_keys(id: &str) -> Vec<String> {
+    vec![
+        format!("{MEMBERS_PREFIX}{id}"),
+        format!("{MEMBER_NODES_PREFIX}{id}"),
+        format!("{MEMBER_COUNT_PREFIX}{id}"),
+    ]
+}
+
 fn room_from_id(id: &str) -> Option<RoomKey> {
     let (app_id, room) = id.split_once(':')?;
     Some(RoomKey { app_id: Arc::from(app_id), room: RoomName::parse(room).ok()? })
@@ -281,6 +291,11 @@ impl RedisBroker {
         let _ = self.hub.set(Arc::downgrade(hub));
     }
 
+    /// The hub received publications and cluster events go to (gone only at shutdown).
+    fn hub(&self) -> Option<Arc<Hub>> {
+        self.hub.get().and_then(Weak::upgrade)
+    }
+
     /// A handle on the command connection (reconnecting by itself), for other shared state.
     pub fn commands(&self) -> redis::aio::ConnectionManager {
         self.commands.clone()
@@ -402,9 +417,7 @@ impl RedisBroker {
         let id = room_id(key);
         let joined: i64 = self
             .presence_join_script
-            .key(format!("{MEMBERS_PREFIX}{id}"))
-            .key(format!("{MEMBER_NODES_PREFIX}{id}"))
-            .key(format!("{MEMBER_COUNT_PREFIX}{id}"))
+            .key(presence_keys(&id))
             .key(format!("{NODE_PRESENCE_PREFIX}{}", self.node_id))
             .arg(user_id)
             .arg(&self.node_id)
@@ -416,7 +429,7 @@ impl RedisBroker {
     }
 
     fn member_gone_elsewhere(&self, key: RoomKey, user: String) {
-        if let Some(hub) = self.hub.get().and_then(Weak::upgrade) {
+        if let Some(hub) = self.hub() {
             tokio::spawn(async move { hub.member_left_elsewhere(key, &user).await });
         }
     }
@@ -436,7 +449,7 @@ impl RedisBroker {
     }
 
     fn vacated_elsewhere(&self, key: RoomKey) {
-        if let Some(hub) = self.hub.get().and_then(Weak::upgrade) {
+        if let Some(hub) = self.hub() {
             hub.room_vacated_elsewhere(key);
         }
     }
@@ -539,11 +552,8 @@ impl RedisBroker {
         };
         let exclude = if wire.node == self.node_id { wire.exclude } else { None };
         let publication = Publication { key, event, data, exclude, timestamp: wire.timestamp };
-        match self.hub.get().and_then(Weak::upgrade) {
-            Some(hub) => hub.deliver_received(&publication, wire.offset),
-            None => {
-                crate::hub::fanout_at(&self.registry, &publication, Some(wire.offset));
-            }
+        if let Some(hub) = self.hub() {
+            hub.deliver_received(&publication, wire.offset);
         }
     }
 }
@@ -613,9 +623,7 @@ impl Broker for RedisBroker {
         let id = room_id(key);
         let left: i64 = self
             .presence_leave_script
-            .key(format!("{MEMBERS_PREFIX}{id}"))
-            .key(format!("{MEMBER_NODES_PREFIX}{id}"))
-            .key(format!("{MEMBER_COUNT_PREFIX}{id}"))
+            .key(presence_keys(&id))
             .arg(user_id)
             .arg(&self.node_id)
             .invoke_async(&mut self.commands.clone())
@@ -642,12 +650,13 @@ impl Broker for RedisBroker {
             all.into_iter().filter(|(user, _)| after.is_none_or(|a| user.as_str() > a)).collect();
         members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         members.truncate(limit);
-        let null = || Arc::from(RawValue::from_string("null".into()).expect("null is JSON"));
         let members = members
             .into_iter()
             .map(|(user, info)| Member {
                 user_id: Arc::from(user),
-                user_info: RawValue::from_string(info).map(Arc::from).unwrap_or_else(|_| null()),
+                user_info: RawValue::from_string(info)
+                    .map(Arc::from)
+                    .unwrap_or_else(|_| Arc::from(RawValue::NULL.to_owned())),
             })
             .collect();
         Ok(Some((members, count)))

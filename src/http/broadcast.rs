@@ -99,7 +99,7 @@ fn check<'a>(
     }
     let limit = state.config.limits.max_message_bytes;
     let data: Cow<'a, RawValue> = match &req.data {
-        None => Cow::Owned(RawValue::from_string("null".into()).expect("null is JSON")),
+        None => Cow::Borrowed(RawValue::NULL),
         Some(raw) if json_depth(raw.get()) > MAX_DATA_DEPTH => {
             return Err(ApiError::field(
                 &format!("{field}data"),

@@ -161,7 +161,7 @@ impl Hub {
                 let user_info = match user_info {
                     Some(info) => info,
                     None => {
-                        null = Arc::from(RawValue::from_string("null".into()).expect("null is JSON"));
+                        null = Arc::from(RawValue::NULL.to_owned());
                         &null
                     }
                 };
@@ -169,7 +169,7 @@ impl Hub {
             }
             _ => None,
         };
-        let outcome = self.registry.join(&key, conn, presence, now_ms());
+        let mut outcome = self.registry.join(&key, conn, presence, now_ms());
         if outcome.occupied
             && let Err(e) = self.broker.subscribe(&key).await
         {
@@ -188,7 +188,6 @@ impl Hub {
         if occupied {
             self.events.emit(HubEvent::RoomOccupied { room: key.clone() });
         }
-        let mut outcome = outcome;
         if let Some(presence) = outcome.presence.as_mut() {
             let joined = match &presence.joined {
                 Some(member) => {
@@ -236,10 +235,7 @@ impl Hub {
 
     /// A member whose last connection was on a dead node: the others learn `user-left`.
     pub async fn member_left_elsewhere(&self, key: RoomKey, user_id: &str) {
-        let member = Member {
-            user_id: Arc::from(user_id),
-            user_info: Arc::from(RawValue::from_string("null".into()).expect("null is JSON")),
-        };
+        let member = Member { user_id: Arc::from(user_id), user_info: Arc::from(RawValue::NULL.to_owned()) };
         self.announce(&key, "user-left", &member, None).await;
         self.events.emit(HubEvent::MemberLeft { room: key, user_id: user_id.to_owned() });
     }
@@ -458,7 +454,7 @@ pub fn fanout(registry: &Registry, publication: &Publication<'_>) -> FanoutOutco
 }
 
 /// [`fanout`] with the offset a cluster broker assigned.
-pub fn fanout_at(registry: &Registry, publication: &Publication<'_>, offset: Option<u64>) -> FanoutOutcome {
+fn fanout_at(registry: &Registry, publication: &Publication<'_>, offset: Option<u64>) -> FanoutOutcome {
     registry.publish_at(&publication.key, publication.exclude, offset, |offset| {
         Frame::from(ServerFrame::event(
             &publication.key.room,

@@ -279,7 +279,7 @@ impl Webhooks {
                 tracing::debug!(app_id = %app_id, event = name, "publication without data skipped");
                 return;
             }
-            _ => (Arc::from(RawValue::from_string("null".into()).expect("null is JSON")), now_ms()),
+            _ => (Arc::from(RawValue::NULL.to_owned()), now_ms()),
         };
         let matched = Matched {
             app_id: app_id.clone(),
