@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::support::receiver::Receiver;
 use crate::support::{RedisServer, TestApp, TestHub, WAIT, Ws, assert_error, spawn_hub_in};
 use roomcast::auth::api_key::PresentedKey;
 use roomcast::store::KeyKind;
@@ -227,26 +228,10 @@ async fn a_ticket_is_single_use_across_nodes() {
     }
 }
 
-/// A webhook receiver that only counts system events (the suite's full one is in webhooks.rs).
-async fn system_event_sink() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-        let tx = tx.clone();
-        async move {
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            let _ =
-                tx.send(format!("{} {}", v["event"].as_str().unwrap(), v["room"].as_str().unwrap_or("-")));
-            axum::http::StatusCode::NO_CONTENT
-        }
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, rx)
-}
-
-async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(WAIT, rx.recv()).await.expect("a webhook in time").unwrap()
+/// `"{event} {room}"` of the next webhook request.
+async fn next_event(hooks: &mut Receiver) -> String {
+    let v = hooks.next().await.json();
+    format!("{} {}", v["event"].as_str().unwrap(), v["room"].as_str().unwrap_or("-"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +240,8 @@ async fn counts_and_room_events_are_cluster_wide() {
     let (a, b, _shared) = two_nodes(&redis).await;
     let app = a.create_app(json!({"app_id": "count-app"})).await;
     known_on(&b, &app).await;
-    let (url, mut hooks) = system_event_sink().await;
+    let mut hooks = Receiver::start().await;
+    let url = hooks.url();
     let (status, v) = a
         .post("/api/webhooks", &app.api_key, json!({"url": url, "events": ["room-occupied", "room-vacated"]}))
         .await;
@@ -296,9 +282,7 @@ async fn counts_and_room_events_are_cluster_wide() {
     b1.closed().await;
     assert_eq!(next_event(&mut hooks).await, "room-vacated room");
     // Once per cluster: nothing more.
-    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(300), hooks.recv()).await {
-        panic!("a room event fired twice: {extra}");
-    }
+    hooks.quiet(Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,8 +290,8 @@ async fn a_killed_node_is_removed_from_counts() {
     let redis = RedisServer::start().await;
     let (a, _b, shared) = two_nodes(&redis).await;
     let app = a.create_app(json!({"app_id": "kill-app"})).await;
-    let (url, mut hooks) = system_event_sink().await;
-    a.post("/api/webhooks", &app.api_key, json!({"url": url, "events": ["room-vacated"]})).await;
+    let mut hooks = Receiver::start().await;
+    a.post("/api/webhooks", &app.api_key, json!({"url": hooks.url(), "events": ["room-vacated"]})).await;
 
     // A third node as its own process, killed with SIGKILL while it holds the room's only
     // subscriber.
@@ -551,20 +535,9 @@ async fn another_node_takes_over_the_deliveries_of_a_stopped_one() {
     .await;
     // Node A stops for good; the receiver comes up; node B sends the delivery.
     a.stop().await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let receiver =
-        axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let tx = tx.clone();
-            async move {
-                let id = headers["x-roomcast-delivery-id"].to_str().unwrap().to_owned();
-                let _ = tx.send((id, serde_json::from_slice::<Value>(&body).unwrap()));
-                axum::http::StatusCode::NO_CONTENT
-            }
-        });
-    tokio::spawn(async move { axum::serve(listener, receiver).await });
-    let (delivery_id, body) =
-        tokio::time::timeout(WAIT, rx.recv()).await.expect("node B delivers in time").unwrap();
+    let mut receiver = Receiver::on(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap());
+    let hit = receiver.next().await;
+    let (delivery_id, body) = (hit.header("x-roomcast-delivery-id").to_owned(), hit.json());
     assert_eq!(body["data"], json!({"n": 1}));
     let log = b.get(&format!("/api/webhooks/{id}/deliveries"), &app.api_key).await.1;
     let entry = &log["deliveries"][0];
@@ -574,7 +547,6 @@ async fn another_node_takes_over_the_deliveries_of_a_stopped_one() {
             == "succeeded"
     })
     .await;
-    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
-        panic!("delivered twice: {extra:?}");
-    }
+    // Delivered once.
+    receiver.quiet(Duration::from_millis(500)).await;
 }
