@@ -137,6 +137,15 @@ impl RedisStore {
         if done == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
 
+    /// Runs a pipeline; one with nothing in it (every record of a batch skipped) is not sent,
+    /// as Redis refuses an empty command.
+    async fn exec(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        if pipe.is_empty() {
+            return Ok(());
+        }
+        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+    }
+
     /// Bumps the version and tells the other nodes, after a write made outside the scripts.
     fn bump(pipe: &mut redis::Pipeline) {
         pipe.cmd("EVAL")
@@ -205,24 +214,39 @@ impl Store for RedisStore {
             pipe.hset(KEYS, &key.key_id, to_json(key)).ignore();
         }
         Self::bump(&mut pipe);
-        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+        self.exec(&pipe).await
     }
 
     async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
-        // Not announced: use times do not change what a key may do.
+        // Not announced: use times do not change what a key may do. One read and one write for
+        // the whole batch, whatever its size.
+        let mut latest: HashMap<&str, i64> = HashMap::new();
         for (key_id, at) in used {
-            let Some(text): Option<String> = self.conn().hget(KEYS, key_id).await.map_err(unavailable)?
-            else {
-                continue;
-            };
+            let t = latest.entry(key_id.as_str()).or_insert(*at);
+            *t = (*t).max(*at);
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = latest.keys().copied().collect();
+        let found: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(KEYS)
+            .arg(&ids)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        for (id, text) in ids.iter().zip(found) {
+            let Some(text) = text else { continue };
             let mut key: KeyRecord = parse("key", &text)?;
-            if key.last_used_at.is_some_and(|t| t >= *at) {
+            let at = latest[id];
+            if key.last_used_at.is_some_and(|t| t >= at) {
                 continue;
             }
-            key.last_used_at = Some(*at);
-            let _: () = self.conn().hset(KEYS, key_id, to_json(&key)).await.map_err(unavailable)?;
+            key.last_used_at = Some(at);
+            pipe.hset(KEYS, *id, to_json(&key)).ignore();
         }
-        Ok(())
+        self.exec(&pipe).await
     }
 
     async fn purge_deleted(&self, deleted_before: i64) -> Result<Vec<String>, StoreError> {
@@ -256,7 +280,7 @@ impl Store for RedisStore {
         }
         pipe.hdel(APPS, &gone).ignore();
         Self::bump(&mut pipe);
-        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)?;
+        self.exec(&pipe).await?;
         Ok(gone)
     }
 
@@ -285,7 +309,7 @@ impl Store for RedisStore {
                 }
             }
         }
-        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+        self.exec(&pipe).await
     }
 
     async fn load_analytics(&self, since: i64) -> Result<AnalyticsRows, StoreError> {
@@ -343,7 +367,7 @@ impl Store for RedisStore {
         }
         pipe.del(webhook_deliveries(webhook_id)).ignore().hdel(WEBHOOKS, webhook_id).ignore();
         Self::bump(&mut pipe);
-        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+        self.exec(&pipe).await
     }
 
     async fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError> {
@@ -354,7 +378,7 @@ impl Store for RedisStore {
             pipe.zadd(webhook_deliveries(&d.webhook_id), &d.delivery_id, 0).ignore();
             pipe.zadd(WAITING, &d.delivery_id, d.next_retry_at.unwrap_or(d.created_at)).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+        self.exec(&pipe).await
     }
 
     async fn save_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), StoreError> {
@@ -396,7 +420,7 @@ impl Store for RedisStore {
         if health_changed {
             Self::bump(&mut pipe);
         }
-        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)
+        self.exec(&pipe).await
     }
 
     async fn delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
@@ -459,7 +483,7 @@ impl Store for RedisStore {
             pipe.hdel(DELIVERIES, &d.delivery_id).ignore();
             pipe.zrem(webhook_deliveries(&d.webhook_id), &d.delivery_id).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn()).await.map_err(unavailable)?;
+        self.exec(&pipe).await?;
         Ok(old.len())
     }
 

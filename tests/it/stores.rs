@@ -99,6 +99,8 @@ async fn exercise(store: Arc<dyn Store>) -> Vec<String> {
     revoked.revoked_at = Some(9);
     store.save_keys(&[revoked]).await.unwrap();
     store.touch_keys(&[("key000000001".into(), 7), ("key000000001".into(), 6)]).await.unwrap();
+    // Nothing newer, or keys that do not exist: nothing to write, and no error.
+    store.touch_keys(&[("key000000001".into(), 5), ("nokey0000000".into(), 9)]).await.unwrap();
     let mut renamed = app("app-1");
     renamed.name = "Renamed".into();
     store.update_app(&renamed).await.unwrap();
@@ -147,6 +149,7 @@ async fn exercise(store: Arc<dyn Store>) -> Vec<String> {
         .unwrap();
     assert_eq!(store.delivery(&done.delivery_id).await.unwrap(), Some(done.clone()));
     assert_eq!(store.delivery(&ghost.delivery_id).await.unwrap(), None, "unknown deliveries are skipped");
+    store.save_attempts(&[AttemptRecord { delivery: ghost.clone(), health: None }]).await.unwrap();
     let mut due = store.due_deliveries(Some("wh_1")).await.unwrap();
     due.sort_by_key(|d| d.due_at);
     assert_eq!(due.iter().map(|d| d.due_at).collect::<Vec<_>>(), [103, 500]);
