@@ -106,7 +106,7 @@ async fn serve(config: Config) -> ExitCode {
 }
 
 async fn create_key(config: Config, name: &str) -> ExitCode {
-    let store = match roomcast::server::open_store(&config, "cli").await {
+    let store = match roomcast::server::open_store(&config).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("roomcast: {e}");

@@ -57,7 +57,7 @@ impl Server {
         let store_err = |source| StartError::Store { path: store_name(&config), source };
         let node_id =
             config.cluster.node_id.clone().unwrap_or_else(|| format!("n_{}", crate::auth::random_base62(10)));
-        let store = open_store(&config, &node_id).await?;
+        let store = open_store(&config).await?;
         // Read before the snapshot, so a change racing with start-up triggers a reload later.
         let marker = store.change_marker().await.map_err(store_err)?;
         // Apps past their restore window go before anything is cached or served.
@@ -107,9 +107,19 @@ impl Server {
         }
         let api_limits = crate::limits::ApiLimits::new(&config.limits);
         let analytics = Arc::new(crate::analytics::Analytics::default());
-        let saved =
-            store.load_analytics(now_ms() - crate::analytics::RETENTION_MS).await.map_err(store_err)?;
-        analytics.load(saved);
+        // A cluster's analytics live in Redis; a single node's in the store.
+        let shared_analytics = redis.as_ref().map(|r| {
+            Arc::new(crate::analytics::redis::SharedAnalytics::new(
+                r.commands(),
+                &node_id,
+                config.cluster.node_timeout_ms,
+            ))
+        });
+        if shared_analytics.is_none() {
+            let saved =
+                store.load_analytics(now_ms() - crate::analytics::RETENTION_MS).await.map_err(store_err)?;
+            analytics.load(saved);
+        }
         let sink = analytics.clone();
         hub.events().add_sink(Arc::new(move |event| sink.record(event, now_ms())));
         let writes = Arc::new(tokio::sync::Mutex::new(()));
@@ -140,6 +150,7 @@ impl Server {
             limits: api_limits,
             metrics,
             analytics,
+            shared_analytics,
             hub,
             node_id,
             started: Instant::now(),
@@ -228,13 +239,12 @@ impl Server {
     }
 }
 
-/// Opens the configured store: the SQLite file, or Redis (`node_id` names this process's
-/// analytics rows there).
-pub async fn open_store(config: &Config, node_id: &str) -> Result<Arc<dyn Store>, StartError> {
+/// Opens the configured store: the SQLite file, or Redis.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let store_err = |source| StartError::Store { path: store_name(config), source };
     Ok(match (&config.store.kind, &config.cluster.redis_url) {
         (StoreKind::Redis, Some(url)) => {
-            Arc::new(crate::store::redis::RedisStore::connect(url, node_id).await.map_err(store_err)?)
+            Arc::new(crate::store::redis::RedisStore::connect(url).await.map_err(store_err)?)
         }
         (StoreKind::Redis, None) => {
             return Err(StartError::Config("store.kind = \"redis\" needs cluster.redis_url".into()));
@@ -416,6 +426,11 @@ async fn purge_deleted_apps(state: AppState) {
         }
         for app_id in &purged {
             state.analytics.forget(app_id);
+            if let Some(shared) = &state.shared_analytics
+                && let Err(e) = shared.forget(app_id, now_ms()).await
+            {
+                tracing::warn!(error = %e, app_id = %app_id, "cannot erase a purged app's analytics in Redis");
+            }
         }
         tracing::info!(apps = ?purged, "purged apps deleted more than 30 days ago");
     }
@@ -449,10 +464,15 @@ async fn heartbeat(state: AppState) {
 
 /// How often analytics are written to the store: a crash loses at most this much.
 const ANALYTICS_FLUSH: Duration = Duration::from_secs(10);
+/// How often a cluster node adds its counts to the shared buckets: other nodes report them
+/// this much later.
+const SHARED_ANALYTICS_FLUSH: Duration = Duration::from_secs(1);
 
-/// Writes analytics minutes and user sightings that changed, every [`ANALYTICS_FLUSH`].
+/// Writes analytics minutes and user sightings that changed, every [`ANALYTICS_FLUSH`] (every
+/// [`SHARED_ANALYTICS_FLUSH`] in a cluster).
 async fn flush_analytics(state: AppState) {
-    let mut tick = tokio::time::interval(ANALYTICS_FLUSH);
+    let every = if state.shared_analytics.is_some() { SHARED_ANALYTICS_FLUSH } else { ANALYTICS_FLUSH };
+    let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -465,6 +485,14 @@ async fn flush_analytics(state: AppState) {
 async fn save_analytics(state: &AppState) {
     let now = now_ms();
     state.analytics.tick(now);
+    if let Some(shared) = &state.shared_analytics {
+        let deltas = state.analytics.take_deltas();
+        if let Err(e) = shared.flush(&deltas, now).await {
+            tracing::warn!(error = %e, "cannot add analytics to Redis; will retry");
+            state.analytics.restore(deltas);
+        }
+        return;
+    }
     let rows = state.analytics.take_dirty();
     if rows.minutes.is_empty() && rows.users.is_empty() {
         return;

@@ -40,7 +40,7 @@ const ALIVE_PREFIX: &str = "rc:alive:";
 /// The rooms a node has counted subscribers in: `rc:node-rooms:{node}` (members `{app}:{room}`).
 const NODE_ROOMS_PREFIX: &str = "rc:node-rooms:";
 /// The set of node ids that registered.
-const NODES: &str = "rc:nodes";
+pub const NODES: &str = "rc:nodes";
 /// A presence room's members: `rc:members:{app}:{room}`, user id → user_info JSON.
 const MEMBERS_PREFIX: &str = "rc:members:";
 /// Which nodes hold each member: `rc:member-nodes:{app}:{room}`, field `{user}\n{node}`.

@@ -49,6 +49,8 @@ pub struct Shared {
     pub limits: crate::limits::ApiLimits,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub analytics: Arc<crate::analytics::Analytics>,
+    /// The cluster's analytics buckets, in cluster mode.
+    pub shared_analytics: Option<Arc<crate::analytics::redis::SharedAnalytics>>,
     pub hub: Arc<Hub>,
     pub node_id: String,
     pub started: Instant,

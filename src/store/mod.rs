@@ -245,6 +245,19 @@ pub struct MinuteCounts {
     pub webhooks_failed: u64,
 }
 
+impl MinuteCounts {
+    /// Adds `other`'s counters; the peak is the larger one.
+    pub fn add(&mut self, other: &MinuteCounts) {
+        self.connections_opened += other.connections_opened;
+        self.broadcasts += other.broadcasts;
+        self.client_events += other.client_events;
+        self.delivered += other.delivered;
+        self.peak_connections = self.peak_connections.max(other.peak_connections);
+        self.webhooks_delivered += other.webhooks_delivered;
+        self.webhooks_failed += other.webhooks_failed;
+    }
+}
+
 /// One stored analytics minute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MinuteRow {

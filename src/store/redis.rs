@@ -3,11 +3,10 @@
 //! about increments `rc:store:version` and is announced on `rc:store:changed`, so other nodes
 //! reload at once (see the broker) and, failing that, at their next poll of the version.
 //!
-//! Analytics rows stay per node (`rc:store:analytics:{node}`): each node counts what happened
-//! on it and restores its own counts after a restart.
+//! Analytics are not kept here: a cluster adds every node's counts to shared buckets
+//! ([`crate::analytics::redis`]), so this store saves and loads no analytics rows.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -15,8 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AnalyticsRows, AppRecord, AttemptRecord, DeliveryRecord, DueDelivery, KeyRecord, MinuteCounts, MinuteRow,
-    Snapshot, Store, StoreError, UserRow, WebhookRecord,
+    AnalyticsRows, AppRecord, AttemptRecord, DeliveryRecord, DueDelivery, KeyRecord, Snapshot, Store,
+    StoreError, WebhookRecord,
 };
 
 const APPS: &str = "rc:store:apps";
@@ -28,8 +27,6 @@ const WAITING: &str = "rc:store:waiting";
 const VERSION: &str = "rc:store:version";
 /// Where a write is announced to the other nodes.
 pub const CHANGED_CHANNEL: &str = "rc:store:changed";
-/// Old analytics rows are looked for at most this often.
-const ANALYTICS_FORGET_EVERY_MS: i64 = 3_600_000;
 
 /// A webhook's deliveries by id (scores all 0, so ids sort lexically, which is by time).
 fn webhook_deliveries(webhook_id: &str) -> String {
@@ -74,28 +71,24 @@ fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
 /// Redis-backed [`Store`].
 pub struct RedisStore {
     conn: redis::aio::ConnectionManager,
-    analytics_key: String,
     insert: redis::Script,
     update: redis::Script,
-    analytics_forgotten_at: AtomicI64,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("analytics_key", &self.analytics_key).finish_non_exhaustive()
+        f.debug_struct("RedisStore").finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    /// Connects to `url`; `node_id` names this node's analytics rows.
-    pub async fn connect(url: &str, node_id: &str) -> Result<Self, StoreError> {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let (_, conn) = crate::broker::redis::connect_commands(url).await.map_err(StoreError::Unavailable)?;
         Ok(Self {
             conn,
-            analytics_key: format!("rc:store:analytics:{node_id}"),
             insert: redis::Script::new(INSERT_SCRIPT),
             update: redis::Script::new(UPDATE_SCRIPT),
-            analytics_forgotten_at: AtomicI64::new(0),
         })
     }
 
@@ -274,75 +267,19 @@ impl Store for RedisStore {
             }
             pipe.del(webhook_deliveries(&w.webhook_id)).ignore().hdel(WEBHOOKS, &w.webhook_id).ignore();
         }
-        let fields: Vec<String> = self.conn().hkeys(&self.analytics_key).await.map_err(unavailable)?;
-        for field in fields.iter().filter(|f| gone.iter().any(|a| f[2..].starts_with(&format!("{a}|")))) {
-            pipe.hdel(&self.analytics_key, field).ignore();
-        }
         pipe.hdel(APPS, &gone).ignore();
         Self::bump(&mut pipe);
         self.exec(&pipe).await?;
         Ok(gone)
     }
 
-    async fn save_analytics(&self, rows: AnalyticsRows, forget_before: i64) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        for m in &rows.minutes {
-            pipe.hset(&self.analytics_key, format!("m|{}|{}", m.app_id, m.minute), to_json(&m.counts))
-                .ignore();
-        }
-        for u in &rows.users {
-            pipe.hset(&self.analytics_key, format!("u|{}|{}", u.app_id, u.user_id), u.last_seen).ignore();
-        }
-        let now = crate::hub::now_ms();
-        if now - self.analytics_forgotten_at.load(Ordering::Relaxed) > ANALYTICS_FORGET_EVERY_MS {
-            self.analytics_forgotten_at.store(now, Ordering::Relaxed);
-            let all: HashMap<String, String> =
-                self.conn().hgetall(&self.analytics_key).await.map_err(unavailable)?;
-            for (field, value) in &all {
-                let old = match field.split('|').collect::<Vec<_>>().as_slice() {
-                    ["m", _, minute] => minute.parse::<i64>().is_ok_and(|m| m < forget_before),
-                    ["u", ..] => value.parse::<i64>().is_ok_and(|t| t < forget_before),
-                    _ => false,
-                };
-                if old {
-                    pipe.hdel(&self.analytics_key, field).ignore();
-                }
-            }
-        }
-        self.exec(&pipe).await
+    /// Nothing to save: a cluster's analytics are shared another way.
+    async fn save_analytics(&self, _rows: AnalyticsRows, _forget_before: i64) -> Result<(), StoreError> {
+        Ok(())
     }
 
-    async fn load_analytics(&self, since: i64) -> Result<AnalyticsRows, StoreError> {
-        let all: HashMap<String, String> =
-            self.conn().hgetall(&self.analytics_key).await.map_err(unavailable)?;
-        let mut rows = AnalyticsRows::default();
-        for (field, value) in &all {
-            // User ids may hold `|`; app ids and minutes cannot.
-            let mut parts = field.splitn(3, '|');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("m"), Some(app), Some(minute)) => {
-                    let minute: i64 =
-                        minute.parse().map_err(|_| StoreError::Corrupt(format!("analytics {field}")))?;
-                    if minute >= since {
-                        let counts: MinuteCounts = parse("analytics minute", value)?;
-                        rows.minutes.push(MinuteRow { app_id: app.to_owned(), minute, counts });
-                    }
-                }
-                (Some("u"), Some(app), Some(user)) => {
-                    let last_seen: i64 =
-                        value.parse().map_err(|_| StoreError::Corrupt(format!("analytics {field}")))?;
-                    if last_seen >= since {
-                        rows.users.push(UserRow {
-                            app_id: app.to_owned(),
-                            user_id: user.to_owned(),
-                            last_seen,
-                        });
-                    }
-                }
-                _ => return Err(StoreError::Corrupt(format!("analytics field {field:?}"))),
-            }
-        }
-        Ok(rows)
+    async fn load_analytics(&self, _since: i64) -> Result<AnalyticsRows, StoreError> {
+        Ok(AnalyticsRows::default())
     }
 
     async fn insert_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {

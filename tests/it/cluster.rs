@@ -550,3 +550,88 @@ async fn another_node_takes_over_the_deliveries_of_a_stopped_one() {
     // Delivered once.
     receiver.quiet(Duration::from_millis(500)).await;
 }
+
+/// The `metrics` of `GET /api/analytics` on `hub`.
+async fn analytics(hub: &TestHub, app: &TestApp, period: &str) -> Value {
+    let (status, v) = hub.get(&format!("/api/analytics?period={period}"), &app.api_key).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v
+}
+
+/// Polls both nodes until each reports `expected` as its metrics.
+async fn both_report(nodes: &[&TestHub], app: &TestApp, expected: Value) {
+    for hub in nodes {
+        let mut last = Value::Null;
+        let started = Instant::now();
+        loop {
+            let v = analytics(hub, app, "1h").await;
+            if v["metrics"] == expected {
+                break;
+            }
+            assert!(started.elapsed() < WAIT, "expected {expected}, last report {last}");
+            last = v["metrics"].clone();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_count_each_event_once_for_the_whole_cluster() {
+    let redis = RedisServer::start().await;
+    let (a, b) = two_redis_nodes(&redis).await;
+    let app = a.create_app(json!({"app_id": "stats-app", "client_events": true})).await;
+    within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
+    // u1 on both nodes, u2 on B; three broadcasts from A, two from B, a client event on B.
+    let mut u1a = a.subscriber(&app, json!({"user_id": "u1"}), &["room"]).await;
+    let mut u1b = b.subscriber(&app, json!({"user_id": "u1", "can_publish": true}), &["room"]).await;
+    let mut u2 = b.subscriber(&app, json!({"user_id": "u2"}), &["room"]).await;
+    for n in 0..5 {
+        let hub = if n < 3 { &a } else { &b };
+        hub.broadcast(&app, "room", "e", json!(n)).await;
+    }
+    u1b.send_json(json!({"type": "publish", "room": "room", "event": "typing", "data": {}})).await;
+    // The publisher of the client event does not get it back.
+    for (ws, n) in [(&mut u1a, 6), (&mut u1b, 5), (&mut u2, 6)] {
+        events(ws, n).await;
+    }
+    // 5 broadcasts × 3 subscribers + 1 client event × 2 others = 17 deliveries.
+    let quiet = json!({"delivered": 0, "failed": 0});
+    let expected = json!({
+        "connections": {"total": 3, "current": 3, "peak": 3},
+        "events": {"total": 6, "broadcasts": 5, "client_events": 1, "delivered": 17},
+        "users": {"online": 2, "total": 2},
+        "webhooks": quiet,
+    });
+    both_report(&[&a, &b], &app, expected).await;
+    for (period, points) in [("24h", 24), ("7d", 28), ("30d", 30)] {
+        let v = analytics(&b, &app, period).await;
+        let series = v["series"].as_array().unwrap();
+        assert_eq!(series.len(), points, "{period}");
+        let events: u64 = series.iter().map(|p| p["events"].as_u64().unwrap()).sum();
+        let delivered: u64 = series.iter().map(|p| p["delivered"].as_u64().unwrap()).sum();
+        assert_eq!((events, delivered), (6, 17), "{period}: {v}");
+        assert_eq!(v["metrics"]["connections"]["total"], 3, "{period}");
+    }
+
+    // u2 leaves B: one user online, two connections, the period still saw both users.
+    u2.stream.close(None).await.unwrap();
+    u2.closed().await;
+    let expected = json!({
+        "connections": {"total": 3, "current": 2, "peak": 3},
+        "events": {"total": 6, "broadcasts": 5, "client_events": 1, "delivered": 17},
+        "users": {"online": 1, "total": 2},
+        "webhooks": quiet,
+    });
+    both_report(&[&a, &b], &app, expected).await;
+
+    // Node A stops: its counts stay in the cluster's, its connection is gone from `current`.
+    drop(u1a);
+    a.stop().await;
+    let expected = json!({
+        "connections": {"total": 3, "current": 1, "peak": 3},
+        "events": {"total": 6, "broadcasts": 5, "client_events": 1, "delivered": 17},
+        "users": {"online": 1, "total": 2},
+        "webhooks": quiet,
+    });
+    both_report(&[&b], &app, expected).await;
+}

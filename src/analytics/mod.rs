@@ -2,6 +2,11 @@
 //! once because the hub's events are counted inline (a sink), persisted every few seconds so a
 //! restart loses at most that much, and distinct users kept as "last seen" times per user, which
 //! makes `users.total` exact for any period.
+//!
+//! In a cluster the same counters are kept per node only until the next flush, a second later,
+//! which adds them to buckets shared in Redis ([`redis`]); every node reports from those.
+
+pub mod redis;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -65,6 +70,15 @@ impl Period {
             Period::Month => 24 * 60 * MINUTE_MS,
         }
     }
+
+    /// The start of each series step of the period ending at `now`, oldest first: the last one
+    /// holds `now`, the first one begins the period.
+    pub fn steps(self, now: i64) -> Vec<i64> {
+        let step = self.step_ms();
+        let last = now - now.rem_euclid(step);
+        let n = self.length_ms() / step;
+        (0..n).map(|i| last - (n - 1 - i) * step).collect()
+    }
 }
 
 /// One app's counters.
@@ -79,6 +93,8 @@ struct AppStats {
     last_seen: HashMap<Arc<str>, i64>,
     dirty_minutes: HashSet<i64>,
     dirty_users: HashSet<Arc<str>>,
+    /// When the users online were last marked seen, ms.
+    online_seen_at: i64,
 }
 
 impl AppStats {
@@ -100,16 +116,52 @@ impl AppStats {
     }
 }
 
+/// How often users still connected are marked seen, so `users.total` of a period counts users
+/// who connected before it and are still there.
+const ONLINE_SEEN_EVERY_MS: i64 = 30_000;
+
 /// What `GET /api/analytics` reports for one app.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub totals: MinuteCounts,
+    /// Connections open now.
+    pub current: u64,
     /// Most connections open at once in the period.
     pub peak_connections: u64,
     pub users_online: u64,
     pub users_total: u64,
     /// `(start ms, counts)` per step, oldest first, the current one last.
     pub series: Vec<(i64, MinuteCounts)>,
+}
+
+impl Report {
+    /// Adds what `other` counted over the same period and steps (this node's counts not yet
+    /// in the cluster's buckets).
+    pub fn merge(&mut self, other: &Report) {
+        self.totals.add(&other.totals);
+        self.peak_connections = self.peak_connections.max(other.peak_connections);
+        self.users_online = self.users_online.max(other.users_online);
+        self.users_total = self.users_total.max(other.users_total);
+        for ((t, point), (u, more)) in self.series.iter_mut().zip(&other.series) {
+            if t == u {
+                point.add(more);
+            }
+        }
+    }
+}
+
+/// What one node counted for one app since its previous flush, for the cluster's buckets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppDelta {
+    pub app_id: Arc<str>,
+    /// Counts per minute (start ms); the peak is this node's.
+    pub minutes: Vec<(i64, MinuteCounts)>,
+    /// Users seen since, with when.
+    pub seen: Vec<(Arc<str>, i64)>,
+    /// Users connected to this node now.
+    pub online: Vec<Arc<str>>,
+    /// Connections open on this node now.
+    pub current: u64,
 }
 
 /// Every app's analytics on this node.
@@ -193,9 +245,12 @@ impl Analytics {
             if s.current > 0 {
                 s.minute(now);
             }
-            let online: Vec<Arc<str>> = s.online.keys().cloned().collect();
-            for user in online {
-                s.seen(&user, now);
+            if now - s.online_seen_at >= ONLINE_SEEN_EVERY_MS {
+                s.online_seen_at = now;
+                let online: Vec<Arc<str>> = s.online.keys().cloned().collect();
+                for user in online {
+                    s.seen(&user, now);
+                }
             }
             let cutoff = now - RETENTION_MS;
             s.minutes = s.minutes.split_off(&cutoff);
@@ -225,6 +280,44 @@ impl Analytics {
             }
         }
         rows
+    }
+
+    /// In a cluster: takes every app's counts since the last call, leaving only what is needed
+    /// to go on counting (connections and users online).
+    pub fn take_deltas(&self) -> Vec<AppDelta> {
+        let mut deltas = Vec::with_capacity(self.apps.len());
+        for entry in self.apps.iter() {
+            let mut s = lock(entry.value());
+            s.dirty_minutes.clear();
+            let minutes = std::mem::take(&mut s.minutes).into_iter().collect();
+            let dirty = std::mem::take(&mut s.dirty_users);
+            let seen = dirty.into_iter().filter_map(|u| s.last_seen.get(&u).map(|t| (u, *t))).collect();
+            s.last_seen.clear();
+            deltas.push(AppDelta {
+                app_id: entry.key().clone(),
+                minutes,
+                seen,
+                online: s.online.keys().cloned().collect(),
+                current: s.current,
+            });
+        }
+        deltas
+    }
+
+    /// Puts back deltas that could not be added to the cluster's buckets.
+    pub fn restore(&self, deltas: Vec<AppDelta>) {
+        for d in deltas {
+            self.with_app(&d.app_id, |s| {
+                for (minute, counts) in &d.minutes {
+                    s.minutes.entry(*minute).or_default().add(counts);
+                }
+                for (user, seen) in d.seen {
+                    let t = s.last_seen.entry(user.clone()).or_default();
+                    *t = (*t).max(seen);
+                    s.dirty_users.insert(user);
+                }
+            });
+        }
     }
 
     /// Puts back rows that could not be saved, so the next flush tries them again.
@@ -263,12 +356,9 @@ impl Analytics {
     /// The report of `app_id` for the `period` ending at `now`, the current minute included.
     pub fn report(&self, app_id: &str, period: Period, now: i64) -> Report {
         let step = period.step_ms();
-        // The series ends with the step holding `now`; the period covers that many steps.
-        let last_step = now - now.rem_euclid(step);
-        let steps = period.length_ms() / step;
-        let first_step = last_step - (steps - 1) * step;
         let mut series: Vec<(i64, MinuteCounts)> =
-            (0..steps).map(|i| (first_step + i * step, MinuteCounts::default())).collect();
+            period.steps(now).into_iter().map(|t| (t, MinuteCounts::default())).collect();
+        let first_step = series[0].0;
         let mut report = Report::default();
         let Some(stats) = self.apps.get(app_id) else {
             report.series = series;
@@ -276,24 +366,14 @@ impl Analytics {
         };
         let s = lock(&stats);
         for (&minute, c) in s.minutes.range(first_step..) {
-            let t = &mut report.totals;
-            t.connections_opened += c.connections_opened;
-            t.broadcasts += c.broadcasts;
-            t.client_events += c.client_events;
-            t.delivered += c.delivered;
-            t.webhooks_delivered += c.webhooks_delivered;
-            t.webhooks_failed += c.webhooks_failed;
-            report.peak_connections = report.peak_connections.max(c.peak_connections);
+            report.totals.add(c);
             let slot = ((minute - first_step) / step) as usize;
             if let Some((_, point)) = series.get_mut(slot) {
-                point.connections_opened += c.connections_opened;
-                point.broadcasts += c.broadcasts;
-                point.client_events += c.client_events;
-                point.delivered += c.delivered;
-                point.peak_connections = point.peak_connections.max(c.peak_connections);
+                point.add(c);
             }
         }
-        report.peak_connections = report.peak_connections.max(s.current);
+        report.current = s.current;
+        report.peak_connections = report.totals.peak_connections.max(s.current);
         report.users_online = s.online.len() as u64;
         report.users_total = s
             .last_seen
@@ -380,5 +460,30 @@ mod tests {
         b.load(rows);
         let r = b.report("x", Period::Hour, 130_000);
         assert_eq!((r.totals.connections_opened, r.users_total, r.users_online), (1, 1, 0));
+    }
+
+    #[test]
+    fn deltas_leave_only_what_counting_needs_and_come_back_when_unsent() {
+        let a = Analytics::default();
+        a.record(&opened("x", Some("u1")), 120_000);
+        a.record(&published("x", PublishKind::Broadcast, 1), 125_000);
+        let first = a.take_deltas();
+        assert_eq!(first.len(), 1);
+        let d = &first[0];
+        assert_eq!(
+            (d.minutes.len(), d.minutes[0].1.connections_opened, d.minutes[0].1.broadcasts),
+            (1, 1, 1)
+        );
+        assert_eq!((d.seen.len(), d.online.len(), d.current), (1, 1, 1));
+        let again = a.take_deltas();
+        assert!(again[0].minutes.is_empty() && again[0].seen.is_empty(), "taken once");
+        assert_eq!((again[0].online.len(), again[0].current), (1, 1), "still connected");
+        // A failed flush puts them back, added to what was counted since.
+        a.record(&published("x", PublishKind::Broadcast, 2), 126_000);
+        a.restore(first);
+        let merged = a.take_deltas();
+        let counts = merged[0].minutes[0].1;
+        assert_eq!((counts.broadcasts, counts.delivered, counts.connections_opened), (2, 3, 1));
+        assert_eq!(merged[0].seen, vec![(Arc::from("u1"), 120_000)]);
     }
 }
