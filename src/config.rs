@@ -197,6 +197,10 @@ pub struct ClusterConfig {
     /// A node that has not refreshed its liveness in Redis for this long is dead, and the
     /// others remove its subscriber counts. It refreshes every third of it.
     pub node_timeout_ms: u64,
+    /// `redis_url` is a Redis 7 Cluster (seed URLs, comma-separated): connect with the cluster
+    /// client and publish rooms with SPUBLISH/SSUBSCRIBE, so each publication reaches only the
+    /// shard that owns its room.
+    pub sharded_pubsub: bool,
 }
 
 impl Default for ServerConfig {
@@ -281,7 +285,7 @@ impl Default for WebhooksConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { redis_url: None, node_id: None, node_timeout_ms: 30_000 }
+        Self { redis_url: None, node_id: None, node_timeout_ms: 30_000, sharded_pubsub: false }
     }
 }
 
@@ -412,10 +416,22 @@ impl Config {
         if self.store.kind == StoreKind::Redis && self.cluster.redis_url.is_none() {
             problems.push("store.kind: \"redis\" needs cluster.redis_url".into());
         }
-        if let Some(url) = &self.cluster.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("redis+unix://"))
-        {
-            problems.push("cluster.redis_url: must be a redis:// or redis+unix:// URL".into());
+        if let Some(urls) = &self.cluster.redis_url {
+            let seeds: Vec<&str> = if self.cluster.sharded_pubsub {
+                urls.split(',').map(str::trim).collect()
+            } else {
+                vec![urls]
+            };
+            if seeds.iter().any(|url| !(url.starts_with("redis://") || url.starts_with("redis+unix://"))) {
+                problems.push(
+                    "cluster.redis_url: must be a redis:// or redis+unix:// URL (with cluster.sharded_pubsub, \
+                     one or more separated by commas)"
+                        .into(),
+                );
+            }
+        }
+        if self.cluster.sharded_pubsub && self.cluster.redis_url.is_none() {
+            problems.push("cluster.sharded_pubsub: needs cluster.redis_url".into());
         }
         if let Some(level) = Some(&self.log.level)
             && tracing_subscriber::EnvFilter::try_new(level).is_err()

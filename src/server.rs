@@ -84,6 +84,7 @@ impl Server {
             Some(url) => Some(Arc::new(
                 RedisBroker::connect(
                     url,
+                    config.cluster.sharded_pubsub,
                     &node_id,
                     Duration::from_millis(config.cluster.node_timeout_ms),
                     registry.clone(),
@@ -243,9 +244,11 @@ impl Server {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let store_err = |source| StartError::Store { path: store_name(config), source };
     Ok(match (&config.store.kind, &config.cluster.redis_url) {
-        (StoreKind::Redis, Some(url)) => {
-            Arc::new(crate::store::redis::RedisStore::connect(url).await.map_err(store_err)?)
-        }
+        (StoreKind::Redis, Some(url)) => Arc::new(
+            crate::store::redis::RedisStore::connect(url, config.cluster.sharded_pubsub)
+                .await
+                .map_err(store_err)?,
+        ),
         (StoreKind::Redis, None) => {
             return Err(StartError::Config("store.kind = \"redis\" needs cluster.redis_url".into()));
         }

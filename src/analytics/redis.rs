@@ -17,6 +17,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use futures_util::StreamExt;
+
 use super::{AppDelta, Period, RETENTION_MS, Report};
 use crate::broker::redis::NODES;
 use crate::store::MinuteCounts;
@@ -109,7 +111,7 @@ type Written = HashMap<Arc<str>, HashSet<Arc<str>>>;
 
 /// The cluster's analytics buckets in Redis.
 pub struct SharedAnalytics {
-    commands: redis::aio::ConnectionManager,
+    commands: crate::broker::conn::Commands,
     node_id: String,
     /// A node's online set outlives it by at most this (its liveness timeout).
     online_ttl_ms: u64,
@@ -130,7 +132,7 @@ impl std::fmt::Debug for SharedAnalytics {
 impl SharedAnalytics {
     /// Shares analytics through `commands` as node `node_id`, whose liveness timeout is
     /// `node_timeout_ms`.
-    pub fn new(commands: redis::aio::ConnectionManager, node_id: &str, node_timeout_ms: u64) -> Self {
+    pub fn new(commands: crate::broker::conn::Commands, node_id: &str, node_timeout_ms: u64) -> Self {
         Self {
             commands,
             node_id: node_id.to_owned(),
@@ -145,13 +147,12 @@ impl SharedAnalytics {
         self.written.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds this node's deltas to the shared buckets, one atomic script per app, all in one
-    /// round trip. On an error the caller puts the deltas back: a connection lost after Redis
-    /// ran the scripts then counts them twice, which is preferred to losing them.
+    /// Adds this node's deltas to the shared buckets, one atomic script per app (the apps'
+    /// keys live in different Redis Cluster slots), sent together. On an error the caller puts
+    /// the deltas back: a connection lost after Redis ran a script then counts it twice, which
+    /// is preferred to losing it.
     pub async fn flush(&self, deltas: &[AppDelta], now: i64) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.load_script(&self.flush_script).ignore();
-        let mut calls = 0;
+        let mut pipes = Vec::new();
         {
             let written = self.written();
             for d in deltas {
@@ -161,15 +162,21 @@ impl SharedAnalytics {
                 if idle && written.is_some() && before.is_none() {
                     continue;
                 }
-                let invocation = self.invocation(d, before, now);
-                pipe.invoke_script(&invocation).ignore();
-                calls += 1;
+                let mut pipe = redis::pipe();
+                pipe.load_script(&self.flush_script).ignore();
+                pipe.invoke_script(&self.invocation(d, before, now)).ignore();
+                pipes.push(pipe);
             }
         }
-        if calls == 0 {
-            return Ok(());
-        }
-        let done = pipe.query_async::<()>(&mut self.commands.clone()).await;
+        let sent = futures_util::stream::iter(pipes)
+            .map(|pipe| {
+                let mut commands = self.commands.clone();
+                async move { pipe.query_async::<()>(&mut commands).await }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        let done: redis::RedisResult<()> = sent.into_iter().collect();
         let mut written = self.written();
         match done {
             Ok(()) => {
@@ -266,18 +273,18 @@ impl SharedAnalytics {
             .map(|i| first + i * width)
             .take_while(|t| *t < steps[steps.len() - 1] + period.step_ms())
             .collect();
+        let mut commands = self.commands.clone();
+        let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(NODES).query_async(&mut commands).await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("SMEMBERS").arg(NODES);
         pipe.cmd("ZCOUNT").arg(key(app_id, "seen")).arg(first).arg("+inf");
         pipe.cmd("HGETALL").arg(key(app_id, "current"));
         for t in &buckets {
             pipe.cmd("HGETALL").arg(bucket(app_id, kind, *t));
         }
-        let mut commands = self.commands.clone();
         let mut values: Vec<redis::Value> = pipe.query_async(&mut commands).await?;
         let counts: Vec<HashMap<String, u64>> =
-            values.split_off(3).into_iter().map(redis::from_redis_value).collect::<Result<_, _>>()?;
-        let (nodes, users_total, current): (Vec<String>, u64, HashMap<String, u64>) =
+            values.split_off(2).into_iter().map(redis::from_redis_value).collect::<Result<_, _>>()?;
+        let (users_total, current): (u64, HashMap<String, u64>) =
             redis::from_redis_value(redis::Value::Array(values))?;
         let users_online: u64 = if nodes.is_empty() {
             0

@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{COMMAND_TIMEOUT, Commands, MAX_BACKOFF, Target};
 use super::{Broker, BrokerError, Publication};
 use crate::hub::Hub;
 use crate::hub::registry::{FanoutOutcome, Member, Registry, RoomKey};
@@ -28,10 +29,6 @@ const CHANNEL_PREFIX: &str = "rc:room:";
 const OFFSET_PREFIX: &str = "rc:offset:";
 /// A room's offset counter is forgotten after a day without publications.
 const OFFSET_TTL_MS: u64 = 86_400_000;
-/// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Time allowed for one Redis command before the node reports Redis as down.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Prefix of the per-room subscriber counts: a hash of node id → that node's subscribers.
 const COUNT_PREFIX: &str = "rc:count:";
@@ -50,11 +47,13 @@ const MEMBER_COUNT_PREFIX: &str = "rc:member-count:";
 /// The presence rooms a node has members in: `rc:node-presence:{node}`.
 const NODE_PRESENCE_PREFIX: &str = "rc:node-presence:";
 
-/// Node ARGV[2] holds user ARGV[1] (user_info ARGV[3]) in room ARGV[4]: KEYS are members,
-/// member nodes, member counts, the node's presence rooms. Returns 1 when the user is new to
-/// the room cluster-wide.
+// Every key of a room carries the hash tag `{app:room}` (so does its channel), which keeps
+// them in one Redis Cluster slot: each script below touches one room only. What spans rooms
+// (a node's rooms, dead-node cleanup) is done room by room.
+
+/// Node ARGV[2] holds user ARGV[1] (user_info ARGV[3]): KEYS are the room's members, member
+/// nodes and member counts. Returns 1 when the user is new to the room cluster-wide.
 const PRESENCE_JOIN_SCRIPT: &str = r"
-redis.call('SADD', KEYS[4], ARGV[4])
 if redis.call('HSETNX', KEYS[2], ARGV[1] .. '\n' .. ARGV[2], 1) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[3], ARGV[1], 1) == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -75,88 +74,72 @@ end
 return 0
 ";
 
-/// Removes every member node ARGV[1] held (its presence rooms are KEYS[1]); returns
-/// `room, user` pairs of members gone cluster-wide, flattened.
+/// Removes every member node ARGV[1] held in one room (KEYS as for joining); returns the
+/// users gone from the room cluster-wide.
 const FORGET_PRESENCE_SCRIPT: &str = r"
 local gone = {}
 local suffix = '\n' .. ARGV[1]
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local nodes = 'rc:member-nodes:' .. room
-  for _, field in ipairs(redis.call('HKEYS', nodes)) do
-    if string.sub(field, -string.len(suffix)) == suffix then
-      redis.call('HDEL', nodes, field)
-      local user = string.sub(field, 1, string.len(field) - string.len(suffix))
-      if redis.call('HINCRBY', 'rc:member-count:' .. room, user, -1) <= 0 then
-        redis.call('HDEL', 'rc:member-count:' .. room, user)
-        redis.call('HDEL', 'rc:members:' .. room, user)
-        table.insert(gone, room)
-        table.insert(gone, user)
-      end
+for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(field, -string.len(suffix)) == suffix then
+    redis.call('HDEL', KEYS[2], field)
+    local user = string.sub(field, 1, string.len(field) - string.len(suffix))
+    if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
+      redis.call('HDEL', KEYS[3], user)
+      redis.call('HDEL', KEYS[1], user)
+      table.insert(gone, user)
     end
   end
 end
-redis.call('DEL', KEYS[1])
 return gone
 ";
 
-/// Increments the room's offset and publishes `offset \n message`; returns the offset and the
-/// room's subscribers over the cluster.
+/// Increments the room's offset (KEYS[1]) and publishes `offset \n message` on KEYS[2] with
+/// ARGV[3] (PUBLISH or SPUBLISH); returns the offset and the room's subscribers over the
+/// cluster (KEYS[3]).
 const PUBLISH_SCRIPT: &str = r"
 local offset = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', KEYS[2], offset .. '\n' .. ARGV[1])
+redis.call(ARGV[3], KEYS[2], offset .. '\n' .. ARGV[1])
 local total = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[3])) do total = total + tonumber(v) end
 return {offset, total}
 ";
 
-/// Adds ARGV[2] to node ARGV[1]'s subscribers of a room (KEYS[1]), keeping the node's room set
-/// (KEYS[2], member ARGV[3]); returns the room's subscribers over the cluster.
+/// Adds ARGV[2] to node ARGV[1]'s subscribers of a room (KEYS[1]); returns the room's
+/// subscribers over the cluster and the node's.
 const COUNT_SCRIPT: &str = r"
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-if n <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('SREM', KEYS[2], ARGV[3])
-else
-  redis.call('SADD', KEYS[2], ARGV[3])
-end
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 local total = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
-return total
+return {total, n}
 ";
 
-/// Removes every count of node ARGV[1] (its room set is KEYS[1]) and, when ARGV[2] is 1, the
-/// node from the node set KEYS[2]; returns the rooms nobody is left in. Atomic, so of several
-/// nodes cleaning up after a dead one only one gets the rooms.
-const FORGET_NODE_SCRIPT: &str = r"
-local vacated = {}
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = 'rc:count:' .. room
-  redis.call('HDEL', key, ARGV[1])
-  if redis.call('HLEN', key) == 0 then table.insert(vacated, room) end
-end
-redis.call('DEL', KEYS[1])
-if ARGV[2] == '1' then redis.call('SREM', KEYS[2], ARGV[1]) end
-return vacated
+/// Removes node ARGV[1]'s count of a room (KEYS[1]); returns 1 when this call removed it and
+/// nobody is left in the room. Of several nodes cleaning up after a dead one, only one gets 1.
+const FORGET_COUNT_SCRIPT: &str = r"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 and redis.call('HLEN', KEYS[1]) == 0 then return 1 end
+return 0
 ";
 
 fn channel(key: &RoomKey) -> String {
-    format!("{CHANNEL_PREFIX}{}:{}", key.app_id, key.room)
+    format!("{CHANNEL_PREFIX}{{{}}}", room_id(key))
 }
 
-/// `{app}:{room}`, the name of a room in Redis keys and sets.
+/// `{app}:{room}`, the name of a room in Redis sets.
 fn room_id(key: &RoomKey) -> String {
     format!("{}:{}", key.app_id, key.room)
 }
 
-/// A presence room's members, member-nodes and member-count hashes: the first three keys of
-/// the presence join and leave scripts.
+/// The key `prefix{app:room}` of the room `id`.
+fn room_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}{{{id}}}")
+}
+
+/// A presence room's members, member-nodes and member-count hashes: the keys of the presence
+/// scripts.
 fn presence_keys(id: &str) -> Vec<String> {
-    vec![
-        format!("{MEMBERS_PREFIX}{id}"),
-        format!("{MEMBER_NODES_PREFIX}{id}"),
-        format!("{MEMBER_COUNT_PREFIX}{id}"),
-    ]
+    vec![room_key(MEMBERS_PREFIX, id), room_key(MEMBER_NODES_PREFIX, id), room_key(MEMBER_COUNT_PREFIX, id)]
 }
 
 fn room_from_id(id: &str) -> Option<RoomKey> {
@@ -164,26 +147,24 @@ fn room_from_id(id: &str) -> Option<RoomKey> {
     Some(RoomKey { app_id: Arc::from(app_id), room: RoomName::parse(room).ok()? })
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
+/// Runs `f` for every room in `rooms`, up to 32 at once (rooms live in different Redis Cluster
+/// slots, so they cannot share a pipeline or a script); stops at the first error.
+async fn each_room<I, T, F, Fut>(rooms: impl IntoIterator<Item = I>, f: F) -> redis::RedisResult<Vec<T>>
+where
+    F: Fn(I) -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    futures_util::stream::iter(rooms)
+        .map(f)
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
-/// Opens `url`: the client (for further connections) and a command connection that reconnects
-/// by itself (3 s timeouts, reconnect delays up to 5 s). Shared by the broker and the store.
-pub async fn connect_commands(url: &str) -> Result<(redis::Client, redis::aio::ConnectionManager), String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(COMMAND_TIMEOUT))
-        .set_response_timeout(Some(COMMAND_TIMEOUT))
-        .set_max_delay(MAX_BACKOFF);
-    let commands = tokio::time::timeout(
-        COMMAND_TIMEOUT * 2,
-        redis::aio::ConnectionManager::new_with_config(client.clone(), config),
-    )
-    .await
-    .map_err(|_| "timed out connecting to Redis".to_owned())?
-    .map_err(|e| e.to_string())?;
-    Ok((client, commands))
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
 }
 
 /// A publication as it travels through Redis: `offset`, then (from the publisher)
@@ -225,25 +206,39 @@ fn decode(message: &str) -> Option<Wire<'_>> {
 }
 
 fn room_of(channel: &str) -> Option<RoomKey> {
-    room_from_id(channel.strip_prefix(CHANNEL_PREFIX)?)
+    room_from_id(channel.strip_prefix(CHANNEL_PREFIX)?.strip_prefix('{')?.strip_suffix('}')?)
+}
+
+/// The command half of the subscription connection.
+enum Subscriptions {
+    Single(redis::aio::PubSubSink),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// What arrives on the subscription connection.
+enum Incoming {
+    Single(std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg> + Send>>),
+    Cluster(tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>),
 }
 
 /// [`Broker`] over Redis pub/sub.
 pub struct RedisBroker {
     registry: Arc<Registry>,
     node_id: String,
-    client: redis::Client,
-    commands: redis::aio::ConnectionManager,
+    target: Target,
+    /// SPUBLISH/SSUBSCRIBE (a Redis Cluster) rather than PUBLISH/SUBSCRIBE.
+    sharded: bool,
+    commands: Commands,
     script: redis::Script,
     count_script: redis::Script,
-    forget_script: redis::Script,
+    forget_count_script: redis::Script,
     presence_join_script: redis::Script,
     presence_leave_script: redis::Script,
     forget_presence_script: redis::Script,
     /// A node silent this long is dead; its counts are removed by the others.
     node_timeout: Duration,
     /// The subscription connection's command half; `None` while disconnected.
-    subscriptions: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
+    subscriptions: tokio::sync::Mutex<Option<Subscriptions>>,
     up: AtomicBool,
     /// Woken when another node (or this one) wrote to a Redis store.
     store_changes: Arc<tokio::sync::Notify>,
@@ -259,22 +254,26 @@ impl std::fmt::Debug for RedisBroker {
 
 impl RedisBroker {
     /// Connects to `url` (the command connection; the subscription connection is made by
-    /// [`RedisBroker::run`]). Fails when Redis cannot be reached at start.
+    /// [`RedisBroker::run`]); with `sharded`, `url` lists seeds of a Redis Cluster. Fails when
+    /// Redis cannot be reached at start.
     pub async fn connect(
         url: &str,
+        sharded: bool,
         node_id: &str,
         node_timeout: Duration,
         registry: Arc<Registry>,
     ) -> Result<Self, BrokerError> {
-        let (client, commands) = connect_commands(url).await.map_err(BrokerError::Unavailable)?;
+        let (target, commands) =
+            super::conn::connect(url, sharded).await.map_err(BrokerError::Unavailable)?;
         Ok(Self {
             registry,
             node_id: node_id.to_owned(),
-            client,
+            target,
+            sharded,
             commands,
             script: redis::Script::new(PUBLISH_SCRIPT),
             count_script: redis::Script::new(COUNT_SCRIPT),
-            forget_script: redis::Script::new(FORGET_NODE_SCRIPT),
+            forget_count_script: redis::Script::new(FORGET_COUNT_SCRIPT),
             presence_join_script: redis::Script::new(PRESENCE_JOIN_SCRIPT),
             presence_leave_script: redis::Script::new(PRESENCE_LEAVE_SCRIPT),
             forget_presence_script: redis::Script::new(FORGET_PRESENCE_SCRIPT),
@@ -297,7 +296,7 @@ impl RedisBroker {
     }
 
     /// A handle on the command connection (reconnecting by itself), for other shared state.
-    pub fn commands(&self) -> redis::aio::ConnectionManager {
+    pub fn commands(&self) -> Commands {
         self.commands.clone()
     }
 
@@ -318,21 +317,40 @@ impl RedisBroker {
         let mut backoff = Duration::from_millis(100);
         loop {
             let session = async {
-                let pubsub = self.client.get_async_pubsub().await?;
-                let (mut sink, mut stream) = pubsub.split();
                 let rooms = self.registry.room_keys();
-                let mut channels: Vec<String> = rooms.iter().map(channel).collect();
-                channels.push(crate::store::redis::CHANGED_CHANNEL.to_owned());
-                sink.subscribe(channels).await?;
+                let channels: Vec<String> = rooms.iter().map(channel).collect();
+                let mut incoming = self.subscribe_all(channels).await?;
                 // Whatever changed while disconnected is read now.
                 self.store_changes.notify_one();
-                *self.subscriptions.lock().await = Some(sink);
                 self.refresh_commands().await;
                 self.recount().await?;
                 self.up.store(true, Ordering::Relaxed);
                 tracing::info!(rooms = rooms.len(), "Redis subscription connection up");
-                while let Some(msg) = stream.next().await {
-                    self.receive(&msg);
+                match &mut incoming {
+                    Incoming::Single(stream) => {
+                        while let Some(msg) = stream.next().await {
+                            self.receive(msg.get_channel_name(), msg.get_payload_bytes());
+                        }
+                    }
+                    Incoming::Cluster(pushes) => {
+                        while let Some(push) = pushes.recv().await {
+                            match push.kind {
+                                // A connection to one of the cluster's nodes dropped: start over,
+                                // as with a single server, so counts and presence are rewritten.
+                                redis::PushKind::Disconnection => break,
+                                redis::PushKind::Message | redis::PushKind::SMessage => {
+                                    if let [
+                                        redis::Value::BulkString(channel),
+                                        redis::Value::BulkString(payload),
+                                    ] = push.data.as_slice()
+                                    {
+                                        self.receive(&String::from_utf8_lossy(channel), payload);
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
                 }
                 redis::RedisResult::Ok(())
             };
@@ -362,20 +380,31 @@ impl RedisBroker {
     /// reports rooms that were counted here, are empty now and have nobody elsewhere.
     async fn recount(&self) -> redis::RedisResult<()> {
         let vacated = self.forget_node(&self.node_id, false).await?;
-        let mut pipe = redis::pipe();
-        let rooms_key = format!("{NODE_ROOMS_PREFIX}{}", self.node_id);
         let mut local = std::collections::HashSet::new();
+        let mut counts = Vec::new();
         for key in self.registry.room_keys() {
             let n = self.registry.subscriber_count(&key);
             if n > 0 {
-                let id = room_id(&key);
-                pipe.hset(format!("{COUNT_PREFIX}{id}"), &self.node_id, n).ignore();
-                pipe.sadd(&rooms_key, &id).ignore();
+                counts.push((room_id(&key), n));
                 local.insert(key);
             }
         }
-        if !local.is_empty() {
-            pipe.query_async::<()>(&mut self.commands.clone()).await?;
+        if !counts.is_empty() {
+            let ids: Vec<&str> = counts.iter().map(|(id, _)| id.as_str()).collect();
+            let mut commands = self.commands.clone();
+            redis::cmd("SADD").arg(self.node_rooms()).arg(&ids).query_async::<()>(&mut commands).await?;
+            each_room(counts, |(id, n)| {
+                let mut commands = self.commands.clone();
+                async move {
+                    redis::cmd("HSET")
+                        .arg(room_key(COUNT_PREFIX, &id))
+                        .arg(&self.node_id)
+                        .arg(n)
+                        .query_async::<()>(&mut commands)
+                        .await
+                }
+            })
+            .await?;
         }
         // Presence: the same, member by member; users gone from here while Redis was away, and
         // from everywhere else, are announced as gone.
@@ -397,15 +426,32 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Removes a node's presence entries; returns the members gone cluster-wide.
+    /// This node's set of the rooms it counted subscribers in.
+    fn node_rooms(&self) -> String {
+        format!("{NODE_ROOMS_PREFIX}{}", self.node_id)
+    }
+
+    /// Removes a node's presence entries, room by room; returns the members gone cluster-wide.
     async fn forget_presence(&self, node: &str) -> redis::RedisResult<Vec<(RoomKey, String)>> {
-        let flat: Vec<String> = self
-            .forget_presence_script
-            .key(format!("{NODE_PRESENCE_PREFIX}{node}"))
-            .arg(node)
-            .invoke_async(&mut self.commands.clone())
-            .await?;
-        Ok(flat.chunks(2).filter_map(|p| Some((room_from_id(&p[0])?, p.get(1)?.clone()))).collect())
+        let rooms_key = format!("{NODE_PRESENCE_PREFIX}{node}");
+        let rooms: Vec<String> =
+            redis::cmd("SMEMBERS").arg(&rooms_key).query_async(&mut self.commands.clone()).await?;
+        let gone = each_room(rooms, |id| {
+            let mut commands = self.commands.clone();
+            async move {
+                let users: Vec<String> = self
+                    .forget_presence_script
+                    .key(presence_keys(&id))
+                    .arg(node)
+                    .invoke_async(&mut commands)
+                    .await?;
+                Ok(room_from_id(&id)
+                    .map(|key| users.into_iter().map(|u| (key.clone(), u)).collect::<Vec<_>>()))
+            }
+        })
+        .await?;
+        redis::cmd("DEL").arg(&rooms_key).query_async::<()>(&mut self.commands.clone()).await?;
+        Ok(gone.into_iter().flatten().flatten().collect())
     }
 
     async fn presence_join_raw(
@@ -415,15 +461,21 @@ impl RedisBroker {
         user_info: &str,
     ) -> redis::RedisResult<bool> {
         let id = room_id(key);
+        let mut commands = self.commands.clone();
+        // The node's set of presence rooms first: a superset is harmless, a missing room would
+        // leave the node's members behind after it dies.
+        redis::cmd("SADD")
+            .arg(format!("{NODE_PRESENCE_PREFIX}{}", self.node_id))
+            .arg(&id)
+            .query_async::<()>(&mut commands)
+            .await?;
         let joined: i64 = self
             .presence_join_script
             .key(presence_keys(&id))
-            .key(format!("{NODE_PRESENCE_PREFIX}{}", self.node_id))
             .arg(user_id)
             .arg(&self.node_id)
             .arg(user_info)
-            .arg(&id)
-            .invoke_async(&mut self.commands.clone())
+            .invoke_async(&mut commands)
             .await?;
         Ok(joined == 1)
     }
@@ -434,18 +486,31 @@ impl RedisBroker {
         }
     }
 
-    /// Removes a node's counts, and the node itself from the node set when `gone`; returns the
-    /// rooms left empty.
+    /// Removes a node's counts, room by room, and the node itself from the node set when
+    /// `gone`; returns the rooms this call left empty.
     async fn forget_node(&self, node: &str, gone: bool) -> redis::RedisResult<Vec<RoomKey>> {
-        let rooms: Vec<String> = self
-            .forget_script
-            .key(format!("{NODE_ROOMS_PREFIX}{node}"))
-            .key(NODES)
-            .arg(node)
-            .arg(if gone { "1" } else { "0" })
-            .invoke_async(&mut self.commands.clone())
-            .await?;
-        Ok(rooms.iter().filter_map(|r| room_from_id(r)).collect())
+        let rooms_key = format!("{NODE_ROOMS_PREFIX}{node}");
+        let rooms: Vec<String> =
+            redis::cmd("SMEMBERS").arg(&rooms_key).query_async(&mut self.commands.clone()).await?;
+        let vacated = each_room(rooms, |id| {
+            let mut commands = self.commands.clone();
+            async move {
+                let emptied: i64 = self
+                    .forget_count_script
+                    .key(room_key(COUNT_PREFIX, &id))
+                    .arg(node)
+                    .invoke_async(&mut commands)
+                    .await?;
+                Ok((emptied == 1).then(|| room_from_id(&id)).flatten())
+            }
+        })
+        .await?;
+        let mut commands = self.commands.clone();
+        redis::cmd("DEL").arg(&rooms_key).query_async::<()>(&mut commands).await?;
+        if gone {
+            redis::cmd("SREM").arg(NODES).arg(node).query_async::<()>(&mut commands).await?;
+        }
+        Ok(vacated.into_iter().flatten().collect())
     }
 
     fn vacated_elsewhere(&self, key: RoomKey) {
@@ -474,18 +539,15 @@ impl RedisBroker {
 
     async fn check_nodes(&self) -> redis::RedisResult<()> {
         let mut commands = self.commands.clone();
-        redis::pipe()
-            .set_options(
-                format!("{ALIVE_PREFIX}{}", self.node_id),
-                1,
-                redis::SetOptions::default()
-                    .with_expiration(redis::SetExpiry::PX(self.node_timeout.as_millis() as u64)),
-            )
-            .ignore()
-            .sadd(NODES, &self.node_id)
-            .ignore()
+        let alive = redis::SetOptions::default()
+            .with_expiration(redis::SetExpiry::PX(self.node_timeout.as_millis() as u64));
+        redis::cmd("SET")
+            .arg(format!("{ALIVE_PREFIX}{}", self.node_id))
+            .arg(1)
+            .arg(alive)
             .query_async::<()>(&mut commands)
             .await?;
+        redis::cmd("SADD").arg(NODES).arg(&self.node_id).query_async::<()>(&mut commands).await?;
         let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(NODES).query_async(&mut commands).await?;
         for node in nodes.iter().filter(|n| **n != self.node_id) {
             let alive: bool =
@@ -529,25 +591,68 @@ impl RedisBroker {
         }
     }
 
+    /// Opens the subscription connection, subscribed to `channels` and to store changes; sets
+    /// it as the one rooms are subscribed on.
+    async fn subscribe_all(&self, channels: Vec<String>) -> redis::RedisResult<Incoming> {
+        let changed = crate::store::redis::CHANGED_CHANNEL;
+        let (subscriptions, incoming) = match &self.target {
+            Target::Single(client) => {
+                let (mut sink, stream) = client.get_async_pubsub().await?.split();
+                sink.subscribe(channels.iter().map(String::as_str).chain([changed]).collect::<Vec<_>>())
+                    .await?;
+                (Subscriptions::Single(sink), Incoming::Single(Box::pin(stream)))
+            }
+            Target::Cluster(seeds) => {
+                // Unbounded because that is what the client offers; it is drained at once by
+                // the loop in `run`, which only hands each message to the hub.
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let mut conn = Target::cluster_client(seeds, Some(tx))?.get_async_connection().await?;
+                conn.subscribe(changed).await?;
+                for chunk in channels.chunks(256) {
+                    self.sub(&mut conn, chunk.to_vec(), true).await?;
+                }
+                (Subscriptions::Cluster(conn), Incoming::Cluster(rx))
+            }
+        };
+        *self.subscriptions.lock().await = Some(subscriptions);
+        Ok(incoming)
+    }
+
+    /// (Un)subscribes `channels` on a cluster connection: sharded channels unless the broker
+    /// uses classic pub/sub; channels of several slots are sent one by one.
+    async fn sub(
+        &self,
+        conn: &mut redis::cluster_async::ClusterConnection,
+        channels: Vec<String>,
+        on: bool,
+    ) -> redis::RedisResult<()> {
+        for ch in channels {
+            match (self.sharded, on) {
+                (true, true) => conn.ssubscribe(ch).await?,
+                (true, false) => conn.sunsubscribe(ch).await?,
+                (false, true) => conn.subscribe(ch).await?,
+                (false, false) => conn.unsubscribe(ch).await?,
+            }
+        }
+        Ok(())
+    }
+
     /// Delivers one message from Redis to this node's subscribers of its room.
-    fn receive(&self, msg: &redis::Msg) {
-        if msg.get_channel_name() == crate::store::redis::CHANGED_CHANNEL {
+    fn receive(&self, channel: &str, payload: &[u8]) {
+        if channel == crate::store::redis::CHANGED_CHANNEL {
             self.store_changes.notify_one();
             return;
         }
-        let Some(key) = room_of(msg.get_channel_name()) else { return };
-        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else { return };
+        let Some(key) = room_of(channel) else { return };
+        let Ok(payload) = std::str::from_utf8(payload) else { return };
         let Some(wire) = decode(payload) else {
-            tracing::warn!(channel = msg.get_channel_name(), "unreadable publication in Redis; skipped");
+            tracing::warn!(channel, "unreadable publication in Redis; skipped");
             return;
         };
         let (Ok(event), Ok(data)) =
             (EventName::parse(wire.event), serde_json::from_str::<&RawValue>(wire.data))
         else {
-            tracing::warn!(
-                channel = msg.get_channel_name(),
-                "publication with a bad event name or data in Redis; skipped"
-            );
+            tracing::warn!(channel, "publication with a bad event name or data in Redis; skipped");
             return;
         };
         let exclude = if wire.node == self.node_id { wire.exclude } else { None };
@@ -564,11 +669,12 @@ impl Broker for RedisBroker {
         let key = &publication.key;
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(format!("{OFFSET_PREFIX}{}", room_id(key)))
+            .key(room_key(OFFSET_PREFIX, &room_id(key)))
             .key(channel(key))
-            .key(format!("{COUNT_PREFIX}{}", room_id(key)))
+            .key(room_key(COUNT_PREFIX, &room_id(key)))
             .arg(encode(&self.node_id, publication))
-            .arg(OFFSET_TTL_MS);
+            .arg(OFFSET_TTL_MS)
+            .arg(if self.sharded { "SPUBLISH" } else { "PUBLISH" });
         // Not retried: a connection lost while the script ran leaves unknown whether it
         // published, and a retry could deliver twice. The caller gets 503 and may retry.
         let (offset, total): (u64, usize) =
@@ -579,31 +685,55 @@ impl Broker for RedisBroker {
 
     async fn subscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
         let mut guard = self.subscriptions.lock().await;
-        let sink = guard.as_mut().ok_or_else(|| unavailable("Redis is not connected"))?;
-        tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(channel(key)))
-            .await
+        let subscriptions = guard.as_mut().ok_or_else(|| unavailable("Redis is not connected"))?;
+        let confirmed = match subscriptions {
+            Subscriptions::Single(sink) => {
+                tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(channel(key))).await
+            }
+            Subscriptions::Cluster(conn) => {
+                tokio::time::timeout(COMMAND_TIMEOUT, self.sub(conn, vec![channel(key)], true)).await
+            }
+        };
+        confirmed
             .map_err(|_| unavailable("Redis did not confirm the subscription in time"))?
             .map_err(unavailable)
     }
 
     async fn count_subscribers(&self, key: &RoomKey, delta: i64) -> Result<Option<usize>, BrokerError> {
         let id = room_id(key);
-        let total: usize = self
+        let mut commands = self.commands.clone();
+        // The node's room set is a superset of the rooms it has counts in: added to before
+        // counting up, removed from after its count reached zero.
+        if delta > 0 {
+            redis::cmd("SADD")
+                .arg(self.node_rooms())
+                .arg(&id)
+                .query_async::<()>(&mut commands)
+                .await
+                .map_err(unavailable)?;
+        }
+        let (total, mine): (i64, i64) = self
             .count_script
-            .key(format!("{COUNT_PREFIX}{id}"))
-            .key(format!("{NODE_ROOMS_PREFIX}{}", self.node_id))
+            .key(room_key(COUNT_PREFIX, &id))
             .arg(&self.node_id)
             .arg(delta)
-            .arg(&id)
-            .invoke_async(&mut self.commands.clone())
+            .invoke_async(&mut commands)
             .await
             .map_err(unavailable)?;
-        Ok(Some(total))
+        if mine <= 0 {
+            redis::cmd("SREM")
+                .arg(self.node_rooms())
+                .arg(&id)
+                .query_async::<()>(&mut commands)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(Some(total.max(0) as usize))
     }
 
     async fn subscriber_total(&self, key: &RoomKey) -> Result<Option<usize>, BrokerError> {
         let counts: Vec<i64> = redis::cmd("HVALS")
-            .arg(format!("{COUNT_PREFIX}{}", room_id(key)))
+            .arg(room_key(COUNT_PREFIX, &room_id(key)))
             .query_async(&mut self.commands.clone())
             .await
             .map_err(unavailable)?;
@@ -641,7 +771,7 @@ impl Broker for RedisBroker {
         // Whole hash, sorted by user id: fine for the rooms presence is for (hundreds to a few
         // thousand members); very large rooms pay one HGETALL per join.
         let all: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(format!("{MEMBERS_PREFIX}{}", room_id(key)))
+            .arg(room_key(MEMBERS_PREFIX, &room_id(key)))
             .query_async(&mut self.commands.clone())
             .await
             .map_err(unavailable)?;
@@ -665,9 +795,16 @@ impl Broker for RedisBroker {
     async fn unsubscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
         let mut guard = self.subscriptions.lock().await;
         // Disconnected: nothing to undo; the reconnect subscribes only to occupied rooms.
-        let Some(sink) = guard.as_mut() else { return Ok(()) };
-        tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(channel(key)))
-            .await
+        let Some(subscriptions) = guard.as_mut() else { return Ok(()) };
+        let confirmed = match subscriptions {
+            Subscriptions::Single(sink) => {
+                tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(channel(key))).await
+            }
+            Subscriptions::Cluster(conn) => {
+                tokio::time::timeout(COMMAND_TIMEOUT, self.sub(conn, vec![channel(key)], false)).await
+            }
+        };
+        confirmed
             .map_err(|_| unavailable("Redis did not confirm the unsubscription in time"))?
             .map_err(unavailable)
     }

@@ -18,19 +18,19 @@ use super::{
     StoreError, WebhookRecord,
 };
 
-const APPS: &str = "rc:store:apps";
-const KEYS: &str = "rc:store:keys";
-const WEBHOOKS: &str = "rc:store:webhooks";
-const DELIVERIES: &str = "rc:store:deliveries";
+const APPS: &str = "rc:{store}:apps";
+const KEYS: &str = "rc:{store}:keys";
+const WEBHOOKS: &str = "rc:{store}:webhooks";
+const DELIVERIES: &str = "rc:{store}:deliveries";
 /// Pending and retrying deliveries, scored by when they are due.
-const WAITING: &str = "rc:store:waiting";
-const VERSION: &str = "rc:store:version";
+const WAITING: &str = "rc:{store}:waiting";
+const VERSION: &str = "rc:{store}:version";
 /// Where a write is announced to the other nodes.
 pub const CHANGED_CHANNEL: &str = "rc:store:changed";
 
 /// A webhook's deliveries by id (scores all 0, so ids sort lexically, which is by time).
 fn webhook_deliveries(webhook_id: &str) -> String {
-    format!("rc:store:deliveries-of:{webhook_id}")
+    format!("rc:{{store}}:deliveries-of:{webhook_id}")
 }
 
 /// Sets field ARGV[2] of hash KEYS[1] to ARGV[3] when it is absent (and, when given, field
@@ -70,7 +70,7 @@ fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
 
 /// Redis-backed [`Store`].
 pub struct RedisStore {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::broker::conn::Commands,
     insert: redis::Script,
     update: redis::Script,
 }
@@ -82,9 +82,9 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url`.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let (_, conn) = crate::broker::redis::connect_commands(url).await.map_err(StoreError::Unavailable)?;
+    /// Connects to `url`; with `cluster`, the seeds of a Redis Cluster.
+    pub async fn connect(url: &str, sharded: bool) -> Result<Self, StoreError> {
+        let (_, conn) = crate::broker::conn::connect(url, sharded).await.map_err(StoreError::Unavailable)?;
         Ok(Self {
             conn,
             insert: redis::Script::new(INSERT_SCRIPT),
@@ -92,7 +92,7 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> redis::aio::ConnectionManager {
+    fn conn(&self) -> crate::broker::conn::Commands {
         self.conn.clone()
     }
 

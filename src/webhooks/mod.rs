@@ -147,7 +147,7 @@ pub struct Webhooks {
     writes_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<dispatch::PendingWrite>>,
     /// In a cluster: Redis, where a node takes a short lease on a delivery before an attempt, so
     /// one node at a time makes it, and from which overdue deliveries are claimed.
-    leases: Option<redis::aio::ConnectionManager>,
+    leases: Option<crate::broker::conn::Commands>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -165,7 +165,7 @@ impl Webhooks {
         metrics: WebhookMetrics,
         analytics: Arc<Analytics>,
         writes: Arc<tokio::sync::Mutex<()>>,
-        leases: Option<redis::aio::ConnectionManager>,
+        leases: Option<crate::broker::conn::Commands>,
     ) -> Result<Self, String> {
         let (intake, intake_rx) = mpsc::channel(config.queue_capacity);
         let dispatch = dispatch::Dispatcher::new(&config)?;

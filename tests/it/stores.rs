@@ -208,7 +208,7 @@ async fn sqlite_and_redis_stores_behave_alike() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
     let redis_server = RedisServer::start().await;
-    let redis: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis_server.url()).await.unwrap());
+    let redis: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis_server.url(), false).await.unwrap());
     let before = redis.change_marker().await.unwrap();
     let from_sqlite = exercise(sqlite, true).await;
     let from_redis = exercise(redis.clone(), false).await;

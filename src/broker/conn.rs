@@ -1,0 +1,128 @@
+//! Connections to Redis: one server (or a primary with replicas), or a Redis 7 Cluster when
+//! `cluster.sharded_pubsub` is on. [`Commands`] runs commands, scripts and pipelines on either;
+//! the broker opens the subscription connection from the [`Target`].
+//!
+//! On a Redis Cluster every script and pipeline must stay within one hash slot: keys that are
+//! used together carry the same hash tag (`{app:room}` for a room, `{app}` for analytics,
+//! `{store}` for records).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// Time allowed for one Redis command before the node reports Redis as down.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait between reconnection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where Redis is.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One server.
+    Single(redis::Client),
+    /// The seed nodes of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// `url`, or with `cluster` the comma-separated seed URLs of a Redis Cluster.
+    pub fn parse(url: &str, cluster: bool) -> Result<Self, String> {
+        if cluster {
+            let seeds: Vec<String> =
+                url.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            // Checked here so a typo fails at start, not at the first reconnect.
+            redis::cluster::ClusterClient::new(seeds.clone()).map_err(|e| e.to_string())?;
+            Ok(Target::Cluster(seeds))
+        } else {
+            redis::Client::open(url).map(Target::Single).map_err(|e| e.to_string())
+        }
+    }
+
+    /// A cluster client with the node's timeouts; `push` receives what subscriptions bring
+    /// (RESP3 pushes), for the subscription connection.
+    pub fn cluster_client(
+        seeds: &[String],
+        push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+            .connection_timeout(COMMAND_TIMEOUT)
+            .response_timeout(COMMAND_TIMEOUT);
+        if let Some(push) = push {
+            builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
+        }
+        builder.build()
+    }
+}
+
+/// A command connection that reconnects by itself, to one server or to a Redis Cluster.
+#[derive(Clone)]
+pub enum Commands {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl std::fmt::Debug for Commands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Commands::Single(_) => "Commands::Single",
+            Commands::Cluster(_) => "Commands::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Commands::Single(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Commands::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Single(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Opens `url` (with `cluster`, the seeds of a Redis Cluster): the target, for further
+/// connections, and a command connection that reconnects by itself (3 s timeouts, reconnect
+/// delays up to 5 s). Shared by the broker and the store.
+pub async fn connect(url: &str, cluster: bool) -> Result<(Target, Commands), String> {
+    let target = Target::parse(url, cluster)?;
+    let connecting = async {
+        match &target {
+            Target::Single(client) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_max_delay(MAX_BACKOFF);
+                redis::aio::ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map(Commands::Single)
+            }
+            Target::Cluster(seeds) => {
+                Target::cluster_client(seeds, None)?.get_async_connection().await.map(Commands::Cluster)
+            }
+        }
+    };
+    let commands = tokio::time::timeout(COMMAND_TIMEOUT * 2, connecting)
+        .await
+        .map_err(|_| "timed out connecting to Redis".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok((target, commands))
+}
