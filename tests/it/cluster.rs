@@ -8,18 +8,24 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::receiver::Receiver;
-use crate::support::{RedisServer, TestApp, TestHub, WAIT, Ws, assert_error, spawn_hub_in};
+use crate::support::{RedisCluster, RedisServer, TestApp, TestHub, WAIT, Ws, assert_error, spawn_hub_in};
 use roomcast::auth::api_key::PresentedKey;
 use roomcast::store::KeyKind;
 
 /// Two nodes on `redis` with their records in Redis too (`store.kind = "redis"`), each with
 /// its own data directory; caches are refreshed by announcements only (the poll is a minute).
 async fn two_redis_nodes(redis: &RedisServer) -> (TestHub, TestHub) {
+    nodes_on(&redis.url(), false).await
+}
+
+/// Two nodes as [`two_redis_nodes`] on `urls`; with `sharded`, a Redis Cluster.
+async fn nodes_on(urls: &str, sharded: bool) -> (TestHub, TestHub) {
     let admin_key = PresentedKey::generate(KeyKind::Admin).plaintext();
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b"] {
-        let url = redis.url();
+        let url = urls.to_owned();
         let hub = spawn_hub_in(tempfile::tempdir().unwrap(), admin_key.clone(), move |c| {
+            c.cluster.sharded_pubsub = sharded;
             c.cluster.redis_url = Some(url);
             c.cluster.node_id = Some(name.to_owned());
             c.store.kind = roomcast::config::StoreKind::Redis;
@@ -634,4 +640,69 @@ async fn analytics_count_each_event_once_for_the_whole_cluster() {
         "webhooks": quiet,
     });
     both_report(&[&b], &app, expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_with_sharded_pubsub_carries_the_hub() {
+    let redis = RedisCluster::start().await;
+    let (a, b) = nodes_on(&redis.urls(), true).await;
+    let app = a.create_app(json!({"app_id": "shard-app"})).await;
+    let took = within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
+    assert!(took < Duration::from_secs(1), "a new app reached node B after {took:?}");
+
+    // Twelve rooms, spread over the shards; a subscriber to all of them on each node.
+    let rooms: Vec<String> = (0..12).map(|n| format!("room-{n}")).collect();
+    let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
+    let mut on_a = a.subscriber(&app, json!({}), &names).await;
+    let mut on_b = b.subscriber(&app, json!({}), &names).await;
+    for (n, room) in rooms.iter().enumerate() {
+        for k in 0..2 {
+            let hub = if (n + k) % 2 == 0 { &a } else { &b };
+            let v = hub.broadcast(&app, room, "e", json!(format!("{room}/{k}"))).await;
+            assert_eq!(v["subscriber_count"], 2, "counted over the cluster: {v}");
+        }
+    }
+    let got_a = events(&mut on_a, 24).await;
+    let got_b = events(&mut on_b, 24).await;
+    assert_eq!(got_a, got_b, "both nodes see the same events, offsets and order");
+    for room in &rooms {
+        let offsets: Vec<u64> = got_a
+            .iter()
+            .filter(|(d, _)| d.as_str().unwrap().starts_with(&format!("{room}/")))
+            .map(|e| e.1)
+            .collect();
+        assert_eq!(offsets, [1, 2], "{room}: one offset sequence per room");
+    }
+    // The rooms really are on different shards: their offset counters and their sharded
+    // channels (SSUBSCRIBE) live on several servers.
+    let on_server = |port: u16, args: &'static [&'static str]| async move {
+        let out =
+            tokio::process::Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output();
+        String::from_utf8(out.await.unwrap().stdout).unwrap()
+    };
+    let (mut counters, mut channels) = (0, 0);
+    for server in &redis.servers {
+        counters += on_server(server.port, &["--scan", "--pattern", "rc:offset:*"]).await.lines().count();
+        let shard = on_server(server.port, &["pubsub", "shardchannels", "rc:room:*"]).await;
+        assert!(shard.lines().count() < 12, "every room on one shard: {shard}");
+        channels += shard.lines().count();
+    }
+    assert_eq!((counters, channels), (12, 12), "each room's counter and channel on exactly one shard");
+
+    // Presence, tickets and analytics work there too.
+    let (_alice, _) = member(&a, &app, "alice").await;
+    let (_bob, ack) = member(&b, &app, "bob").await;
+    assert_eq!(user_ids(&ack["presence"]), ["alice", "bob"], "{ack}");
+    let (status, v) = a.post("/api/tickets", &app.api_key, json!({"user_id": "ann"})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let ticket = v["ticket"].as_str().unwrap().to_owned();
+    let redeem = |hub: &TestHub| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        Ws::open(format!("ws://{}/ws?ticket={ticket}", hub.addr).into_client_request().unwrap())
+    };
+    assert!(redeem(&b).await.is_ok(), "bought on A, used on B");
+    assert_eq!(redeem(&a).await.err().map(|e| e.0), Some(401), "used once");
+    for hub in [&a, &b] {
+        within(|| async { analytics(hub, &app, "1h").await["metrics"]["events"]["broadcasts"] == 24 }).await;
+    }
 }

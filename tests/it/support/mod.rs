@@ -304,13 +304,23 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
     dir: TempDir,
+    /// More `redis-server` arguments.
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl RedisServer {
     /// Starts one; panics with a hint when `redis-server` is not installed.
     pub async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { port, child: None, dir: tempfile::tempdir().unwrap() };
+        Self::start_with(Vec::new()).await
+    }
+
+    async fn start_with(args: Vec<String>) -> RedisServer {
+        let mut server =
+            RedisServer { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), args };
         server.restart().await;
         server
     }
@@ -341,6 +351,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.args)
             .current_dir(self.dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -361,6 +372,57 @@ impl RedisServer {
             assert!(std::time::Instant::now() < deadline, "redis-server did not start on {}", self.port);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// A Redis 7 Cluster of three primaries (no replicas) on free loopback ports.
+pub struct RedisCluster {
+    pub servers: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, joins them with `redis-cli --cluster create` and
+    /// waits until every node reports the cluster ok.
+    pub async fn start() -> RedisCluster {
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port"]
+                .map(str::to_owned)
+                .into_iter()
+                .chain([free_port().to_string()])
+                .collect();
+            servers.push(RedisServer::start_with(args).await);
+        }
+        let addrs: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli is needed for the Redis Cluster test (it comes with redis-server)");
+        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let deadline = std::time::Instant::now() + WAIT;
+        for server in &servers {
+            loop {
+                let out = tokio::process::Command::new("redis-cli")
+                    .args(["-p", &server.port.to_string(), "cluster", "info"])
+                    .output()
+                    .await
+                    .unwrap();
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the Redis Cluster never became ok");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        RedisCluster { servers }
+    }
+
+    /// Every node's URL, comma-separated: the seeds for `cluster.redis_url`.
+    pub fn urls(&self) -> String {
+        self.servers.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
     }
 }
 
