@@ -430,6 +430,11 @@ impl Config {
                 );
             }
         }
+        if !self.cluster.sharded_pubsub && self.cluster.redis_url.as_deref().is_some_and(|u| u.contains(','))
+        {
+            problems
+                .push("cluster.redis_url: several URLs need cluster.sharded_pubsub (a Redis Cluster)".into());
+        }
         if self.cluster.sharded_pubsub && self.cluster.redis_url.is_none() {
             problems.push("cluster.sharded_pubsub: needs cluster.redis_url".into());
         }
@@ -517,6 +522,21 @@ mod tests {
 
         let err = load_in_jail(&[], &[("ROOMCAST_LIMITS__MAX_BODY_BYTES", "lots")], None).unwrap_err();
         assert!(err.contains("limits.max_body_bytes"), "{err}");
+
+        // Seeds of a Redis Cluster: each must be a Redis URL; sharding needs a Redis.
+        let cluster = |urls: Option<&str>| {
+            let mut c = Config::default();
+            c.cluster.sharded_pubsub = true;
+            c.cluster.redis_url = urls.map(str::to_owned);
+            c.validate().map_err(|e| e.to_string())
+        };
+        cluster(Some("redis://127.0.0.1:7000, redis://127.0.0.1:7001")).unwrap();
+        assert!(cluster(Some("redis://127.0.0.1:7000,http://x")).unwrap_err().contains("cluster.redis_url"));
+        assert!(cluster(None).unwrap_err().contains("cluster.sharded_pubsub"));
+        let mut single = Config::default();
+        single.cluster.redis_url = Some("redis://127.0.0.1:7000,redis://127.0.0.1:7001".into());
+        let err = single.validate().unwrap_err().to_string();
+        assert!(err.contains("several URLs need cluster.sharded_pubsub"), "{err}");
     }
 
     #[test]
