@@ -291,16 +291,14 @@ async fn counts_and_room_events_are_cluster_wide() {
     hooks.quiet(Duration::from_millis(300)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_node_is_removed_from_counts() {
-    let redis = RedisServer::start().await;
-    let (a, _b, shared) = two_nodes(&redis).await;
-    let app = a.create_app(json!({"app_id": "kill-app"})).await;
-    let mut hooks = Receiver::start().await;
-    a.post("/api/webhooks", &app.api_key, json!({"url": hooks.url(), "events": ["room-vacated"]})).await;
-
-    // A third node as its own process, killed with SIGKILL while it holds the room's only
-    // subscriber.
+/// A node as its own process, on the shared store `shared` (with `a`'s admin key), with the
+/// given node timeout; returns it, its address and its directory.
+async fn node_process(
+    redis: &RedisServer,
+    a: &TestHub,
+    shared: &tempfile::TempDir,
+    node_timeout_ms: u64,
+) -> (tokio::process::Child, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
         .current_dir(dir.path())
@@ -309,7 +307,7 @@ async fn a_killed_node_is_removed_from_counts() {
         .env("ROOMCAST_STORE__PATH", shared.path().join("roomcast.db"))
         .env("ROOMCAST_CLUSTER__REDIS_URL", redis.url())
         .env("ROOMCAST_CLUSTER__NODE_ID", "node-c")
-        .env("ROOMCAST_CLUSTER__NODE_TIMEOUT_MS", "1500")
+        .env("ROOMCAST_CLUSTER__NODE_TIMEOUT_MS", node_timeout_ms.to_string())
         .env("ROOMCAST_LOG__LEVEL", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -328,21 +326,70 @@ async fn a_killed_node_is_removed_from_counts() {
     })
     .await
     .unwrap();
-    let token = a.token(&app, json!({})).await;
+    (child, addr, dir)
+}
+
+/// A connection to the node at `addr` with `token`.
+async fn connect_to(addr: &str, token: &str) -> Ws {
     let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
         "ws://{addr}/ws?token={token}"
     ))
     .unwrap();
-    let (mut ws, _) = Ws::open(req).await.unwrap();
+    Ws::open(req).await.unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_hands_its_clients_over() {
+    let redis = RedisServer::start().await;
+    let (a, _b, shared) = two_nodes(&redis).await;
+    let app = a.create_app(json!({"app_id": "term-app"})).await;
+    // A node timeout of a minute: whatever happens within seconds is the node leaving by itself.
+    let (mut child, addr, _dir) = node_process(&redis, &a, &shared, 60_000).await;
+    let mut carol = connect_to(&addr, &a.token(&app, json!({"user_id": "carol"})).await).await;
+    carol.send_json(json!({"type": "subscribe", "room": "presence-team", "id": 1})).await;
+    assert_eq!(carol.next_json().await["type"], "subscribed");
+    let (mut dave, ack) = member(&a, &app, "dave").await;
+    assert_eq!(user_ids(&ack["presence"]), ["carol", "dave"], "{ack}");
+
+    let pid = child.id().unwrap().to_string();
+    let term = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // Its client is told to reconnect elsewhere (1012), its member leaves at once, it exits 0.
+    assert!(matches!(carol.closed().await, crate::support::Ending::Closed(1012)));
+    let f = dave.next_json().await;
+    assert_eq!(
+        (f["event"].as_str(), f["data"]["user_id"].as_str()),
+        (Some("user-left"), Some("carol")),
+        "{f}"
+    );
+    let status =
+        tokio::time::timeout(Duration::from_secs(5), child.wait()).await.expect("exits within 5 s").unwrap();
+    assert!(status.success(), "{status}");
+    assert!(term.elapsed() < Duration::from_secs(5));
+    let nodes = tokio::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "smembers", "rc:nodes"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&nodes.stdout).contains("node-c"), "node-c deregistered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_removed_from_counts() {
+    let redis = RedisServer::start().await;
+    let (a, _b, shared) = two_nodes(&redis).await;
+    let app = a.create_app(json!({"app_id": "kill-app"})).await;
+    let mut hooks = Receiver::start().await;
+    a.post("/api/webhooks", &app.api_key, json!({"url": hooks.url(), "events": ["room-vacated"]})).await;
+
+    // A third node as its own process, killed with SIGKILL while it holds the room's only
+    // subscriber.
+    let (mut child, addr, _dir) = node_process(&redis, &a, &shared, 1500).await;
+    let mut ws = connect_to(&addr, &a.token(&app, json!({})).await).await;
     ws.subscribe("room").await;
     assert_eq!(a.broadcast(&app, "room", "e", json!(1)).await["subscriber_count"], 1);
     // Carol is present through node-c only; Dave, on node A, watches.
-    let carol_token = a.token(&app, json!({"user_id": "carol"})).await;
-    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://{addr}/ws?token={carol_token}"
-    ))
-    .unwrap();
-    let (mut carol, _) = Ws::open(req).await.unwrap();
+    let mut carol = connect_to(&addr, &a.token(&app, json!({"user_id": "carol"})).await).await;
     carol.send_json(json!({"type": "subscribe", "room": "presence-team", "id": 1})).await;
     assert_eq!(carol.next_json().await["type"], "subscribed");
     let (mut dave, ack) = member(&a, &app, "dave").await;
