@@ -73,4 +73,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Option<(Vec<Member>, usize)>, BrokerError> {
         Ok(None)
     }
+    /// Occupied rooms of `app_id` over the cluster whose names start with `prefix`, in name
+    /// order after `after`: at most `limit`, and whether more follow; `None` on a single node.
+    async fn rooms_page(
+        &self,
+        _app_id: &str,
+        _prefix: &str,
+        _after: Option<&str>,
+        _limit: usize,
+    ) -> Result<Option<(Vec<crate::hub::registry::RoomInfo>, bool)>, BrokerError> {
+        Ok(None)
+    }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::conn::{COMMAND_TIMEOUT, Commands, MAX_BACKOFF, Target};
 use super::{Broker, BrokerError, Publication};
 use crate::hub::Hub;
-use crate::hub::registry::{FanoutOutcome, Member, Registry, RoomKey};
+use crate::hub::registry::{FanoutOutcome, Member, Registry, RoomInfo, RoomKey};
 use crate::protocol::{EventName, RoomName};
 
 /// Prefix of room channels: `rc:room:{app_id}:{room}` (app ids have no `:`).
@@ -32,6 +32,11 @@ const OFFSET_TTL_MS: u64 = 86_400_000;
 
 /// Prefix of the per-room subscriber counts: a hash of node id → that node's subscribers.
 const COUNT_PREFIX: &str = "rc:count:";
+/// The rooms of an app that may be occupied: `rc:rooms:{app}`, all scores 0 (name order).
+const ROOMS_PREFIX: &str = "rc:rooms:";
+/// When each of them became occupied: `rc:room-since:{app}`, room → ms (raised by one when a
+/// room is occupied again within the same millisecond, so each occupation has its own value).
+const SINCE_PREFIX: &str = "rc:room-since:";
 /// Every node's liveness key, refreshed while it runs: `rc:alive:{node}`.
 const ALIVE_PREFIX: &str = "rc:alive:";
 /// The rooms a node has counted subscribers in: `rc:node-rooms:{node}` (members `{app}:{room}`).
@@ -115,6 +120,27 @@ for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) 
 return {total, n}
 ";
 
+/// Room ARGV[1] became occupied at ARGV[2] ms: listed in KEYS[1], its time in KEYS[2]. With
+/// ARGV[3] = 1, a room already listed keeps its time (a node writing its rooms again).
+const OCCUPY_SCRIPT: &str = r"
+if ARGV[3] == '1' and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call('ZADD', KEYS[1], 0, ARGV[1])
+local since = tonumber(ARGV[2])
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if old >= since then since = old + 1 end
+redis.call('HSET', KEYS[2], ARGV[1], since)
+return since
+";
+
+/// Unlists room ARGV[1] (KEYS as for occupying) if it was not occupied again since it was
+/// found empty, i.e. its time is still ARGV[2].
+const UNLIST_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+";
+
 /// Removes node ARGV[1]'s count of a room (KEYS[1]); returns 1 when this call removed it and
 /// nobody is left in the room. Of several nodes cleaning up after a dead one, only one gets 1.
 const FORGET_COUNT_SCRIPT: &str = r"
@@ -140,6 +166,11 @@ fn room_key(prefix: &str, id: &str) -> String {
 /// scripts.
 fn presence_keys(id: &str) -> Vec<String> {
     vec![room_key(MEMBERS_PREFIX, id), room_key(MEMBER_NODES_PREFIX, id), room_key(MEMBER_COUNT_PREFIX, id)]
+}
+
+/// An app's room list and occupation times (tag `{app}`).
+fn room_list_keys(app_id: &str) -> [String; 2] {
+    [format!("{ROOMS_PREFIX}{{{app_id}}}"), format!("{SINCE_PREFIX}{{{app_id}}}")]
 }
 
 fn room_from_id(id: &str) -> Option<RoomKey> {
@@ -232,6 +263,8 @@ pub struct RedisBroker {
     script: redis::Script,
     count_script: redis::Script,
     forget_count_script: redis::Script,
+    occupy_script: redis::Script,
+    unlist_script: redis::Script,
     presence_join_script: redis::Script,
     presence_leave_script: redis::Script,
     forget_presence_script: redis::Script,
@@ -274,6 +307,8 @@ impl RedisBroker {
             script: redis::Script::new(PUBLISH_SCRIPT),
             count_script: redis::Script::new(COUNT_SCRIPT),
             forget_count_script: redis::Script::new(FORGET_COUNT_SCRIPT),
+            occupy_script: redis::Script::new(OCCUPY_SCRIPT),
+            unlist_script: redis::Script::new(UNLIST_SCRIPT),
             presence_join_script: redis::Script::new(PRESENCE_JOIN_SCRIPT),
             presence_leave_script: redis::Script::new(PRESENCE_LEAVE_SCRIPT),
             forget_presence_script: redis::Script::new(FORGET_PRESENCE_SCRIPT),
@@ -401,7 +436,17 @@ impl RedisBroker {
                         .arg(&self.node_id)
                         .arg(n)
                         .query_async::<()>(&mut commands)
+                        .await?;
+                    // A Redis that restarted lost the room lists too.
+                    let Some(key) = room_from_id(&id) else { return Ok(()) };
+                    self.occupy_script
+                        .key(&room_list_keys(&key.app_id)[..])
+                        .arg(key.room.as_str())
+                        .arg(crate::hub::now_ms())
+                        .arg(1)
+                        .invoke_async::<i64>(&mut commands)
                         .await
+                        .map(drop)
                 }
             })
             .await?;
@@ -510,7 +555,40 @@ impl RedisBroker {
         if gone {
             redis::cmd("SREM").arg(NODES).arg(node).query_async::<()>(&mut commands).await?;
         }
-        Ok(vacated.into_iter().flatten().collect())
+        let vacated: Vec<RoomKey> = vacated.into_iter().flatten().collect();
+        each_room(vacated.clone(), |key| async move { self.unlist_if_empty(&key).await }).await?;
+        Ok(vacated)
+    }
+
+    /// The room's subscribers over the cluster.
+    async fn total(&self, key: &RoomKey) -> redis::RedisResult<i64> {
+        let counts: Vec<i64> = redis::cmd("HVALS")
+            .arg(room_key(COUNT_PREFIX, &room_id(key)))
+            .query_async(&mut self.commands.clone())
+            .await?;
+        Ok(counts.iter().sum())
+    }
+
+    /// Takes a room off its app's list when nobody is in it, unless it was occupied again
+    /// meanwhile (its occupation time then changed).
+    async fn unlist_if_empty(&self, key: &RoomKey) -> redis::RedisResult<()> {
+        let [rooms, since] = room_list_keys(&key.app_id);
+        let mut commands = self.commands.clone();
+        let at: Option<String> =
+            redis::cmd("HGET").arg(&since).arg(key.room.as_str()).query_async(&mut commands).await?;
+        let Some(at) = at else { return Ok(()) };
+        if self.total(key).await? > 0 {
+            return Ok(());
+        }
+        let _: i64 = self
+            .unlist_script
+            .key(&rooms)
+            .key(&since)
+            .arg(key.room.as_str())
+            .arg(at)
+            .invoke_async(&mut commands)
+            .await?;
+        Ok(())
     }
 
     fn vacated_elsewhere(&self, key: RoomKey) {
@@ -728,16 +806,24 @@ impl Broker for RedisBroker {
                 .await
                 .map_err(unavailable)?;
         }
+        if delta > 0 && total == delta {
+            let _: i64 = self
+                .occupy_script
+                .key(&room_list_keys(&key.app_id)[..])
+                .arg(key.room.as_str())
+                .arg(crate::hub::now_ms())
+                .arg(0)
+                .invoke_async(&mut commands)
+                .await
+                .map_err(unavailable)?;
+        } else if total <= 0 {
+            self.unlist_if_empty(key).await.map_err(unavailable)?;
+        }
         Ok(Some(total.max(0) as usize))
     }
 
     async fn subscriber_total(&self, key: &RoomKey) -> Result<Option<usize>, BrokerError> {
-        let counts: Vec<i64> = redis::cmd("HVALS")
-            .arg(room_key(COUNT_PREFIX, &room_id(key)))
-            .query_async(&mut self.commands.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(Some(counts.iter().sum::<i64>().max(0) as usize))
+        Ok(Some(self.total(key).await.map_err(unavailable)?.max(0) as usize))
     }
 
     async fn presence_join(
@@ -790,6 +876,90 @@ impl Broker for RedisBroker {
             })
             .collect();
         Ok(Some((members, count)))
+    }
+
+    async fn rooms_page(
+        &self,
+        app_id: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<(Vec<RoomInfo>, bool)>, BrokerError> {
+        let [rooms_key, since_key] = room_list_keys(app_id);
+        let mut commands = self.commands.clone();
+        // Names are ASCII up to `z`, so `prefix~` is past every name with the prefix.
+        let mut min = match after {
+            Some(a) if a >= prefix => format!("({a}"),
+            _ => format!("[{prefix}"),
+        };
+        let max = if prefix.is_empty() { "+".to_owned() } else { format!("({prefix}~") };
+        let mut found = Vec::new();
+        // Listed rooms may have emptied since (they are unlisted right after); skip those.
+        loop {
+            let names: Vec<String> = redis::cmd("ZRANGEBYLEX")
+                .arg(&rooms_key)
+                .arg(&min)
+                .arg(&max)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit + 1)
+                .query_async(&mut commands)
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = names.last() else { break };
+            min = format!("({last}");
+            let since: Vec<Option<i64>> = redis::cmd("HMGET")
+                .arg(&since_key)
+                .arg(&names)
+                .query_async(&mut commands)
+                .await
+                .map_err(unavailable)?;
+            let app_id: Arc<str> = Arc::from(app_id);
+            let rooms =
+                each_room(names.iter().cloned().zip(since), |(name, since): (String, Option<i64>)| {
+                    let app_id = app_id.clone();
+                    let mut commands = self.commands.clone();
+                    async move {
+                        let Ok(room) = RoomName::parse(&name) else { return Ok(None) };
+                        let key = RoomKey { app_id, room };
+                        let total = self.total(&key).await?;
+                        let users = match key.room.is_presence() {
+                            true => Some(
+                                redis::cmd("HLEN")
+                                    .arg(room_key(MEMBERS_PREFIX, &room_id(&key)))
+                                    .query_async::<usize>(&mut commands)
+                                    .await?,
+                            ),
+                            false => None,
+                        };
+                        Ok(Some((key, total, users, since)))
+                    }
+                })
+                .await
+                .map_err(unavailable)?;
+            // `each_room` answers out of order.
+            let mut rooms: Vec<_> = rooms.into_iter().flatten().collect();
+            rooms.sort_unstable_by(|a, b| a.0.room.cmp(&b.0.room));
+            let more = names.len() > limit;
+            for (key, total, user_count, since) in rooms {
+                if total > 0 {
+                    found.push(RoomInfo {
+                        room: key.room,
+                        subscriber_count: total as usize,
+                        user_count,
+                        occupied_since: since.unwrap_or_default(),
+                    });
+                } else {
+                    self.unlist_if_empty(&key).await.map_err(unavailable)?;
+                }
+            }
+            if found.len() > limit || !more {
+                break;
+            }
+        }
+        let more = found.len() > limit;
+        found.truncate(limit);
+        Ok(Some((found, more)))
     }
 
     async fn unsubscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {

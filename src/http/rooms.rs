@@ -155,7 +155,7 @@ async fn list_rooms(
     if let Some(cursor) = &params.cursor {
         room_name("cursor", cursor)?;
     }
-    let (rooms, more) = state.hub.registry().rooms_of(&app_id, &prefix, params.cursor.as_deref(), limit);
+    let (rooms, more) = state.hub.rooms_page(&app_id, &prefix, params.cursor.as_deref(), limit).await?;
     let next_cursor = if more { rooms.last().map(|r| r.room.to_string()) } else { None };
     Ok(axum::Json(RoomList { success: true, rooms: rooms.iter().map(RoomView::from).collect(), next_cursor }))
 }

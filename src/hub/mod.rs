@@ -17,7 +17,7 @@ use crate::metrics::{DropReason, HubMetrics};
 use crate::protocol::{CloseCode, EventName, RoomName, ServerFrame};
 pub use conn::{ConnHandle, Delivery, OutboxLimits, Wake};
 use events::{EventBus, HubEvent, PublishKind};
-use registry::{FanoutOutcome, JoinOutcome, Member, PresenceRequest, Registry, RoomKey};
+use registry::{FanoutOutcome, JoinOutcome, Member, PresenceRequest, Registry, RoomInfo, RoomKey};
 
 /// One encoded server frame; clones share the bytes.
 pub type Frame = Utf8Bytes;
@@ -307,6 +307,21 @@ impl Hub {
         match self.broker.subscriber_total(&key).await? {
             Some(total) => Ok(total),
             None => Ok(self.registry.subscriber_count(&key)),
+        }
+    }
+
+    /// Occupied rooms of `app_id` whose names start with `prefix`, in name order after `after`:
+    /// at most `limit`, and whether more follow. Over the whole cluster in cluster mode.
+    pub async fn rooms_page(
+        &self,
+        app_id: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<RoomInfo>, bool), BrokerError> {
+        match self.broker.rooms_page(app_id, prefix, after, limit).await? {
+            Some(page) => Ok(page),
+            None => Ok(self.registry.rooms_of(app_id, prefix, after, limit)),
         }
     }
 

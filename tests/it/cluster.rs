@@ -188,8 +188,11 @@ async fn redis_down_is_reported_and_refused_then_rooms_resume() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Both nodes subscribed their rooms again: events flow, each once.
-    b.broadcast(&app, "room", "e", json!("after")).await;
+    // Both nodes subscribed their rooms again and wrote their counts and room list back into
+    // the empty Redis: events flow, each once.
+    let v = b.broadcast(&app, "room", "e", json!("after")).await;
+    assert_eq!(v["subscriber_count"], 2, "{v}");
+    assert_eq!(room_names(&a, &app, "").await.0, ["room"]);
     for ws in [&mut on_a, &mut on_b] {
         let got = events(ws, 1).await;
         assert_eq!(got[0].0, "after");
@@ -404,6 +407,7 @@ async fn a_killed_node_is_removed_from_counts() {
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(5), "cleanup took {took:?}");
     assert_eq!(a.broadcast(&app, "room", "e", json!(2)).await["subscriber_count"], 0);
+    assert_eq!(room_names(&a, &app, "").await.0, ["presence-team"], "the dead node's room is unlisted");
     let f = dave.next_json().await;
     assert_eq!(
         (f["event"].as_str(), f["data"]["user_id"].as_str()),
@@ -752,4 +756,54 @@ async fn a_redis_cluster_with_sharded_pubsub_carries_the_hub() {
     for hub in [&a, &b] {
         within(|| async { analytics(hub, &app, "1h").await["metrics"]["events"]["broadcasts"] == 24 }).await;
     }
+}
+
+/// `(names, next_cursor)` of `GET /api/rooms{query}` on `hub`.
+async fn room_names(hub: &TestHub, app: &TestApp, query: &str) -> (Vec<String>, Value) {
+    let (status, v) = hub.get(&format!("/api/rooms{query}"), &app.api_key).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let names =
+        v["rooms"].as_array().unwrap().iter().map(|r| r["room"].as_str().unwrap().to_owned()).collect();
+    (names, v["next_cursor"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_list_spans_the_cluster() {
+    let redis = RedisServer::start().await;
+    let (a, b) = two_redis_nodes(&redis).await;
+    let app = a.create_app(json!({"app_id": "list-app"})).await;
+    within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
+    let _on_a = a.subscriber(&app, json!({}), &["a-1", "shared"]).await;
+    let mut on_b = b.subscriber(&app, json!({}), &["b-1", "shared"]).await;
+    let (_member, _) = member(&b, &app, "carol").await;
+
+    let all = ["a-1", "b-1", "presence-team", "shared"];
+    for hub in [&a, &b] {
+        let (status, v) = hub.get("/api/rooms", &app.api_key).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let rooms = v["rooms"].as_array().unwrap();
+        let names: Vec<&str> = rooms.iter().map(|r| r["room"].as_str().unwrap()).collect();
+        assert_eq!(names, all, "every node lists every node's rooms: {v}");
+        let shared = &rooms[3];
+        assert_eq!(
+            (shared["subscriber_count"].as_u64(), shared["occupied"].as_bool()),
+            (Some(2), Some(true))
+        );
+        assert!(shared["occupied_since"].as_str().is_some_and(|t| t.ends_with('Z')), "{shared}");
+        assert_eq!(rooms[2]["user_count"], 1, "presence rooms count users over the cluster");
+        assert_eq!(rooms[0]["user_count"], Value::Null);
+    }
+    // Prefix and pages, as on one node.
+    assert_eq!(room_names(&a, &app, "?prefix=b-").await.0, ["b-1"]);
+    let (first, cursor) = room_names(&a, &app, "?limit=2").await;
+    assert_eq!((first, cursor), (vec!["a-1".to_owned(), "b-1".into()], json!("b-1")));
+    let (rest, cursor) = room_names(&a, &app, "?limit=2&cursor=b-1").await;
+    assert_eq!((rest, cursor), (vec!["presence-team".to_owned(), "shared".into()], Value::Null));
+
+    // A room emptied on B leaves A's list; a room still held elsewhere stays.
+    on_b.stream.close(None).await.unwrap();
+    on_b.closed().await;
+    within(|| async { room_names(&a, &app, "").await.0 == ["a-1", "presence-team", "shared"] }).await;
+    let (_, v) = a.get("/api/rooms?prefix=shared", &app.api_key).await;
+    assert_eq!(v["rooms"][0]["subscriber_count"], 1, "{v}");
 }
