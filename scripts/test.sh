@@ -25,9 +25,9 @@ if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
   echo "test.sh: installing chromium"
   apt_install chromium
 fi
-if ! command -v redis-server >/dev/null; then
-  echo "test.sh: installing redis-server (cluster tests start their own on a free port)"
-  apt_install redis-server
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  echo "test.sh: installing redis-server and redis-cli (cluster tests start their own servers on free ports)"
+  apt_install redis-server redis-tools
 fi
 if ! command -v promtool >/dev/null; then
   echo "test.sh: installing promtool (Debian package prometheus)"
