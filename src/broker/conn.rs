@@ -45,9 +45,11 @@ impl Target {
         seeds: &[String],
         push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
     ) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        // A few retries, enough to follow a slot that moved, few enough to fail fast.
         let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
             .connection_timeout(COMMAND_TIMEOUT)
-            .response_timeout(COMMAND_TIMEOUT);
+            .response_timeout(COMMAND_TIMEOUT)
+            .retries(3);
         if let Some(push) = push {
             builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
         }
@@ -107,9 +109,13 @@ pub async fn connect(url: &str, cluster: bool) -> Result<(Target, Commands), Str
     let connecting = async {
         match &target {
             Target::Single(client) => {
+                // One quick retry: while Redis is away every command fails within a fraction
+                // of a second (the default six retries held each for about nine seconds); the
+                // next command tries to connect again.
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(COMMAND_TIMEOUT))
                     .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_number_of_retries(1)
                     .set_max_delay(MAX_BACKOFF);
                 redis::aio::ConnectionManager::new_with_config(client.clone(), config)
                     .await

@@ -744,6 +744,10 @@ impl RedisBroker {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, publication: &Publication<'_>) -> Result<FanoutOutcome, BrokerError> {
+        // Without the subscription connection this node's own subscribers would miss it.
+        if !self.is_up() {
+            return Err(unavailable("Redis is not connected"));
+        }
         let key = &publication.key;
         let mut invocation = self.script.prepare_invoke();
         invocation

@@ -179,6 +179,18 @@ async fn redis_down_is_reported_and_refused_then_rooms_resume() {
     let got =
         a.post("/api/broadcast", &app.api_key, json!({"room": "room", "event": "e", "data": "lost"})).await;
     assert_error(&got, 503, "unavailable");
+    // So are the answers that need the cluster's state, and again and again, each at once
+    // rather than after the client's reconnection attempts (nine seconds with its defaults).
+    for path in ["/api/rooms", "/api/analytics?period=1h", "/api/rooms/room"] {
+        let asked = Instant::now();
+        assert_error(&a.get(path, &app.api_key).await, 503, "unavailable");
+        assert!(asked.elapsed() < Duration::from_secs(2), "{path} took {:?}", asked.elapsed());
+    }
+    let asked = Instant::now();
+    let got =
+        b.post("/api/broadcast", &app.api_key, json!({"room": "room", "event": "e", "data": "lost"})).await;
+    assert_error(&got, 503, "unavailable");
+    assert!(asked.elapsed() < Duration::from_secs(2), "a second broadcast took {:?}", asked.elapsed());
 
     redis.restart().await;
     for hub in [&a, &b] {
