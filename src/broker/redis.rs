@@ -715,6 +715,28 @@ impl RedisBroker {
         Ok(())
     }
 
+    /// Subscribes (`on`) or unsubscribes a room's channel, waiting for Redis to confirm.
+    async fn set_subscribed(
+        &self,
+        subscriptions: &mut Subscriptions,
+        key: &RoomKey,
+        on: bool,
+    ) -> Result<(), BrokerError> {
+        let ch = channel(key);
+        let confirmed = match subscriptions {
+            Subscriptions::Single(sink) => {
+                let change = async { if on { sink.subscribe(ch).await } else { sink.unsubscribe(ch).await } };
+                tokio::time::timeout(COMMAND_TIMEOUT, change).await
+            }
+            Subscriptions::Cluster(conn) => {
+                tokio::time::timeout(COMMAND_TIMEOUT, self.sub(conn, vec![ch], on)).await
+            }
+        };
+        confirmed
+            .map_err(|_| unavailable("Redis did not confirm the (un)subscription in time"))?
+            .map_err(unavailable)
+    }
+
     /// Delivers one message from Redis to this node's subscribers of its room.
     fn receive(&self, channel: &str, payload: &[u8]) {
         if channel == crate::store::redis::CHANGED_CHANNEL {
@@ -768,17 +790,7 @@ impl Broker for RedisBroker {
     async fn subscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
         let mut guard = self.subscriptions.lock().await;
         let subscriptions = guard.as_mut().ok_or_else(|| unavailable("Redis is not connected"))?;
-        let confirmed = match subscriptions {
-            Subscriptions::Single(sink) => {
-                tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(channel(key))).await
-            }
-            Subscriptions::Cluster(conn) => {
-                tokio::time::timeout(COMMAND_TIMEOUT, self.sub(conn, vec![channel(key)], true)).await
-            }
-        };
-        confirmed
-            .map_err(|_| unavailable("Redis did not confirm the subscription in time"))?
-            .map_err(unavailable)
+        self.set_subscribed(subscriptions, key, true).await
     }
 
     async fn count_subscribers(&self, key: &RoomKey, delta: i64) -> Result<Option<usize>, BrokerError> {
@@ -970,17 +982,7 @@ impl Broker for RedisBroker {
         let mut guard = self.subscriptions.lock().await;
         // Disconnected: nothing to undo; the reconnect subscribes only to occupied rooms.
         let Some(subscriptions) = guard.as_mut() else { return Ok(()) };
-        let confirmed = match subscriptions {
-            Subscriptions::Single(sink) => {
-                tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(channel(key))).await
-            }
-            Subscriptions::Cluster(conn) => {
-                tokio::time::timeout(COMMAND_TIMEOUT, self.sub(conn, vec![channel(key)], false)).await
-            }
-        };
-        confirmed
-            .map_err(|_| unavailable("Redis did not confirm the unsubscription in time"))?
-            .map_err(unavailable)
+        self.set_subscribed(subscriptions, key, false).await
     }
 }
 
