@@ -478,25 +478,38 @@ impl RedisBroker {
 
     /// Removes a node's presence entries, room by room; returns the members gone cluster-wide.
     async fn forget_presence(&self, node: &str) -> redis::RedisResult<Vec<(RoomKey, String)>> {
-        let rooms_key = format!("{NODE_PRESENCE_PREFIX}{node}");
-        let rooms: Vec<String> =
-            redis::cmd("SMEMBERS").arg(&rooms_key).query_async(&mut self.commands.clone()).await?;
-        let gone = each_room(rooms, |id| {
-            let mut commands = self.commands.clone();
-            async move {
-                let users: Vec<String> = self
-                    .forget_presence_script
-                    .key(presence_keys(&id))
-                    .arg(node)
-                    .invoke_async(&mut commands)
-                    .await?;
-                Ok(room_from_id(&id)
-                    .map(|key| users.into_iter().map(|u| (key.clone(), u)).collect::<Vec<_>>()))
-            }
-        })
-        .await?;
-        redis::cmd("DEL").arg(&rooms_key).query_async::<()>(&mut self.commands.clone()).await?;
+        let gone = self
+            .drain_rooms(&format!("{NODE_PRESENCE_PREFIX}{node}"), |id| {
+                let mut commands = self.commands.clone();
+                async move {
+                    let users: Vec<String> = self
+                        .forget_presence_script
+                        .key(presence_keys(&id))
+                        .arg(node)
+                        .invoke_async(&mut commands)
+                        .await?;
+                    Ok(room_from_id(&id)
+                        .map(|key| users.into_iter().map(|u| (key.clone(), u)).collect::<Vec<_>>()))
+                }
+            })
+            .await?;
         Ok(gone.into_iter().flatten().flatten().collect())
+    }
+
+    /// Runs `f` for each room of a node's room set `set` (room by room), then takes those rooms
+    /// out of the set; rooms added meanwhile stay.
+    async fn drain_rooms<T, F, Fut>(&self, set: &str, f: F) -> redis::RedisResult<Vec<T>>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let mut commands = self.commands.clone();
+        let rooms: Vec<String> = redis::cmd("SMEMBERS").arg(set).query_async(&mut commands).await?;
+        let done = each_room(rooms.clone(), f).await?;
+        if !rooms.is_empty() {
+            redis::cmd("SREM").arg(set).arg(&rooms).query_async::<()>(&mut commands).await?;
+        }
+        Ok(done)
     }
 
     async fn presence_join_raw(
@@ -534,26 +547,22 @@ impl RedisBroker {
     /// Removes a node's counts, room by room, and the node itself from the node set when
     /// `gone`; returns the rooms this call left empty.
     async fn forget_node(&self, node: &str, gone: bool) -> redis::RedisResult<Vec<RoomKey>> {
-        let rooms_key = format!("{NODE_ROOMS_PREFIX}{node}");
-        let rooms: Vec<String> =
-            redis::cmd("SMEMBERS").arg(&rooms_key).query_async(&mut self.commands.clone()).await?;
-        let vacated = each_room(rooms, |id| {
-            let mut commands = self.commands.clone();
-            async move {
-                let emptied: i64 = self
-                    .forget_count_script
-                    .key(room_key(COUNT_PREFIX, &id))
-                    .arg(node)
-                    .invoke_async(&mut commands)
-                    .await?;
-                Ok((emptied == 1).then(|| room_from_id(&id)).flatten())
-            }
-        })
-        .await?;
-        let mut commands = self.commands.clone();
-        redis::cmd("DEL").arg(&rooms_key).query_async::<()>(&mut commands).await?;
+        let vacated = self
+            .drain_rooms(&format!("{NODE_ROOMS_PREFIX}{node}"), |id| {
+                let mut commands = self.commands.clone();
+                async move {
+                    let emptied: i64 = self
+                        .forget_count_script
+                        .key(room_key(COUNT_PREFIX, &id))
+                        .arg(node)
+                        .invoke_async(&mut commands)
+                        .await?;
+                    Ok((emptied == 1).then(|| room_from_id(&id)).flatten())
+                }
+            })
+            .await?;
         if gone {
-            redis::cmd("SREM").arg(NODES).arg(node).query_async::<()>(&mut commands).await?;
+            redis::cmd("SREM").arg(NODES).arg(node).query_async::<()>(&mut self.commands.clone()).await?;
         }
         let vacated: Vec<RoomKey> = vacated.into_iter().flatten().collect();
         each_room(vacated.clone(), |key| async move { self.unlist_if_empty(&key).await }).await?;
