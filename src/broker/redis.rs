@@ -98,6 +98,38 @@ end
 return gone
 ";
 
+/// Node ARGV[1] holds exactly the members given as user/user_info pairs after it (KEYS as for
+/// joining): members of the node not given are removed, given ones added. Returns the users
+/// gone from the room cluster-wide.
+const PRESENCE_RESYNC_SCRIPT: &str = r"
+local node = ARGV[1]
+local suffix = '\n' .. node
+local now = {}
+for i = 2, #ARGV, 2 do
+  now[ARGV[i]] = ARGV[i + 1]
+end
+local gone = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(field, -string.len(suffix)) == suffix then
+    local user = string.sub(field, 1, string.len(field) - string.len(suffix))
+    if now[user] == nil then
+      redis.call('HDEL', KEYS[2], field)
+      if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
+        redis.call('HDEL', KEYS[3], user)
+        redis.call('HDEL', KEYS[1], user)
+        table.insert(gone, user)
+      end
+    end
+  end
+end
+for user, info in pairs(now) do
+  if redis.call('HSETNX', KEYS[2], user .. suffix, 1) == 1 then
+    if redis.call('HINCRBY', KEYS[3], user, 1) == 1 then redis.call('HSET', KEYS[1], user, info) end
+  end
+end
+return gone
+";
+
 /// Increments the room's offset (KEYS[1]) and publishes `offset \n message` on KEYS[2] with
 /// ARGV[3] (PUBLISH or SPUBLISH); returns the offset and the room's subscribers over the
 /// cluster (KEYS[3]).
@@ -268,11 +300,14 @@ pub struct RedisBroker {
     presence_join_script: redis::Script,
     presence_leave_script: redis::Script,
     forget_presence_script: redis::Script,
+    presence_resync_script: redis::Script,
     /// A node silent this long is dead; its counts are removed by the others.
     node_timeout: Duration,
     /// The subscription connection's command half; `None` while disconnected.
     subscriptions: tokio::sync::Mutex<Option<Subscriptions>>,
     up: AtomicBool,
+    /// Since when the subscription connection is up.
+    up_since: std::sync::Mutex<Option<std::time::Instant>>,
     /// Woken when another node (or this one) wrote to a Redis store.
     store_changes: Arc<tokio::sync::Notify>,
     /// Where received publications are fanned out (set once the hub exists).
@@ -312,9 +347,11 @@ impl RedisBroker {
             presence_join_script: redis::Script::new(PRESENCE_JOIN_SCRIPT),
             presence_leave_script: redis::Script::new(PRESENCE_LEAVE_SCRIPT),
             forget_presence_script: redis::Script::new(FORGET_PRESENCE_SCRIPT),
+            presence_resync_script: redis::Script::new(PRESENCE_RESYNC_SCRIPT),
             node_timeout,
             subscriptions: tokio::sync::Mutex::new(None),
             up: AtomicBool::new(false),
+            up_since: std::sync::Mutex::new(None),
             store_changes: Arc::new(tokio::sync::Notify::new()),
             hub: OnceLock::new(),
         })
@@ -360,6 +397,7 @@ impl RedisBroker {
                 self.refresh_commands().await;
                 self.recount().await?;
                 self.up.store(true, Ordering::Relaxed);
+                *self.up_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
                 tracing::info!(rooms = rooms.len(), "Redis subscription connection up");
                 match &mut incoming {
                     Incoming::Single(stream) => {
@@ -394,6 +432,7 @@ impl RedisBroker {
                 _ = shutdown.cancelled() => return,
             };
             let was_up = self.up.swap(false, Ordering::Relaxed);
+            *self.up_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
             *self.subscriptions.lock().await = None;
             match ended {
                 Ok(()) => tracing::warn!("Redis subscription connection lost; reconnecting"),
@@ -414,7 +453,7 @@ impl RedisBroker {
     /// that restarted lost them; decrements that failed while it was away left them wrong), and
     /// reports rooms that were counted here, are empty now and have nobody elsewhere.
     async fn recount(&self) -> redis::RedisResult<()> {
-        let vacated = self.forget_node(&self.node_id, false).await?;
+        self.refresh_liveness().await?;
         let mut local = std::collections::HashSet::new();
         let mut counts = Vec::new();
         for key in self.registry.room_keys() {
@@ -424,10 +463,17 @@ impl RedisBroker {
                 local.insert(key);
             }
         }
+        // Counts are overwritten in place, never removed first: while a node recounts, other
+        // nodes still see its subscribers. Only rooms it no longer has lose its count.
+        let ids: std::collections::HashSet<String> = counts.iter().map(|(id, _)| id.clone()).collect();
+        let vacated = self.forget_node(&self.node_id, false, &ids).await?;
         if !counts.is_empty() {
-            let ids: Vec<&str> = counts.iter().map(|(id, _)| id.as_str()).collect();
             let mut commands = self.commands.clone();
-            redis::cmd("SADD").arg(self.node_rooms()).arg(&ids).query_async::<()>(&mut commands).await?;
+            redis::cmd("SADD")
+                .arg(self.node_rooms())
+                .arg(ids.iter().collect::<Vec<_>>())
+                .query_async::<()>(&mut commands)
+                .await?;
             each_room(counts, |(id, n)| {
                 let mut commands = self.commands.clone();
                 async move {
@@ -451,21 +497,42 @@ impl RedisBroker {
             })
             .await?;
         }
-        // Presence: the same, member by member; users gone from here while Redis was away, and
-        // from everywhere else, are announced as gone.
-        let gone = self.forget_presence(&self.node_id).await?;
-        let mut present = std::collections::HashSet::new();
-        for key in local.iter().filter(|k| k.room.is_presence()) {
-            let Some((members, _)) = self.registry.members(key, None, usize::MAX) else { continue };
-            for m in members {
-                self.presence_join_raw(key, &m.user_id, m.user_info.get()).await?;
-                present.insert((key.clone(), m.user_id.to_string()));
-            }
+        // Presence: the same, member by member. Rooms left are forgotten; in the others the
+        // node's members are replaced by the ones it has now. Users gone from here while Redis
+        // was away, and from everywhere else, are announced as gone.
+        let presence: Vec<(RoomKey, Vec<Member>)> = local
+            .iter()
+            .filter(|k| k.room.is_presence())
+            .filter_map(|k| Some((k.clone(), self.registry.members(k, None, usize::MAX)?.0)))
+            .collect();
+        let keep: std::collections::HashSet<String> = presence.iter().map(|(k, _)| room_id(k)).collect();
+        let mut gone = self.forget_presence(&self.node_id, &keep).await?;
+        if !presence.is_empty() {
+            let ids: Vec<&String> = keep.iter().collect();
+            redis::cmd("SADD")
+                .arg(format!("{NODE_PRESENCE_PREFIX}{}", self.node_id))
+                .arg(ids)
+                .query_async::<()>(&mut self.commands.clone())
+                .await?;
         }
+        let resynced = each_room(presence, |(key, members)| {
+            let mut commands = self.commands.clone();
+            async move {
+                let mut call = self.presence_resync_script.key(presence_keys(&room_id(&key)));
+                call.arg(&self.node_id);
+                for m in &members {
+                    call.arg(&*m.user_id).arg(m.user_info.get());
+                }
+                let left: Vec<String> = call.invoke_async(&mut commands).await?;
+                Ok(left.into_iter().map(|u| (key.clone(), u)).collect::<Vec<_>>())
+            }
+        })
+        .await?;
+        gone.extend(resynced.into_iter().flatten());
         for key in vacated.into_iter().filter(|k| !local.contains(k)) {
             self.vacated_elsewhere(key);
         }
-        for (key, user) in gone.into_iter().filter(|g| !present.contains(g)) {
+        for (key, user) in gone {
             self.member_gone_elsewhere(key, user);
         }
         Ok(())
@@ -477,9 +544,13 @@ impl RedisBroker {
     }
 
     /// Removes a node's presence entries, room by room; returns the members gone cluster-wide.
-    async fn forget_presence(&self, node: &str) -> redis::RedisResult<Vec<(RoomKey, String)>> {
+    async fn forget_presence(
+        &self,
+        node: &str,
+        keep: &std::collections::HashSet<String>,
+    ) -> redis::RedisResult<Vec<(RoomKey, String)>> {
         let gone = self
-            .drain_rooms(&format!("{NODE_PRESENCE_PREFIX}{node}"), |id| {
+            .drain_rooms(&format!("{NODE_PRESENCE_PREFIX}{node}"), keep, |id| {
                 let mut commands = self.commands.clone();
                 async move {
                     let users: Vec<String> = self
@@ -496,15 +567,21 @@ impl RedisBroker {
         Ok(gone.into_iter().flatten().flatten().collect())
     }
 
-    /// Runs `f` for each room of a node's room set `set` (room by room), then takes those rooms
-    /// out of the set; rooms added meanwhile stay.
-    async fn drain_rooms<T, F, Fut>(&self, set: &str, f: F) -> redis::RedisResult<Vec<T>>
+    /// Runs `f` for each room of a node's room set `set` but those in `keep` (room by room),
+    /// then takes those rooms out of the set; rooms added meanwhile stay.
+    async fn drain_rooms<T, F, Fut>(
+        &self,
+        set: &str,
+        keep: &std::collections::HashSet<String>,
+        f: F,
+    ) -> redis::RedisResult<Vec<T>>
     where
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let mut commands = self.commands.clone();
-        let rooms: Vec<String> = redis::cmd("SMEMBERS").arg(set).query_async(&mut commands).await?;
+        let mut rooms: Vec<String> = redis::cmd("SMEMBERS").arg(set).query_async(&mut commands).await?;
+        rooms.retain(|id| !keep.contains(id));
         let done = each_room(rooms.clone(), f).await?;
         if !rooms.is_empty() {
             redis::cmd("SREM").arg(set).arg(&rooms).query_async::<()>(&mut commands).await?;
@@ -544,11 +621,16 @@ impl RedisBroker {
         }
     }
 
-    /// Removes a node's counts, room by room, and the node itself from the node set when
-    /// `gone`; returns the rooms this call left empty.
-    async fn forget_node(&self, node: &str, gone: bool) -> redis::RedisResult<Vec<RoomKey>> {
+    /// Removes a node's counts, room by room (but in the rooms `keep`), and the node itself
+    /// from the node set when `gone`; returns the rooms this call left empty.
+    async fn forget_node(
+        &self,
+        node: &str,
+        gone: bool,
+        keep: &std::collections::HashSet<String>,
+    ) -> redis::RedisResult<Vec<RoomKey>> {
         let vacated = self
-            .drain_rooms(&format!("{NODE_ROOMS_PREFIX}{node}"), |id| {
+            .drain_rooms(&format!("{NODE_ROOMS_PREFIX}{node}"), keep, |id| {
                 let mut commands = self.commands.clone();
                 async move {
                     let emptied: i64 = self
@@ -624,7 +706,9 @@ impl RedisBroker {
         }
     }
 
-    async fn check_nodes(&self) -> redis::RedisResult<()> {
+    /// Refreshes this node's liveness key and its place in the node set; returns whether it
+    /// had to be put back there (Redis lost it, or the other nodes took this one for dead).
+    async fn refresh_liveness(&self) -> redis::RedisResult<bool> {
         let mut commands = self.commands.clone();
         let alive = redis::SetOptions::default()
             .with_expiration(redis::SetExpiry::PX(self.node_timeout.as_millis() as u64));
@@ -634,14 +718,31 @@ impl RedisBroker {
             .arg(alive)
             .query_async::<()>(&mut commands)
             .await?;
-        redis::cmd("SADD").arg(NODES).arg(&self.node_id).query_async::<()>(&mut commands).await?;
+        let added: i64 = redis::cmd("SADD").arg(NODES).arg(&self.node_id).query_async(&mut commands).await?;
+        Ok(added == 1)
+    }
+
+    async fn check_nodes(&self) -> redis::RedisResult<()> {
+        if self.refresh_liveness().await? && self.is_up() {
+            tracing::warn!(
+                "this node was missing from the cluster's node set (Redis lost it, or the other nodes took this one for dead); writing its counts and members again"
+            );
+            self.recount().await?;
+        }
+        // Others are judged only after this node has been connected for a whole node timeout:
+        // after Redis lost its keys, every live node has written its own again by then.
+        let connected = *self.up_since.lock().unwrap_or_else(|p| p.into_inner());
+        if connected.is_none_or(|at| at.elapsed() < self.node_timeout) {
+            return Ok(());
+        }
+        let mut commands = self.commands.clone();
         let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(NODES).query_async(&mut commands).await?;
         for node in nodes.iter().filter(|n| **n != self.node_id) {
             let alive: bool =
                 redis::cmd("EXISTS").arg(format!("{ALIVE_PREFIX}{node}")).query_async(&mut commands).await?;
             if !alive {
-                let gone = self.forget_presence(node).await?;
-                let vacated = self.forget_node(node, true).await?;
+                let gone = self.forget_presence(node, &Default::default()).await?;
+                let vacated = self.forget_node(node, true, &Default::default()).await?;
                 tracing::warn!(node = %node, rooms_vacated = vacated.len(), members_gone = gone.len(), "a cluster node stopped refreshing its liveness; its subscriber counts and presence were removed");
                 for (key, user) in gone {
                     self.member_gone_elsewhere(key, user);
@@ -659,8 +760,9 @@ impl RedisBroker {
         let mut commands = self.commands.clone();
         let done: redis::RedisResult<()> =
             redis::cmd("DEL").arg(format!("{ALIVE_PREFIX}{}", self.node_id)).query_async(&mut commands).await;
-        let presence = self.forget_presence(&self.node_id).await.map(drop);
-        if let Err(e) = done.and(presence).and(self.forget_node(&self.node_id, true).await.map(drop)) {
+        let none = Default::default();
+        let presence = self.forget_presence(&self.node_id, &none).await.map(drop);
+        if let Err(e) = done.and(presence).and(self.forget_node(&self.node_id, true, &none).await.map(drop)) {
             tracing::warn!(error = %e, "cannot remove this node from Redis; the others will after the node timeout");
         }
     }

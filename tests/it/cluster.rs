@@ -697,7 +697,7 @@ async fn analytics_count_each_event_once_for_the_whole_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_with_sharded_pubsub_carries_the_hub() {
-    let redis = RedisCluster::start().await;
+    let mut redis = RedisCluster::start().await;
     let (a, b) = nodes_on(&redis.urls(), true).await;
     let app = a.create_app(json!({"app_id": "shard-app"})).await;
     let took = within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
@@ -758,6 +758,30 @@ async fn a_redis_cluster_with_sharded_pubsub_carries_the_hub() {
     for hub in [&a, &b] {
         within(|| async { analytics(hub, &app, "1h").await["metrics"]["events"]["broadcasts"] == 24 }).await;
     }
+
+    // One shard killed (SIGKILL) and restarted empty: the nodes say Redis is down, then come
+    // back, and every room, on every shard, delivers again, once.
+    redis.servers[0].kill();
+    for hub in [&a, &b] {
+        within(|| async { health(hub).await.0 == StatusCode::SERVICE_UNAVAILABLE }).await;
+    }
+    redis.servers[0].restart().await;
+    redis.wait_ok().await;
+    for hub in [&a, &b] {
+        within(|| async { health(hub).await.0 == StatusCode::OK }).await;
+    }
+    for room in &rooms {
+        let v = b.broadcast(&app, room, "e", json!(format!("{room}/again"))).await;
+        assert_eq!(v["subscriber_count"], 2, "{room}: {v}");
+    }
+    let again_a = events(&mut on_a, 12).await;
+    assert_eq!(again_a, events(&mut on_b, 12).await);
+    let mut data: Vec<String> = again_a.iter().map(|(d, _)| d.as_str().unwrap().to_owned()).collect();
+    data.sort();
+    let mut expected: Vec<String> = rooms.iter().map(|r| format!("{r}/again")).collect();
+    expected.sort();
+    assert_eq!(data, expected, "each room once");
+    on_a.roundtrip(7).await;
 }
 
 /// `(names, next_cursor)` of `GET /api/rooms{query}` on `hub`.
@@ -808,4 +832,30 @@ async fn the_room_list_spans_the_cluster() {
     within(|| async { room_names(&a, &app, "").await.0 == ["a-1", "presence-team", "shared"] }).await;
     let (_, v) = a.get("/api/rooms?prefix=shared", &app.api_key).await;
     assert_eq!(v["rooms"][0]["subscriber_count"], 1, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_taken_for_dead_writes_its_state_again() {
+    let redis = RedisServer::start().await;
+    let (a, b) = two_redis_nodes(&redis).await;
+    let app = a.create_app(json!({"app_id": "heal-app"})).await;
+    within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
+    let _on_a = a.subscriber(&app, json!({}), &["room"]).await;
+    let _on_b = b.subscriber(&app, json!({}), &["room"]).await;
+    assert_eq!(a.broadcast(&app, "room", "e", json!(1)).await["subscriber_count"], 2);
+
+    // What another node does to one it takes for dead (as after a Redis that lost the liveness
+    // keys): B's count is removed, then B from the node set. B notices and writes it again.
+    let cli = |args: &[&str]| {
+        std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(redis.port.to_string())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    cli(&["hdel", "rc:count:{heal-app:room}", "node-b"]);
+    assert_eq!(a.broadcast(&app, "room", "e", json!(2)).await["subscriber_count"], 1);
+    cli(&["srem", "rc:nodes", "node-b"]);
+    within(|| async { a.broadcast(&app, "room", "e", json!(3)).await["subscriber_count"] == 2 }).await;
 }

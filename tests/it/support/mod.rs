@@ -402,8 +402,15 @@ impl RedisCluster {
             .await
             .expect("redis-cli is needed for the Redis Cluster test (it comes with redis-server)");
         assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = RedisCluster { servers };
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    /// Waits until every node reports the cluster ok.
+    pub async fn wait_ok(&self) {
         let deadline = std::time::Instant::now() + WAIT;
-        for server in &servers {
+        for server in &self.servers {
             loop {
                 let out = tokio::process::Command::new("redis-cli")
                     .args(["-p", &server.port.to_string(), "cluster", "info"])
@@ -417,7 +424,6 @@ impl RedisCluster {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        RedisCluster { servers }
     }
 
     /// Every node's URL, comma-separated: the seeds for `cluster.redis_url`.
