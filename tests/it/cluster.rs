@@ -859,3 +859,41 @@ async fn a_node_taken_for_dead_writes_its_state_again() {
     cli(&["srem", "rc:nodes", "node-b"]);
     within(|| async { a.broadcast(&app, "room", "e", json!(3)).await["subscriber_count"] == 2 }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_who_left_while_redis_was_away_are_announced_on_its_return() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = two_redis_nodes(&redis).await;
+    let app = a.create_app(json!({"app_id": "away-app"})).await;
+    within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
+    let (mut dave, _) = member(&a, &app, "dave").await;
+    let (mut carol, ack) = member(&b, &app, "carol").await;
+    assert_eq!(user_ids(&ack["presence"]), ["carol", "dave"], "{ack}");
+    assert_eq!(dave.next_json().await["event"], "user-joined");
+
+    // Redis goes away with its data saved (as with persistence); Dave leaves meanwhile.
+    let cli = |args: &[&str]| {
+        std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(redis.port.to_string())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(cli(&["save"]).status.success());
+    redis.kill();
+    dave.stream.close(None).await.unwrap();
+    dave.closed().await;
+    redis.restart().await;
+
+    // On its return node A removes the member it no longer has, and Carol hears it once.
+    let f = carol.next_json().await;
+    assert_eq!(
+        (f["event"].as_str(), f["data"]["user_id"].as_str()),
+        (Some("user-left"), Some("dave")),
+        "{f}"
+    );
+    let (_, v) = b.get("/api/rooms/presence-team/presence", &app.api_key).await;
+    assert_eq!(user_ids(&v["members"]), ["carol"], "{v}");
+    carol.roundtrip(3).await;
+}
