@@ -148,11 +148,11 @@ impl SharedAnalytics {
     }
 
     /// Adds this node's deltas to the shared buckets, one atomic script per app (the apps'
-    /// keys live in different Redis Cluster slots), sent together. On an error the caller puts
+    /// keys live in different Redis Cluster slots), up to 32 at once. On an error the caller puts
     /// the deltas back: a connection lost after Redis ran a script then counts it twice, which
     /// is preferred to losing it.
     pub async fn flush(&self, deltas: &[AppDelta], now: i64) -> redis::RedisResult<()> {
-        let mut pipes = Vec::new();
+        let mut calls = Vec::new();
         {
             let written = self.written();
             for d in deltas {
@@ -162,20 +162,18 @@ impl SharedAnalytics {
                 if idle && written.is_some() && before.is_none() {
                     continue;
                 }
-                let mut pipe = redis::pipe();
-                pipe.load_script(&self.flush_script).ignore();
-                pipe.invoke_script(&self.invocation(d, before, now)).ignore();
-                pipes.push(pipe);
+                calls.push(self.invocation(d, before, now));
             }
         }
-        let sent = futures_util::stream::iter(pipes)
-            .map(|pipe| {
+        // EVALSHA, loading the script on the shard that lacks it.
+        let sends: Vec<_> = calls
+            .iter()
+            .map(|call| {
                 let mut commands = self.commands.clone();
-                async move { pipe.query_async::<()>(&mut commands).await }
+                async move { call.invoke_async::<()>(&mut commands).await }
             })
-            .buffer_unordered(32)
-            .collect::<Vec<_>>()
-            .await;
+            .collect();
+        let sent = futures_util::stream::iter(sends).buffer_unordered(32).collect::<Vec<_>>().await;
         let done: redis::RedisResult<()> = sent.into_iter().collect();
         let mut written = self.written();
         match done {
