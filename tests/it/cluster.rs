@@ -1,6 +1,8 @@
-//! Cluster mode (DESIGN §7) with a real `redis-server` on a free port and two roomcast nodes in
-//! this process. The nodes share one SQLite file for now (apps and keys in Redis come later), so
-//! an app created on one is seen by the other at its next cache reload.
+//! Cluster mode (DESIGN §7) with real `redis-server` processes on free ports (one server, or a
+//! Redis Cluster of three) and two roomcast nodes in this process, plus node processes where a
+//! signal is part of the test. Some tests share one SQLite file between the nodes (an app
+//! created on one is seen by the other at its next cache reload), others keep the records in
+//! Redis (`store.kind = "redis"`).
 
 use std::time::{Duration, Instant};
 
