@@ -10,7 +10,7 @@ use roomcast::store::{
     MinuteCounts, MinuteRow, Store, StoreError, UserRow, WebhookHealth, WebhookRecord,
 };
 
-use crate::support::RedisServer;
+use crate::support::{RedisCluster, RedisServer};
 
 fn app(id: &str) -> AppRecord {
     AppRecord {
@@ -214,4 +214,15 @@ async fn sqlite_and_redis_stores_behave_alike() {
     let from_redis = exercise(redis.clone(), false).await;
     assert_eq!(from_sqlite, from_redis);
     assert!(redis.change_marker().await.unwrap() > before, "writes move the Redis store's version");
+}
+
+#[tokio::test]
+async fn the_redis_store_behaves_alike_on_a_redis_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+    let cluster = RedisCluster::start().await;
+    let redis: Arc<dyn Store> = Arc::new(RedisStore::connect(&cluster.urls(), true).await.unwrap());
+    // Every script and transaction keeps to one slot (the `{store}` tag), or a Redis Cluster
+    // would refuse it with CROSSSLOT.
+    assert_eq!(exercise(sqlite, true).await, exercise(redis, false).await);
 }
