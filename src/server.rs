@@ -114,6 +114,7 @@ impl Server {
                 r.commands(),
                 &node_id,
                 config.cluster.node_timeout_ms,
+                r.epoch(),
             ))
         });
         if shared_analytics.is_none() {

@@ -2,19 +2,24 @@
 //! Redis once a second, so each event is counted once, by the node it happened on, and any node
 //! reports the whole cluster.
 //!
-//! Keys of one app share the hash tag `{app_id}` (one Redis Cluster slot):
-//! - `rc:an:{app}:m:{minute}`, `…:h:{hour}`, `…:d:{day}`: counters (`c` connections opened,
+//! Keys of one app share the hash tag `{<app>}` (one Redis Cluster slot; `<…>` stands for a
+//! value):
+//! - `rc:an:{<app>}:m:<minute>`, `…:h:<hour>`, `…:d:<day>`: counters (`c` connections opened,
 //!   `b` broadcasts, `ce` client events, `d` delivered, `wd`/`wf` webhooks delivered/failed),
-//!   `p` the peak, and in minute buckets `p:{node}`, each node's own peak in that minute. The
+//!   `p` the peak, and in minute buckets `p:<node>`, each node's own peak in that minute. The
 //!   cluster's peak in a minute is the sum of its nodes' peaks (an upper bound when they did
 //!   not peak at once); hours and days keep the highest minute. Minutes live 2 h, hours 8 days,
 //!   days 31 days: enough for the 1 h, 24 h/7 d and 30 d reports that read them.
-//! - `rc:an:{app}:seen`: users by when they were last seen (`users.total` is a count by score).
-//! - `rc:an:{app}:on:{node}`: the users connected to that node; it expires with the node's
-//!   liveness, and `users.online` is the size of the union over live nodes.
-//! - `rc:an:{app}:current`: node → connections open there.
+//! - `rc:an:{<app>}:seen`: users by when they were last seen (`users.total` is a count by score).
+//! - `rc:an:{<app>}:on:<node>`: the users connected to that node; it expires with the node's
+//!   liveness, and `users.online` is the size of the union over live nodes. Each flush sends
+//!   the changes; the first after a reconnection, and every 30th, rewrite it whole, in case
+//!   Redis lost it.
+//! - `rc:an:{<app>}:current`: node → connections open there.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -30,6 +35,8 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 const MINUTE_TTL_MS: i64 = 2 * HOUR_MS;
 const HOUR_TTL_MS: i64 = 8 * DAY_MS;
 const DAY_TTL_MS: i64 = 31 * DAY_MS;
+/// Every this many flushes the online sets are rewritten whole rather than changed.
+const REWRITE_EVERY: u64 = 30;
 /// The counter fields, in the order a delta passes them.
 const FIELDS: [&str; 6] = ["c", "b", "ce", "d", "wd", "wf"];
 
@@ -121,6 +128,10 @@ pub struct SharedAnalytics {
     /// after a failed flush, when Redis may hold anything (or nothing, after a restart) and
     /// the next flush rewrites it.
     written: Mutex<Option<Written>>,
+    flushes: AtomicU64,
+    /// The broker's connection count, and its value at the last flush.
+    epoch: Arc<AtomicU64>,
+    flushed_epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for SharedAnalytics {
@@ -131,8 +142,13 @@ impl std::fmt::Debug for SharedAnalytics {
 
 impl SharedAnalytics {
     /// Shares analytics through `commands` as node `node_id`, whose liveness timeout is
-    /// `node_timeout_ms`.
-    pub fn new(commands: crate::broker::conn::Commands, node_id: &str, node_timeout_ms: u64) -> Self {
+    /// `node_timeout_ms`; `epoch` counts the broker's (re)connections.
+    pub fn new(
+        commands: crate::broker::conn::Commands,
+        node_id: &str,
+        node_timeout_ms: u64,
+        epoch: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             commands,
             node_id: node_id.to_owned(),
@@ -140,6 +156,9 @@ impl SharedAnalytics {
             flush_script: redis::Script::new(FLUSH_SCRIPT),
             union_script: redis::Script::new(UNION_SCRIPT),
             written: Mutex::new(None),
+            flushes: AtomicU64::new(0),
+            flushed_epoch: AtomicU64::new(epoch.load(Relaxed)),
+            epoch,
         }
     }
 
@@ -153,10 +172,15 @@ impl SharedAnalytics {
     /// is preferred to losing it.
     pub async fn flush(&self, deltas: &[AppDelta], now: i64) -> redis::RedisResult<()> {
         let mut calls = Vec::new();
+        // After the node reconnected (Redis may have restarted empty), and now and then anyway.
+        let epoch = self.epoch.load(Relaxed);
+        let reconnected = self.flushed_epoch.swap(epoch, Relaxed) != epoch;
+        let rewrite = reconnected || self.flushes.fetch_add(1, Relaxed).is_multiple_of(REWRITE_EVERY);
         {
-            let written = self.written();
+            let guard = self.written();
+            let written = guard.as_ref().filter(|_| !rewrite);
             for d in deltas {
-                let before = written.as_ref().and_then(|w| w.get(&d.app_id));
+                let before = written.and_then(|w| w.get(&d.app_id));
                 // Apps with nothing new and nothing of this node in Redis are skipped.
                 let idle = d.minutes.is_empty() && d.seen.is_empty() && d.online.is_empty() && d.current == 0;
                 if idle && written.is_some() && before.is_none() {

@@ -306,6 +306,8 @@ pub struct RedisBroker {
     /// The subscription connection's command half; `None` while disconnected.
     subscriptions: tokio::sync::Mutex<Option<Subscriptions>>,
     up: AtomicBool,
+    /// How many times the subscription connection came up.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
     /// Since when the subscription connection is up.
     up_since: std::sync::Mutex<Option<std::time::Instant>>,
     /// Woken when another node (or this one) wrote to a Redis store.
@@ -352,6 +354,7 @@ impl RedisBroker {
             subscriptions: tokio::sync::Mutex::new(None),
             up: AtomicBool::new(false),
             up_since: std::sync::Mutex::new(None),
+            epoch: Arc::default(),
             store_changes: Arc::new(tokio::sync::Notify::new()),
             hub: OnceLock::new(),
         })
@@ -377,6 +380,12 @@ impl RedisBroker {
         self.store_changes.clone()
     }
 
+    /// Counts the times the subscription connection came up: what was written to Redis before
+    /// a change may be gone (a restarted Redis).
+    pub fn epoch(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.epoch.clone()
+    }
+
     /// Whether the subscription connection is up (for `/health`).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
@@ -397,6 +406,7 @@ impl RedisBroker {
                 self.refresh_commands().await;
                 self.recount().await?;
                 self.up.store(true, Ordering::Relaxed);
+                self.epoch.fetch_add(1, Ordering::Relaxed);
                 *self.up_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
                 tracing::info!(rooms = rooms.len(), "Redis subscription connection up");
                 match &mut incoming {

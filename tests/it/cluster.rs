@@ -160,7 +160,7 @@ async fn redis_down_is_reported_and_refused_then_rooms_resume() {
     let (a, b, _shared) = two_nodes(&redis).await;
     let app = a.create_app(json!({"app_id": "outage-app"})).await;
     known_on(&b, &app).await;
-    let mut on_a = a.subscriber(&app, json!({}), &["room"]).await;
+    let mut on_a = a.subscriber(&app, json!({"user_id": "ann"}), &["room"]).await;
     let mut on_b = b.subscriber(&app, json!({}), &["room"]).await;
     a.broadcast(&app, "room", "e", json!("before")).await;
     assert_eq!(events(&mut on_b, 1).await[0].0, "before");
@@ -207,6 +207,25 @@ async fn redis_down_is_reported_and_refused_then_rooms_resume() {
     let v = b.broadcast(&app, "room", "e", json!("after")).await;
     assert_eq!(v["subscriber_count"], 2, "{v}");
     assert_eq!(room_names(&a, &app, "").await.0, ["room"]);
+    // The restarted Redis lost who is online; node A writes its users again.
+    let online = || async {
+        let (_, v) = b.get("/api/analytics?period=1h", &app.api_key).await;
+        v["metrics"]["users"]["online"] == 1 && v["metrics"]["connections"]["current"] == 2
+    };
+    within(online).await;
+    // So it does after any reconnection, even one no write failed around: here the set is
+    // lost while the subscription connections are cut (the command connection stays).
+    let cli = |args: &[&str]| {
+        std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(redis.port.to_string())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    cli(&["del", "rc:an:{outage-app}:on:node-a"]);
+    cli(&["client", "kill", "type", "pubsub"]);
+    within(online).await;
     for ws in [&mut on_a, &mut on_b] {
         let got = events(ws, 1).await;
         assert_eq!(got[0].0, "after");
