@@ -29,6 +29,10 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   echo "test.sh: installing redis-server and redis-cli (cluster tests start their own servers on free ports)"
   apt_install redis-server redis-tools
 fi
+if ! command -v openssl >/dev/null; then
+  echo "test.sh: installing openssl (the Redis TLS test makes its certificates with it)"
+  apt_install openssl
+fi
 if ! command -v promtool >/dev/null; then
   echo "test.sh: installing promtool (Debian package prometheus)"
   apt_install prometheus

@@ -201,6 +201,9 @@ pub struct ClusterConfig {
     /// client and publish rooms with SPUBLISH/SSUBSCRIBE, so each publication reaches only the
     /// shard that owns its room.
     pub sharded_pubsub: bool,
+    /// A PEM file with the authority `rediss://` servers are checked against, instead of the
+    /// system's (a private CA).
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -285,7 +288,13 @@ impl Default for WebhooksConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { redis_url: None, node_id: None, node_timeout_ms: 30_000, sharded_pubsub: false }
+        Self {
+            redis_url: None,
+            node_id: None,
+            node_timeout_ms: 30_000,
+            sharded_pubsub: false,
+            redis_ca_file: None,
+        }
     }
 }
 
@@ -422,10 +431,11 @@ impl Config {
             } else {
                 vec![urls]
             };
-            if seeds.iter().any(|url| !(url.starts_with("redis://") || url.starts_with("redis+unix://"))) {
+            let schemes = ["redis://", "rediss://", "redis+unix://"];
+            if seeds.iter().any(|url| !schemes.iter().any(|s| url.starts_with(s))) {
                 problems.push(
-                    "cluster.redis_url: must be a redis:// or redis+unix:// URL (with cluster.sharded_pubsub, \
-                     one or more separated by commas)"
+                    "cluster.redis_url: must be a redis://, rediss:// (TLS) or redis+unix:// URL (with \
+                     cluster.sharded_pubsub, one or more separated by commas)"
                         .into(),
                 );
             }

@@ -85,6 +85,7 @@ impl Server {
                 RedisBroker::connect(
                     url,
                     config.cluster.sharded_pubsub,
+                    config.cluster.redis_ca_file.as_deref(),
                     &node_id,
                     Duration::from_millis(config.cluster.node_timeout_ms),
                     registry.clone(),
@@ -246,9 +247,13 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let store_err = |source| StartError::Store { path: store_name(config), source };
     Ok(match (&config.store.kind, &config.cluster.redis_url) {
         (StoreKind::Redis, Some(url)) => Arc::new(
-            crate::store::redis::RedisStore::connect(url, config.cluster.sharded_pubsub)
-                .await
-                .map_err(store_err)?,
+            crate::store::redis::RedisStore::connect(
+                url,
+                config.cluster.sharded_pubsub,
+                config.cluster.redis_ca_file.as_deref(),
+            )
+            .await
+            .map_err(store_err)?,
         ),
         (StoreKind::Redis, None) => {
             return Err(StartError::Config("store.kind = \"redis\" needs cluster.redis_url".into()));

@@ -21,21 +21,29 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub enum Target {
     /// One server.
     Single(redis::Client),
-    /// The seed nodes of a Redis Cluster.
-    Cluster(Vec<String>),
+    /// The seed nodes of a Redis Cluster, with the authority to trust for `rediss://`.
+    Cluster(Vec<String>, Option<Vec<u8>>),
 }
 
 impl Target {
-    /// `url`, or with `cluster` the comma-separated seed URLs of a Redis Cluster.
-    pub fn parse(url: &str, cluster: bool) -> Result<Self, String> {
+    /// `url`, or with `cluster` the comma-separated seed URLs of a Redis Cluster; `ca` (PEM)
+    /// is the authority `rediss://` servers are checked against instead of the system's.
+    pub fn parse(url: &str, cluster: bool, ca: Option<Vec<u8>>) -> Result<Self, String> {
         if cluster {
             let seeds: Vec<String> =
                 url.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
             // Checked here so a typo fails at start, not at the first reconnect.
-            redis::cluster::ClusterClient::new(seeds.clone()).map_err(|e| e.to_string())?;
-            Ok(Target::Cluster(seeds))
+            Self::cluster_client(&seeds, ca.as_deref(), None).map_err(|e| e.to_string())?;
+            Ok(Target::Cluster(seeds, ca))
         } else {
-            redis::Client::open(url).map(Target::Single).map_err(|e| e.to_string())
+            let client = match ca {
+                Some(root_cert) => redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
+                ),
+                None => redis::Client::open(url),
+            };
+            client.map(Target::Single).map_err(|e| e.to_string())
         }
     }
 
@@ -43,6 +51,7 @@ impl Target {
     /// (RESP3 pushes), for the subscription connection.
     pub fn cluster_client(
         seeds: &[String],
+        ca: Option<&[u8]>,
         push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
     ) -> redis::RedisResult<redis::cluster::ClusterClient> {
         // A few retries, enough to follow a slot that moved, few enough to fail fast.
@@ -50,6 +59,10 @@ impl Target {
             .connection_timeout(COMMAND_TIMEOUT)
             .response_timeout(COMMAND_TIMEOUT)
             .retries(3);
+        if let Some(root_cert) = ca {
+            builder = builder
+                .certs(redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert.to_vec()) });
+        }
         if let Some(push) = push {
             builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
         }
@@ -101,11 +114,22 @@ impl ConnectionLike for Commands {
     }
 }
 
-/// Opens `url` (with `cluster`, the seeds of a Redis Cluster): the target, for further
-/// connections, and a command connection that reconnects by itself (3 s timeouts, reconnect
-/// delays up to 5 s). Shared by the broker and the store.
-pub async fn connect(url: &str, cluster: bool) -> Result<(Target, Commands), String> {
-    let target = Target::parse(url, cluster)?;
+/// Opens `url` (with `cluster`, the seeds of a Redis Cluster; with `ca_file`, a PEM authority
+/// for `rediss://`): the target, for further connections, and a command connection that
+/// reconnects by itself (3 s timeouts, reconnect delays up to 5 s). Shared by the broker and
+/// the store.
+pub async fn connect(
+    url: &str,
+    cluster: bool,
+    ca_file: Option<&std::path::Path>,
+) -> Result<(Target, Commands), String> {
+    // `rediss://` is TLS through rustls, which needs the process's crypto provider.
+    crate::webhooks::install_tls_provider();
+    let ca = match ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?),
+        None => None,
+    };
+    let target = Target::parse(url, cluster, ca)?;
     let connecting = async {
         match &target {
             Target::Single(client) => {
@@ -121,9 +145,10 @@ pub async fn connect(url: &str, cluster: bool) -> Result<(Target, Commands), Str
                     .await
                     .map(Commands::Single)
             }
-            Target::Cluster(seeds) => {
-                Target::cluster_client(seeds, None)?.get_async_connection().await.map(Commands::Cluster)
-            }
+            Target::Cluster(seeds, ca) => Target::cluster_client(seeds, ca.as_deref(), None)?
+                .get_async_connection()
+                .await
+                .map(Commands::Cluster),
         }
     };
     let commands = tokio::time::timeout(COMMAND_TIMEOUT * 2, connecting)

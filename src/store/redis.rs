@@ -82,9 +82,15 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url`; with `cluster`, the seeds of a Redis Cluster.
-    pub async fn connect(url: &str, sharded: bool) -> Result<Self, StoreError> {
-        let (_, conn) = crate::broker::conn::connect(url, sharded).await.map_err(StoreError::Unavailable)?;
+    /// Connects to `url`; with `sharded`, the seeds of a Redis Cluster; `ca_file` as for
+    /// [`crate::broker::conn::connect`].
+    pub async fn connect(
+        url: &str,
+        sharded: bool,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, StoreError> {
+        let (_, conn) =
+            crate::broker::conn::connect(url, sharded, ca_file).await.map_err(StoreError::Unavailable)?;
         Ok(Self {
             conn,
             insert: redis::Script::new(INSERT_SCRIPT),

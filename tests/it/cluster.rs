@@ -22,11 +22,17 @@ async fn two_redis_nodes(redis: &RedisServer) -> (TestHub, TestHub) {
 
 /// Two nodes as [`two_redis_nodes`] on `urls`; with `sharded`, a Redis Cluster.
 async fn nodes_on(urls: &str, sharded: bool) -> (TestHub, TestHub) {
+    nodes_trusting(urls, sharded, None).await
+}
+
+/// Two nodes as [`nodes_on`] that check `rediss://` servers against the authority `ca`.
+async fn nodes_trusting(urls: &str, sharded: bool, ca: Option<std::path::PathBuf>) -> (TestHub, TestHub) {
     let admin_key = PresentedKey::generate(KeyKind::Admin).plaintext();
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b"] {
-        let url = urls.to_owned();
+        let (url, ca) = (urls.to_owned(), ca.clone());
         let hub = spawn_hub_in(tempfile::tempdir().unwrap(), admin_key.clone(), move |c| {
+            c.cluster.redis_ca_file = ca;
             c.cluster.sharded_pubsub = sharded;
             c.cluster.redis_url = Some(url);
             c.cluster.node_id = Some(name.to_owned());
@@ -917,4 +923,28 @@ async fn members_who_left_while_redis_was_away_are_announced_on_its_return() {
     let (_, v) = b.get("/api/rooms/presence-team/presence", &app.api_key).await;
     assert_eq!(user_ids(&v["members"]), ["carol"], "{v}");
     carol.roundtrip(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_redis_over_tls() {
+    let redis = RedisServer::start_tls().await;
+    assert!(redis.url().starts_with("rediss://"));
+    let (a, b) = nodes_trusting(&redis.url(), false, Some(redis.cert())).await;
+    for hub in [&a, &b] {
+        // Up once the subscription connection (TLS too) is.
+        within(|| async { health(hub).await.1["redis"] == "ok" }).await;
+    }
+    let app = a.create_app(json!({"app_id": "tls-app"})).await;
+    within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
+    let mut on_b = b.subscriber(&app, json!({}), &["room"]).await;
+    a.broadcast(&app, "room", "e", json!("over tls")).await;
+    assert_eq!(events(&mut on_b, 1).await[0].0, "over tls");
+
+    // The system's authorities do not know this certificate: without the file a node refuses
+    // to start rather than talk to an unchecked Redis.
+    let mut config = crate::support::test_config(tempfile::tempdir().unwrap().path(), &a.admin_key);
+    config.cluster.redis_url = Some(redis.url());
+    let refused =
+        roomcast::server::Server::build(config).await.expect_err("an unknown certificate is refused");
+    assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
 }

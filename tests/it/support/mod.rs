@@ -306,6 +306,8 @@ pub struct RedisServer {
     dir: TempDir,
     /// More `redis-server` arguments.
     args: Vec<String>,
+    /// Serves TLS only (with `cert.pem`, for `localhost`, in its directory).
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -319,14 +321,68 @@ impl RedisServer {
     }
 
     async fn start_with(args: Vec<String>) -> RedisServer {
-        let mut server =
-            RedisServer { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), args };
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            args,
+            tls: false,
+        };
         server.restart().await;
         server
     }
 
+    /// Starts one that speaks TLS only, with a certificate for `localhost` and 127.0.0.1 from
+    /// a throwaway authority ([`RedisServer::cert`]), both made by `openssl`; its URL is
+    /// `rediss://`.
+    pub async fn start_tls() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let steps: [&[&str]; 3] = [
+            &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=roomcast test CA"]
+                .iter()
+                .chain(&["-keyout", "ca.key", "-out", "ca.pem"])
+                .copied()
+                .collect::<Vec<_>>(),
+            &["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "key.pem"]
+                .iter()
+                .chain(&["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-out", "server.csr"])
+                .copied()
+                .collect::<Vec<_>>(),
+            &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]
+                .iter()
+                .chain(&["-days", "1", "-copy_extensions", "copyall", "-out", "cert.pem"])
+                .copied()
+                .collect::<Vec<_>>(),
+        ];
+        for args in steps {
+            let made = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl is needed for the Redis TLS test (scripts/test.sh installs it)");
+            assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+        }
+        let port = free_port();
+        let args = ["--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", "cert.pem"]
+            .into_iter()
+            .chain(["--tls-key-file", "key.pem", "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+            .map(str::to_owned)
+            .collect();
+        let mut server = RedisServer { port, child: None, dir, args, tls: true };
+        server.restart().await;
+        server
+    }
+
+    /// The authority a TLS server's certificate comes from (PEM).
+    pub fn cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            true => format!("rediss://localhost:{}", self.port),
+            false => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kills the server (SIGKILL) and waits until it is gone.
@@ -341,16 +397,9 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.kill();
         let child = std::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--bind", "127.0.0.1"])
+            .args(if self.tls { Vec::new() } else { vec!["--port".to_owned(), self.port.to_string()] })
+            .args(["--save", "", "--appendonly", "no"])
             .args(&self.args)
             .current_dir(self.dir.path())
             .stdout(std::process::Stdio::null())
@@ -359,7 +408,18 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + WAIT;
         loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await {
+            if self.tls {
+                let ping = tokio::process::Command::new("redis-cli")
+                    .args(["--tls", "--cacert"])
+                    .arg(self.cert())
+                    .args(["-h", "localhost", "-p", &self.port.to_string(), "ping"])
+                    .output()
+                    .await
+                    .unwrap();
+                if String::from_utf8_lossy(&ping.stdout).trim() == "PONG" {
+                    return;
+                }
+            } else if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut buf = [0u8; 7];
                 if s.write_all(b"PING\r\n").await.is_ok()
