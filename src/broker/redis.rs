@@ -79,28 +79,9 @@ end
 return 0
 ";
 
-/// Removes every member node ARGV[1] held in one room (KEYS as for joining); returns the
-/// users gone from the room cluster-wide.
-const FORGET_PRESENCE_SCRIPT: &str = r"
-local gone = {}
-local suffix = '\n' .. ARGV[1]
-for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if string.sub(field, -string.len(suffix)) == suffix then
-    redis.call('HDEL', KEYS[2], field)
-    local user = string.sub(field, 1, string.len(field) - string.len(suffix))
-    if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
-      redis.call('HDEL', KEYS[3], user)
-      redis.call('HDEL', KEYS[1], user)
-      table.insert(gone, user)
-    end
-  end
-end
-return gone
-";
-
 /// Node ARGV[1] holds exactly the members given as user/user_info pairs after it (KEYS as for
-/// joining): members of the node not given are removed, given ones added. Returns the users
-/// gone from the room cluster-wide.
+/// joining): members of the node not given are removed, given ones added; with none given, the
+/// node's members of the room are forgotten. Returns the users gone from the room cluster-wide.
 const PRESENCE_RESYNC_SCRIPT: &str = r"
 local node = ARGV[1]
 local suffix = '\n' .. node
@@ -299,7 +280,6 @@ pub struct RedisBroker {
     unlist_script: redis::Script,
     presence_join_script: redis::Script,
     presence_leave_script: redis::Script,
-    forget_presence_script: redis::Script,
     presence_resync_script: redis::Script,
     /// A node silent this long is dead; its counts are removed by the others.
     node_timeout: Duration,
@@ -349,7 +329,6 @@ impl RedisBroker {
             unlist_script: redis::Script::new(UNLIST_SCRIPT),
             presence_join_script: redis::Script::new(PRESENCE_JOIN_SCRIPT),
             presence_leave_script: redis::Script::new(PRESENCE_LEAVE_SCRIPT),
-            forget_presence_script: redis::Script::new(FORGET_PRESENCE_SCRIPT),
             presence_resync_script: redis::Script::new(PRESENCE_RESYNC_SCRIPT),
             node_timeout,
             subscriptions: tokio::sync::Mutex::new(None),
@@ -565,7 +544,7 @@ impl RedisBroker {
                 let mut commands = self.commands.clone();
                 async move {
                     let users: Vec<String> = self
-                        .forget_presence_script
+                        .presence_resync_script
                         .key(presence_keys(&id))
                         .arg(node)
                         .invoke_async(&mut commands)

@@ -399,11 +399,7 @@ async fn a_node_stopped_with_sigterm_hands_its_clients_over() {
     // Its client is told to reconnect elsewhere (1012), its member leaves at once, it exits 0.
     assert!(matches!(carol.closed().await, crate::support::Ending::Closed(1012)));
     let f = dave.next_json().await;
-    assert_eq!(
-        (f["event"].as_str(), f["data"]["user_id"].as_str()),
-        (Some("user-left"), Some("carol")),
-        "{f}"
-    );
+    assert_eq!(member_event(&f), (Some("user-left"), Some("carol")), "{f}");
     let status =
         tokio::time::timeout(Duration::from_secs(5), child.wait()).await.expect("exits within 5 s").unwrap();
     assert!(status.success(), "{status}");
@@ -448,11 +444,7 @@ async fn a_killed_node_is_removed_from_counts() {
     assert_eq!(a.broadcast(&app, "room", "e", json!(2)).await["subscriber_count"], 0);
     assert_eq!(room_names(&a, &app, "").await.0, ["presence-team"], "the dead node's room is unlisted");
     let f = dave.next_json().await;
-    assert_eq!(
-        (f["event"].as_str(), f["data"]["user_id"].as_str()),
-        (Some("user-left"), Some("carol")),
-        "{f}"
-    );
+    assert_eq!(member_event(&f), (Some("user-left"), Some("carol")), "{f}");
     let (_, v) = a.get("/api/rooms/presence-team/presence", &app.api_key).await;
     assert_eq!(user_ids(&v["members"]), ["dave"], "{v}");
 }
@@ -465,6 +457,11 @@ async fn member(hub: &TestHub, app: &TestApp, user: &str) -> (Ws, Value) {
     let ack = ws.next_json().await;
     assert_eq!(ack["type"], "subscribed", "{ack}");
     (ws, ack)
+}
+
+/// `(event, user_id)` of a presence event frame.
+fn member_event(f: &Value) -> (Option<&str>, Option<&str>) {
+    (f["event"].as_str(), f["data"]["user_id"].as_str())
 }
 
 fn user_ids(list: &Value) -> Vec<&str> {
@@ -488,11 +485,7 @@ async fn presence_spans_the_cluster() {
     );
     assert_eq!(ack["presence"][0]["user_info"], json!({"name": "alice"}));
     let f = alice.next_json().await;
-    assert_eq!(
-        (f["event"].as_str(), f["data"]["user_id"].as_str()),
-        (Some("user-joined"), Some("bob")),
-        "{f}"
-    );
+    assert_eq!(member_event(&f), (Some("user-joined"), Some("bob")), "{f}");
 
     // A second tab of alice on the other node is not a new member.
     let (mut alice2, ack) = member(&b, &app, "alice").await;
@@ -508,11 +501,7 @@ async fn presence_spans_the_cluster() {
     alice2.stream.close(None).await.unwrap();
     alice2.closed().await;
     let f = bob.next_json().await;
-    assert_eq!(
-        (f["event"].as_str(), f["data"]["user_id"].as_str()),
-        (Some("user-left"), Some("alice")),
-        "{f}"
-    );
+    assert_eq!(member_event(&f), (Some("user-left"), Some("alice")), "{f}");
     bob.roundtrip(5).await;
     let (_, v) = a.get("/api/rooms/presence-team/presence", &app.api_key).await;
     assert_eq!(user_ids(&v["members"]), ["bob"], "{v}");
@@ -915,11 +904,7 @@ async fn members_who_left_while_redis_was_away_are_announced_on_its_return() {
 
     // On its return node A removes the member it no longer has, and Carol hears it once.
     let f = carol.next_json().await;
-    assert_eq!(
-        (f["event"].as_str(), f["data"]["user_id"].as_str()),
-        (Some("user-left"), Some("dave")),
-        "{f}"
-    );
+    assert_eq!(member_event(&f), (Some("user-left"), Some("dave")), "{f}");
     let (_, v) = b.get("/api/rooms/presence-team/presence", &app.api_key).await;
     assert_eq!(user_ids(&v["members"]), ["carol"], "{v}");
     carol.roundtrip(3).await;
