@@ -221,16 +221,8 @@ async fn redis_down_is_reported_and_refused_then_rooms_resume() {
     within(online).await;
     // So it does after any reconnection, even one no write failed around: here the set is
     // lost while the subscription connections are cut (the command connection stays).
-    let cli = |args: &[&str]| {
-        std::process::Command::new("redis-cli")
-            .arg("-p")
-            .arg(redis.port.to_string())
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    cli(&["del", "rc:an:{outage-app}:on:node-a"]);
-    cli(&["client", "kill", "type", "pubsub"]);
+    redis.cli(&["del", "rc:an:{outage-app}:on:node-a"]).await;
+    redis.cli(&["client", "kill", "type", "pubsub"]).await;
     within(online).await;
     for ws in [&mut on_a, &mut on_b] {
         let got = events(ws, 1).await;
@@ -241,7 +233,6 @@ async fn redis_down_is_reported_and_refused_then_rooms_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_is_single_use_across_nodes() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let redis = RedisServer::start().await;
     let (a, b, _shared) = two_nodes(&redis).await;
     let app = a.create_app(json!({"app_id": "ticket-app"})).await;
@@ -255,12 +246,8 @@ async fn a_ticket_is_single_use_across_nodes() {
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let ticket = v["ticket"].as_str().unwrap().to_owned();
-    let redeem = |hub: &TestHub| {
-        let req = format!("ws://{}/ws?ticket={ticket}", hub.addr).into_client_request().unwrap();
-        Ws::open(req)
-    };
     // Bought on A, used on B, with the identity and grants it was bought for.
-    let (mut ws, hello) = redeem(&b).await.expect("the ticket works on another node");
+    let (mut ws, hello) = b.try_redeem(&ticket).await.expect("the ticket works on another node");
     assert_eq!(
         (hello["type"].as_str(), hello["user_id"].as_str()),
         (Some("connected"), Some("ann")),
@@ -271,7 +258,7 @@ async fn a_ticket_is_single_use_across_nodes() {
     assert_eq!(ws.next_json().await["code"], "room_forbidden");
     // Used once, on any node.
     for hub in [&a, &b] {
-        let (status, body) = redeem(hub).await.err().expect("a ticket works once");
+        let (status, body) = hub.try_redeem(&ticket).await.err().expect("a ticket works once");
         assert_eq!((status, body["code"].as_str()), (401, Some("invalid_ticket")));
     }
 }
@@ -373,11 +360,7 @@ async fn node_process(
 
 /// A connection to the node at `addr` with `token`.
 async fn connect_to(addr: &str, token: &str) -> Ws {
-    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://{addr}/ws?token={token}"
-    ))
-    .unwrap();
-    Ws::open(req).await.unwrap().0
+    crate::support::open_ws(addr, &format!("token={token}")).await.unwrap().0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,12 +387,7 @@ async fn a_node_stopped_with_sigterm_hands_its_clients_over() {
         tokio::time::timeout(Duration::from_secs(5), child.wait()).await.expect("exits within 5 s").unwrap();
     assert!(status.success(), "{status}");
     assert!(term.elapsed() < Duration::from_secs(5));
-    let nodes = tokio::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "smembers", "rc:nodes"])
-        .output()
-        .await
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&nodes.stdout).contains("node-c"), "node-c deregistered");
+    assert!(!redis.cli(&["smembers", "rc:nodes"]).await.contains("node-c"), "node-c deregistered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -744,15 +722,10 @@ async fn a_redis_cluster_with_sharded_pubsub_carries_the_hub() {
     }
     // The rooms really are on different shards: their offset counters and their sharded
     // channels (SSUBSCRIBE) live on several servers.
-    let on_server = |port: u16, args: &'static [&'static str]| async move {
-        let out =
-            tokio::process::Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output();
-        String::from_utf8(out.await.unwrap().stdout).unwrap()
-    };
     let (mut counters, mut channels) = (0, 0);
     for server in &redis.servers {
-        counters += on_server(server.port, &["--scan", "--pattern", "rc:offset:*"]).await.lines().count();
-        let shard = on_server(server.port, &["pubsub", "shardchannels", "rc:room:*"]).await;
+        counters += server.cli(&["--scan", "--pattern", "rc:offset:*"]).await.lines().count();
+        let shard = server.cli(&["pubsub", "shardchannels", "rc:room:*"]).await;
         assert!(shard.lines().count() < 12, "every room on one shard: {shard}");
         channels += shard.lines().count();
     }
@@ -765,12 +738,8 @@ async fn a_redis_cluster_with_sharded_pubsub_carries_the_hub() {
     let (status, v) = a.post("/api/tickets", &app.api_key, json!({"user_id": "ann"})).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let ticket = v["ticket"].as_str().unwrap().to_owned();
-    let redeem = |hub: &TestHub| {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        Ws::open(format!("ws://{}/ws?ticket={ticket}", hub.addr).into_client_request().unwrap())
-    };
-    assert!(redeem(&b).await.is_ok(), "bought on A, used on B");
-    assert_eq!(redeem(&a).await.err().map(|e| e.0), Some(401), "used once");
+    assert!(b.try_redeem(&ticket).await.is_ok(), "bought on A, used on B");
+    assert_eq!(a.try_redeem(&ticket).await.err().map(|e| e.0), Some(401), "used once");
     for hub in [&a, &b] {
         within(|| async { analytics(hub, &app, "1h").await["metrics"]["events"]["broadcasts"] == 24 }).await;
     }
@@ -862,17 +831,9 @@ async fn a_node_taken_for_dead_writes_its_state_again() {
 
     // What another node does to one it takes for dead (as after a Redis that lost the liveness
     // keys): B's count is removed, then B from the node set. B notices and writes it again.
-    let cli = |args: &[&str]| {
-        std::process::Command::new("redis-cli")
-            .arg("-p")
-            .arg(redis.port.to_string())
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    cli(&["hdel", "rc:count:{heal-app:room}", "node-b"]);
+    redis.cli(&["hdel", "rc:count:{heal-app:room}", "node-b"]).await;
     assert_eq!(a.broadcast(&app, "room", "e", json!(2)).await["subscriber_count"], 1);
-    cli(&["srem", "rc:nodes", "node-b"]);
+    redis.cli(&["srem", "rc:nodes", "node-b"]).await;
     within(|| async { a.broadcast(&app, "room", "e", json!(3)).await["subscriber_count"] == 2 }).await;
 }
 
@@ -888,15 +849,7 @@ async fn members_who_left_while_redis_was_away_are_announced_on_its_return() {
     assert_eq!(dave.next_json().await["event"], "user-joined");
 
     // Redis goes away with its data saved (as with persistence); Dave leaves meanwhile.
-    let cli = |args: &[&str]| {
-        std::process::Command::new("redis-cli")
-            .arg("-p")
-            .arg(redis.port.to_string())
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    assert!(cli(&["save"]).status.success());
+    assert_eq!(redis.cli(&["save"]).await.trim(), "OK");
     redis.kill();
     dave.stream.close(None).await.unwrap();
     dave.closed().await;

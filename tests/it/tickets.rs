@@ -2,17 +2,12 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{TestHub, Ws, assert_error, spawn_hub, split};
+use crate::support::{TestHub, assert_error, spawn_hub, split};
 
 async fn buy(hub: &TestHub, auth: (&str, &str), body: Value) -> (StatusCode, Value) {
     let res = hub.http.post(hub.url("/api/tickets")).header(auth.0, auth.1).json(&body).send().await.unwrap();
     split(res).await
-}
-
-async fn redeem(hub: &TestHub, ticket: &str) -> Result<(Ws, Value), (u16, Value)> {
-    Ws::open(format!("ws://{}/ws?ticket={ticket}", hub.addr).into_client_request().unwrap()).await
 }
 
 #[tokio::test]
@@ -26,13 +21,13 @@ async fn a_key_buys_a_single_use_ticket_with_the_identity_it_names() {
     assert_eq!(v["expires_in"], 30);
     let ticket = v["ticket"].as_str().unwrap().to_owned();
 
-    let (mut ws, hello) = redeem(&hub, &ticket).await.unwrap();
+    let (mut ws, hello) = hub.try_redeem(&ticket).await.unwrap();
     assert_eq!((hello["app_id"].as_str(), hello["user_id"].as_str()), (Some("tix-app"), Some("ann")));
     ws.subscribe("team-red").await;
     ws.send_json(json!({"type": "subscribe", "room": "lobby", "id": 2})).await;
     assert_eq!(ws.next_json().await["code"], "room_forbidden");
 
-    let (status, body) = redeem(&hub, &ticket).await.err().expect("a ticket works once");
+    let (status, body) = hub.try_redeem(&ticket).await.err().expect("a ticket works once");
     assert_eq!((status, body["code"].as_str()), (401, Some("invalid_ticket")));
 }
 
@@ -49,7 +44,7 @@ async fn a_client_jwt_buys_a_ticket_carrying_its_own_identity() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    let (mut ws, hello) = redeem(&hub, v["ticket"].as_str().unwrap()).await.unwrap();
+    let (mut ws, hello) = hub.try_redeem(v["ticket"].as_str().unwrap()).await.unwrap();
     assert_eq!(hello["user_id"], "bob");
     ws.subscribe("only-this").await;
     ws.send_json(json!({"type": "subscribe", "room": "other", "id": 3})).await;

@@ -183,8 +183,12 @@ impl TestHub {
 
     /// Opens a WebSocket; `Err(status)` when the upgrade was refused.
     pub async fn try_connect(&self, token: &str) -> Result<(Ws, Value), (u16, Value)> {
-        let req = format!("ws://{}/ws?token={}", self.addr, token).into_client_request().unwrap();
-        Ws::open(req).await
+        open_ws(self.addr, &format!("token={token}")).await
+    }
+
+    /// Opens a WebSocket with a ticket; `Err(status)` when the upgrade was refused.
+    pub async fn try_redeem(&self, ticket: &str) -> Result<(Ws, Value), (u16, Value)> {
+        open_ws(self.addr, &format!("ticket={ticket}")).await
     }
 
     /// Connects a client to `rooms` of `app` with `payload` claims and waits for each `subscribed`.
@@ -196,6 +200,12 @@ impl TestHub {
         }
         ws
     }
+}
+
+/// Opens `ws://{addr}/ws?{query}`: the socket and its first frame, or the refusal's status and
+/// body.
+pub async fn open_ws(addr: impl std::fmt::Display, query: &str) -> Result<(Ws, Value), (u16, Value)> {
+    Ws::open(format!("ws://{addr}/ws?{query}").into_client_request().unwrap()).await
 }
 
 /// Status and JSON body of a response.
@@ -373,6 +383,19 @@ impl RedisServer {
         server
     }
 
+    /// Runs `redis-cli` against this (plain) server; returns what it printed.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let out = tokio::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .await
+            .expect("redis-cli comes with redis-server");
+        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The authority a TLS server's certificate comes from (PEM).
     pub fn cert(&self) -> std::path::PathBuf {
         self.dir.path().join("ca.pem")
@@ -472,12 +495,7 @@ impl RedisCluster {
         let deadline = std::time::Instant::now() + WAIT;
         for server in &self.servers {
             loop {
-                let out = tokio::process::Command::new("redis-cli")
-                    .args(["-p", &server.port.to_string(), "cluster", "info"])
-                    .output()
-                    .await
-                    .unwrap();
-                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                if server.cli(&["cluster", "info"]).await.contains("cluster_state:ok") {
                     break;
                 }
                 assert!(std::time::Instant::now() < deadline, "the Redis Cluster never became ok");
