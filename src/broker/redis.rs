@@ -207,6 +207,23 @@ where
         .collect()
 }
 
+/// (Un)subscribes sharded `channels` on a cluster connection, one by one (they belong to
+/// different slots).
+async fn sharded_sub(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    channels: Vec<String>,
+    on: bool,
+) -> redis::RedisResult<()> {
+    for ch in channels {
+        if on {
+            conn.ssubscribe(ch).await?;
+        } else {
+            conn.sunsubscribe(ch).await?;
+        }
+    }
+    Ok(())
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
@@ -269,9 +286,8 @@ enum Incoming {
 pub struct RedisBroker {
     registry: Arc<Registry>,
     node_id: String,
+    /// One server (PUBLISH/SUBSCRIBE), or a Redis Cluster (SPUBLISH/SSUBSCRIBE).
     target: Target,
-    /// SPUBLISH/SSUBSCRIBE (a Redis Cluster) rather than PUBLISH/SUBSCRIBE.
-    sharded: bool,
     commands: Commands,
     script: redis::Script,
     count_script: redis::Script,
@@ -320,7 +336,6 @@ impl RedisBroker {
             registry,
             node_id: node_id.to_owned(),
             target,
-            sharded,
             commands,
             script: redis::Script::new(PUBLISH_SCRIPT),
             count_script: redis::Script::new(COUNT_SCRIPT),
@@ -788,33 +803,12 @@ impl RedisBroker {
                 let mut conn =
                     Target::cluster_client(seeds, ca.as_deref(), Some(tx))?.get_async_connection().await?;
                 conn.subscribe(changed).await?;
-                for chunk in channels.chunks(256) {
-                    self.sub(&mut conn, chunk.to_vec(), true).await?;
-                }
+                sharded_sub(&mut conn, channels, true).await?;
                 (Subscriptions::Cluster(conn), Incoming::Cluster(rx))
             }
         };
         *self.subscriptions.lock().await = Some(subscriptions);
         Ok(incoming)
-    }
-
-    /// (Un)subscribes `channels` on a cluster connection: sharded channels unless the broker
-    /// uses classic pub/sub; channels of several slots are sent one by one.
-    async fn sub(
-        &self,
-        conn: &mut redis::cluster_async::ClusterConnection,
-        channels: Vec<String>,
-        on: bool,
-    ) -> redis::RedisResult<()> {
-        for ch in channels {
-            match (self.sharded, on) {
-                (true, true) => conn.ssubscribe(ch).await?,
-                (true, false) => conn.sunsubscribe(ch).await?,
-                (false, true) => conn.subscribe(ch).await?,
-                (false, false) => conn.unsubscribe(ch).await?,
-            }
-        }
-        Ok(())
     }
 
     /// Subscribes (`on`) or unsubscribes a room's channel, waiting for Redis to confirm.
@@ -831,7 +825,7 @@ impl RedisBroker {
                 tokio::time::timeout(COMMAND_TIMEOUT, change).await
             }
             Subscriptions::Cluster(conn) => {
-                tokio::time::timeout(COMMAND_TIMEOUT, self.sub(conn, vec![ch], on)).await
+                tokio::time::timeout(COMMAND_TIMEOUT, sharded_sub(conn, vec![ch], on)).await
             }
         };
         confirmed
@@ -880,7 +874,7 @@ impl Broker for RedisBroker {
             .key(room_key(COUNT_PREFIX, &room_id(key)))
             .arg(encode(&self.node_id, publication))
             .arg(OFFSET_TTL_MS)
-            .arg(if self.sharded { "SPUBLISH" } else { "PUBLISH" });
+            .arg(if matches!(self.target, Target::Cluster(..)) { "SPUBLISH" } else { "PUBLISH" });
         // Not retried: a connection lost while the script ran leaves unknown whether it
         // published, and a retry could deliver twice. The caller gets 503 and may retry.
         let (offset, total): (u64, usize) =
