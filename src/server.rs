@@ -24,6 +24,8 @@ use crate::store::{KeyKind, KeyRecord, Store, StoreError};
 
 /// How often key `last_used_at` times are written to the store.
 const KEY_USE_FLUSH: Duration = Duration::from_secs(10);
+/// How long a cluster node waits, before serving, for its Redis subscription to come up.
+const STARTUP_REDIS_WAIT: Duration = Duration::from_secs(10);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +213,11 @@ impl Server {
         if let Some(redis) = &state.redis {
             tracker.spawn(redis.clone().run(token.clone()));
             tracker.spawn(redis.clone().keep_alive(token.clone()));
+            // Clients may already be queued on the bound socket: serving them before the node
+            // is subscribed in Redis would refuse their first subscribe and broadcast.
+            if !redis.wait_up(STARTUP_REDIS_WAIT).await {
+                tracing::warn!("Redis subscription not up yet; serving anyway, /health reports it");
+            }
         }
 
         let grace = Duration::from_secs(state.config.server.shutdown_grace_s);

@@ -8,7 +8,7 @@
 //! When the subscription connection drops, the node reconnects with backoff and subscribes
 //! again to every room it still has; publications made meanwhile fail with `unavailable`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -301,7 +301,8 @@ pub struct RedisBroker {
     node_timeout: Duration,
     /// The subscription connection's command half; `None` while disconnected.
     subscriptions: tokio::sync::Mutex<Option<Subscriptions>>,
-    up: AtomicBool,
+    /// Whether the subscription connection is up; watched by [`RedisBroker::wait_up`].
+    up: tokio::sync::watch::Sender<bool>,
     /// How many times the subscription connection came up.
     epoch: Arc<std::sync::atomic::AtomicU64>,
     /// Since when the subscription connection is up.
@@ -347,7 +348,7 @@ impl RedisBroker {
             presence_resync_script: redis::Script::new(PRESENCE_RESYNC_SCRIPT),
             node_timeout,
             subscriptions: tokio::sync::Mutex::new(None),
-            up: AtomicBool::new(false),
+            up: tokio::sync::watch::Sender::new(false),
             up_since: std::sync::Mutex::new(None),
             epoch: Arc::default(),
             store_changes: Arc::new(tokio::sync::Notify::new()),
@@ -383,7 +384,13 @@ impl RedisBroker {
 
     /// Whether the subscription connection is up (for `/health`).
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        *self.up.borrow()
+    }
+
+    /// Waits until the subscription connection is up, at most `within`; returns whether it is.
+    pub async fn wait_up(&self, within: Duration) -> bool {
+        let mut up = self.up.subscribe();
+        tokio::time::timeout(within, up.wait_for(|up| *up)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Keeps the subscription connection: connects, re-subscribes every local room, delivers
@@ -400,7 +407,7 @@ impl RedisBroker {
                 self.store_changes.notify_one();
                 self.refresh_commands().await;
                 self.recount().await?;
-                self.up.store(true, Ordering::Relaxed);
+                self.up.send_replace(true);
                 self.epoch.fetch_add(1, Ordering::Relaxed);
                 *self.up_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
                 tracing::info!(rooms = rooms.len(), "Redis subscription connection up");
@@ -436,7 +443,7 @@ impl RedisBroker {
                 r = session => r,
                 _ = shutdown.cancelled() => return,
             };
-            let was_up = self.up.swap(false, Ordering::Relaxed);
+            let was_up = self.up.send_replace(false);
             *self.up_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
             *self.subscriptions.lock().await = None;
             match ended {

@@ -372,7 +372,8 @@ async fn a_node_stopped_with_sigterm_hands_its_clients_over() {
     let (mut child, addr, _dir) = node_process(&redis, &a, &shared, 60_000).await;
     let mut carol = connect_to(&addr, &a.token(&app, json!({"user_id": "carol"})).await).await;
     carol.send_json(json!({"type": "subscribe", "room": "presence-team", "id": 1})).await;
-    assert_eq!(carol.next_json().await["type"], "subscribed");
+    let f = carol.next_json().await;
+    assert_eq!(f["type"], "subscribed", "{f}");
     let (mut dave, ack) = member(&a, &app, "dave").await;
     assert_eq!(user_ids(&ack["presence"]), ["carol", "dave"], "{ack}");
 
@@ -407,7 +408,8 @@ async fn a_killed_node_is_removed_from_counts() {
     // Carol is present through node-c only; Dave, on node A, watches.
     let mut carol = connect_to(&addr, &a.token(&app, json!({"user_id": "carol"})).await).await;
     carol.send_json(json!({"type": "subscribe", "room": "presence-team", "id": 1})).await;
-    assert_eq!(carol.next_json().await["type"], "subscribed");
+    let f = carol.next_json().await;
+    assert_eq!(f["type"], "subscribed", "{f}");
     let (mut dave, ack) = member(&a, &app, "dave").await;
     assert_eq!(user_ids(&ack["presence"]), ["carol", "dave"], "{ack}");
 
