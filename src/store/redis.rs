@@ -25,6 +25,8 @@ const DELIVERIES: &str = "rc:{store}:deliveries";
 /// Pending and retrying deliveries, scored by when they are due.
 const WAITING: &str = "rc:{store}:waiting";
 const VERSION: &str = "rc:{store}:version";
+/// Log entries read at a time when pruning.
+const PRUNE_PAGE: usize = 500;
 /// Where a write is announced to the other nodes.
 pub const CHANGED_CHANNEL: &str = "rc:store:changed";
 
@@ -415,19 +417,54 @@ impl Store for RedisStore {
     }
 
     async fn prune_deliveries(&self, before: i64) -> Result<usize, StoreError> {
-        let all: Vec<DeliveryRecord> = self.hash(DELIVERIES, "delivery").await?;
-        let old: Vec<&DeliveryRecord> =
-            all.iter().filter(|d| d.status.is_final() && d.updated_at < before).collect();
-        if old.is_empty() {
-            return Ok(0);
+        // Only deliveries created before `before` can have been finished before it, and ids
+        // sort by creation: each webhook's log is read from its oldest entry up to that bound,
+        // a page at a time, never whole.
+        let bound = format!("({}", crate::webhooks::delivery_id_prefix(before));
+        let webhooks: Vec<String> = self.conn().hkeys(WEBHOOKS).await.map_err(unavailable)?;
+        let mut pruned = 0;
+        for webhook_id in webhooks {
+            let log = webhook_deliveries(&webhook_id);
+            // Entries kept (still pending, or finished later) stay in front of the next page.
+            let mut kept = 0;
+            loop {
+                let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
+                    .arg(&log)
+                    .arg("-")
+                    .arg(&bound)
+                    .arg("LIMIT")
+                    .arg(kept)
+                    .arg(PRUNE_PAGE)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                let found = self.deliveries_by_id(&ids).await?;
+                let old: Vec<&String> = found
+                    .iter()
+                    .filter(|d| d.status.is_final() && d.updated_at < before)
+                    .map(|d| &d.delivery_id)
+                    .collect();
+                // Log entries without a record (a write cut short) go too.
+                let have: std::collections::HashSet<&String> = found.iter().map(|d| &d.delivery_id).collect();
+                let gone: Vec<&String> =
+                    old.iter().copied().chain(ids.iter().filter(|id| !have.contains(id))).collect();
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                if !old.is_empty() {
+                    pipe.hdel(DELIVERIES, &old).ignore();
+                }
+                if !gone.is_empty() {
+                    pipe.zrem(&log, &gone).ignore();
+                }
+                self.exec(&pipe).await?;
+                pruned += old.len();
+                kept += ids.len() - gone.len();
+                if ids.len() < PRUNE_PAGE {
+                    break;
+                }
+            }
         }
-        let mut pipe = redis::pipe();
-        for d in &old {
-            pipe.hdel(DELIVERIES, &d.delivery_id).ignore();
-            pipe.zrem(webhook_deliveries(&d.webhook_id), &d.delivery_id).ignore();
-        }
-        self.exec(&pipe).await?;
-        Ok(old.len())
+        Ok(pruned)
     }
 
     async fn overdue_deliveries(

@@ -80,7 +80,13 @@ fn wants(webhook: &WebhookRecord, event: &str) -> bool {
 /// A new delivery id: `d`, the creation time in 12 hex digits, 10 random base62 characters, so
 /// ids sort by creation time.
 fn delivery_id(now: i64) -> String {
-    format!("d{:012x}{}", now.max(0), crate::auth::random_base62(10))
+    format!("{}{}", delivery_id_prefix(now), crate::auth::random_base62(10))
+}
+
+/// The part of a delivery id made at `t` that comes from the time: every id made before `t`
+/// sorts lower.
+pub(crate) fn delivery_id_prefix(t: i64) -> String {
+    format!("d{:012x}", t.max(0))
 }
 
 /// The delivery body, serialized once; every attempt sends these exact bytes.

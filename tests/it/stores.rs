@@ -203,6 +203,48 @@ async fn exercise(store: Arc<dyn Store>, keeps_analytics: bool) -> Vec<String> {
     seen
 }
 
+/// Prunes a log longer than a page: finished deliveries go when they ended before the cutoff,
+/// whatever their place; pending ones, ones finished later and ones made later stay. Returns
+/// the ids left.
+async fn prune_a_long_log(store: Arc<dyn Store>) -> Vec<String> {
+    store.insert_app(&app("app-p"), &key("key0000000p1", "app-p", 2)).await.unwrap();
+    store.insert_webhook(&webhook("wh_p", "app-p")).await.unwrap();
+    // 1,300 deliveries made at 1..=1300; every third still pending; 1..=1000 otherwise failed
+    // at their creation time + 10; 1001..=1300 failed at 5,000.
+    let ds: Vec<DeliveryRecord> = (1..=1300).map(|n| delivery(n, "wh_p")).collect();
+    store.insert_deliveries(&ds).await.unwrap();
+    let ended: Vec<AttemptRecord> = ds
+        .iter()
+        .filter(|d| d.created_at % 3 != 0)
+        .map(|d| {
+            let mut d = d.clone();
+            d.status = DeliveryStatus::Failed;
+            d.next_retry_at = None;
+            d.updated_at = if d.created_at <= 1000 { d.created_at + 10 } else { 5000 };
+            AttemptRecord { delivery: d, health: None }
+        })
+        .collect();
+    store.save_attempts(&ended).await.unwrap();
+    // Cutoff 1,011: failed ones made up to 1,000 go (667 of them); failed later ones stay.
+    assert_eq!(store.prune_deliveries(1011).await.unwrap(), 667);
+    assert_eq!(store.prune_deliveries(1011).await.unwrap(), 0, "nothing twice");
+    let left: Vec<DeliveryRecord> = store.deliveries("wh_p", None, 2000).await.unwrap();
+    assert_eq!(left.len(), 1300 - 667);
+    assert!(left.iter().all(|d| d.created_at % 3 == 0 || d.created_at > 1000));
+    assert_eq!(store.due_deliveries(Some("wh_p")).await.unwrap().len(), 433, "pending ones untouched");
+    left.into_iter().map(|d| d.delivery_id).collect()
+}
+
+#[tokio::test]
+async fn both_stores_prune_a_long_log_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+    let redis_server = RedisServer::start().await;
+    let redis: Arc<dyn Store> =
+        Arc::new(RedisStore::connect(&redis_server.url(), false, None).await.unwrap());
+    assert_eq!(prune_a_long_log(sqlite).await, prune_a_long_log(redis).await);
+}
+
 #[tokio::test]
 async fn sqlite_and_redis_stores_behave_alike() {
     let dir = tempfile::tempdir().unwrap();
