@@ -554,7 +554,9 @@ async fn a_slow_receiver_does_not_delay_broadcasts() {
     took.sort();
     let (p50, p99) = (took[100], took[197]);
     println!("broadcast latency with a 5 s webhook receiver: p50 {p50:?}, p99 {p99:?}");
-    assert!(p99 < Duration::from_millis(250), "p99 {p99:?}");
+    // Far below the receiver's 5 s, with room for a busy machine: a broadcast that waited for
+    // the webhook would take seconds.
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
     // The deliveries are waiting, not lost: per-webhook concurrency holds the rest back.
     let log = deliveries(&hub, &app.api_key, &id).await;
     assert_eq!(log.len(), 100, "a full first page");
