@@ -11,23 +11,16 @@
 #   BEFORE=/tmp/before-target/release/roomcast bash loadtest/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-target/cluster-$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT"
-OUT=$(realpath "$OUT")
+source loadtest/lib.sh
+out_dir cluster
 RUNS=${RUNS:-2}
 REDIS_PORT=16390 A=18101 B=18102 SHARDS=(16391 16392 16393)
-ADMIN=rc_admin_ClusterBench_$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32)
+ADMIN=$(admin_key ClusterBench)
 command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
-cargo build --release --locked -p roomcast -p roomcast-loadtest
-LT=$PWD/target/release/roomcast-loadtest
-AFTER=$PWD/target/release/roomcast
-ulimit -n "$(ulimit -Hn)"
+build_release
 work=$(mktemp -d)
-pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap 'stop_all; rm -rf "$work"' EXIT
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1"; exit 1; }
 redis() { # port, extra redis-server args...
   local port=$1; shift
   mkdir -p "$work/redis-$port"
@@ -37,17 +30,13 @@ redis() { # port, extra redis-server args...
 }
 node() { # binary, port, node id, redis url or -, more env...
   local bin=$1 port=$2 id=$3 url=$4; shift 4
-  local env=(ROOMCAST_SERVER__LISTEN=127.0.0.1:$port ROOMCAST_ADMIN_KEY=$ADMIN ROOMCAST_CLUSTER__NODE_ID=$id
-    ROOMCAST_STORE__PATH=$work/roomcast.db ROOMCAST_STORE__RELOAD_INTERVAL_MS=100 ROOMCAST_LOG__LEVEL=warn
-    ROOMCAST_LIMITS__UPGRADE_RATE_LIMIT=0 "$@")
+  local env=(ROOMCAST_CLUSTER__NODE_ID=$id ROOMCAST_STORE__PATH=$work/roomcast.db ROOMCAST_STORE__RELOAD_INTERVAL_MS=100 "$@")
   [ "$url" != - ] && env+=(ROOMCAST_CLUSTER__REDIS_URL=$url)
-  (cd "$work" && exec env "${env[@]}" "$bin" >/dev/null 2>>"$OUT/nodes.err") &
-  pids+=($!)
-  wait_port "$port"
+  start_roomcast "$bin" "$port" "$OUT/nodes.err" "${env[@]}"
 }
 run() { # name, loadtest args...
   local name=$1; shift
-  "$LT" "$@" --admin-key "$ADMIN" --json "$OUT/$name.json" | grep -v '^ *["{}]' | sed "s/^/[$name] /"
+  "$LT" "$@" --admin-key "$ADMIN" --json "$OUT/$name.json" | report "$name"
 }
 cross() { # name suffix
   run "cross-steady-$1" fanout -n 1000 -r 100 -d 10 --url http://127.0.0.1:$B --publish-url http://127.0.0.1:$A

@@ -9,44 +9,24 @@
 # Results (JSON per run, and table.md) go to $OUT (default target/compare-<date>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source loadtest/lib.sh
 
 SOCKUDO_VERSION=5.2.0
 SOCKUDO_ROOT=${SOCKUDO_ROOT:-/opt/sockudo}
 SOCKUDO=$SOCKUDO_ROOT/bin/sockudo
-OUT=${OUT:-target/compare-$(date +%Y%m%d-%H%M%S)}
 SCENARIOS=${SCENARIOS:-"idle connect fanout slow peak sustained rooms publish churn"}
 RC_PORT=18080
 SK_PORT=16001
-ADMIN=rc_admin_CompareRunKy_$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32)
-mkdir -p "$OUT"
-OUT=$(realpath "$OUT")
+ADMIN=$(admin_key CompareRunKy)
+out_dir compare
 
 if [ ! -x "$SOCKUDO" ]; then
   echo "compare.sh: installing Sockudo $SOCKUDO_VERSION (about 7 minutes)"
   command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler >/dev/null; }
   cargo install sockudo --version "$SOCKUDO_VERSION" --no-default-features --features local --locked --root "$SOCKUDO_ROOT"
 fi
-cargo build --release --locked -p roomcast -p roomcast-loadtest
-LT=$PWD/target/release/roomcast-loadtest
-RC=$PWD/target/release/roomcast
-ulimit -n "$(ulimit -Hn)"
-
-hub_pid=
-stop_hub() { [ -n "$hub_pid" ] && kill "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null; hub_pid=; }
-trap stop_hub EXIT
-
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "compare.sh: nothing listens on $1"; exit 1
-}
-
-start_roomcast() {
-  local dir; dir=$(mktemp -d)
-  (cd "$dir" && ROOMCAST_SERVER__LISTEN=127.0.0.1:$RC_PORT ROOMCAST_ADMIN_KEY=$ADMIN ROOMCAST_LOG__LEVEL=warn ROOMCAST_LIMITS__UPGRADE_RATE_LIMIT=0 \
-    exec "$RC" >/dev/null 2>"$OUT/roomcast.log") &
-  hub_pid=$!
-  wait_port $RC_PORT
-}
+build_release
+trap stop_all EXIT
 
 start_sockudo() {
   local dir; dir=$(mktemp -d)
@@ -57,6 +37,7 @@ start_sockudo() {
     SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS=100000000 SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS=100000000 \
     RUST_LOG=warn exec "$SOCKUDO" >/dev/null 2>"$OUT/sockudo.log") &
   hub_pid=$!
+  pids+=("$hub_pid")
   wait_port $SK_PORT
 }
 
@@ -65,7 +46,7 @@ run() {
   local name=$1 hub=$2; shift 2
   local target
   if [ "$hub" = roomcast ]; then
-    start_roomcast
+    start_roomcast "$AFTER" $RC_PORT "$OUT/roomcast.log"
     target=(--url "http://127.0.0.1:$RC_PORT" --admin-key "$ADMIN")
   else
     start_sockudo
@@ -73,7 +54,7 @@ run() {
   fi
   sleep 1
   "$LT" "$@" "${target[@]}" --hub-pid "$hub_pid" --json "$OUT/$name-$hub.json" >"$OUT/$name-$hub.txt" 2>&1 || true
-  stop_hub
+  stop_all
   sed -n '1,8p' "$OUT/$name-$hub.txt" | sed "s/^/[$name $hub] /"
 }
 
