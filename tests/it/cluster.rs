@@ -778,6 +778,58 @@ async fn a_redis_cluster_with_sharded_pubsub_carries_the_hub() {
     on_a.roundtrip(7).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_primary_failing_over_to_its_replica_loses_no_room() {
+    let mut redis = RedisCluster::start_with_replicas().await;
+    let (a, b) = nodes_on(&redis.urls(), true).await;
+    let app = a.create_app(json!({"app_id": "failover-app"})).await;
+    within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
+    let rooms: Vec<String> = (0..12).map(|n| format!("room-{n}")).collect();
+    let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
+    let mut on_a = a.subscriber(&app, json!({}), &names).await;
+    let mut on_b = b.subscriber(&app, json!({}), &names).await;
+    for room in &rooms {
+        let v = a.broadcast(&app, room, "e", json!(format!("{room}/1"))).await;
+        assert_eq!(v["subscriber_count"], 2, "{v}");
+    }
+    assert_eq!(by_room(events(&mut on_a, 12).await), by_room(events(&mut on_b, 12).await));
+
+    // A primary that holds rooms is killed for good; its replica takes its slots over.
+    let mut victim = None;
+    for i in redis.primaries().await {
+        if !redis.servers[i].cli(&["--scan", "--pattern", "rc:offset:*"]).await.trim().is_empty() {
+            victim = Some(i);
+        }
+    }
+    let victim = victim.expect("some primary holds a room");
+    redis.servers[victim].kill();
+    for hub in [&a, &b] {
+        within(|| async { health(hub).await.0 == StatusCode::SERVICE_UNAVAILABLE }).await;
+    }
+    within(|| async { redis.primaries().await.len() == 3 }).await;
+    redis.wait_ok().await;
+    for hub in [&a, &b] {
+        within(|| async { health(hub).await.0 == StatusCode::OK }).await;
+    }
+
+    // Every room delivers again, on both nodes, once, counted over the cluster, and the offsets
+    // (replicated to the promoted server) go on.
+    for room in &rooms {
+        let v = b.broadcast(&app, room, "e", json!(format!("{room}/2"))).await;
+        assert_eq!(v["subscriber_count"], 2, "{room}: {v}");
+    }
+    let again = by_room(events(&mut on_a, 12).await);
+    assert_eq!(again, by_room(events(&mut on_b, 12).await));
+    let mut data: Vec<String> = again.iter().map(|(d, _)| d.as_str().unwrap().to_owned()).collect();
+    data.sort();
+    let mut expected: Vec<String> = rooms.iter().map(|r| format!("{r}/2")).collect();
+    expected.sort();
+    assert_eq!(data, expected, "each room once");
+    assert!(again.iter().all(|(_, offset)| *offset == 2), "offsets go on: {again:?}");
+    on_a.roundtrip(7).await;
+    on_b.roundtrip(7).await;
+}
+
 /// `(names, next_cursor)` of `GET /api/rooms{query}` on `hub`.
 async fn room_names(hub: &TestHub, app: &TestApp, query: &str) -> (Vec<String>, Value) {
     let (status, v) = hub.get(&format!("/api/rooms{query}"), &app.api_key).await;

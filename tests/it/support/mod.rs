@@ -408,6 +408,11 @@ impl RedisServer {
         }
     }
 
+    /// Whether the server was started and not killed since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (SIGKILL) and waits until it is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -458,7 +463,7 @@ impl RedisServer {
     }
 }
 
-/// A Redis 7 Cluster of three primaries (no replicas) on free loopback ports.
+/// A Redis 7 Cluster of three primaries on free loopback ports, with or without a replica each.
 pub struct RedisCluster {
     pub servers: Vec<RedisServer>,
 }
@@ -467,12 +472,22 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers, joins them with `redis-cli --cluster create` and
     /// waits until every node reports the cluster ok.
     pub async fn start() -> RedisCluster {
+        Self::start_with(0, &[]).await
+    }
+
+    /// Three primaries with a replica each; a primary unreachable for a second fails over.
+    pub async fn start_with_replicas() -> RedisCluster {
+        Self::start_with(1, &["--cluster-node-timeout", "1000"]).await
+    }
+
+    async fn start_with(replicas: usize, extra: &[&str]) -> RedisCluster {
         let mut servers = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port"]
                 .map(str::to_owned)
                 .into_iter()
                 .chain([free_port().to_string()])
+                .chain(extra.iter().map(|a| (*a).to_owned()))
                 .collect();
             servers.push(RedisServer::start_with(args).await);
         }
@@ -480,7 +495,7 @@ impl RedisCluster {
         let out = tokio::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .await
             .expect("redis-cli is needed for the Redis Cluster test (it comes with redis-server)");
@@ -490,12 +505,27 @@ impl RedisCluster {
         cluster
     }
 
-    /// Waits until every node reports the cluster ok.
+    /// The indexes of the servers that are primaries now.
+    pub async fn primaries(&self) -> Vec<usize> {
+        let mut found = Vec::new();
+        for (i, server) in self.servers.iter().enumerate() {
+            if server.is_running() && server.cli(&["role"]).await.starts_with("master") {
+                found.push(i);
+            }
+        }
+        found
+    }
+
+    /// Waits until every running node reports the cluster ok and every replica its link to
+    /// its primary up (a replica that never synchronized does not take over).
     pub async fn wait_ok(&self) {
         let deadline = std::time::Instant::now() + WAIT;
-        for server in &self.servers {
+        for server in self.servers.iter().filter(|s| s.is_running()) {
             loop {
-                if server.cli(&["cluster", "info"]).await.contains("cluster_state:ok") {
+                let replication = server.cli(&["info", "replication"]).await;
+                let linked =
+                    replication.contains("role:master") || replication.contains("master_link_status:up");
+                if linked && server.cli(&["cluster", "info"]).await.contains("cluster_state:ok") {
                     break;
                 }
                 assert!(std::time::Instant::now() < deadline, "the Redis Cluster never became ok");
