@@ -947,3 +947,32 @@ async fn nodes_reach_redis_over_tls() {
         roomcast::server::Server::build(config).await.expect_err("an unknown certificate is refused");
     assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_a_redis_cluster_over_tls() {
+    let certs = crate::support::TestCerts::make();
+    let redis = RedisCluster::start_tls(certs.clone()).await;
+    assert!(redis.urls().split(',').all(|u| u.starts_with("rediss://")), "{}", redis.urls());
+    let (a, b) = nodes_trusting(&redis.urls(), true, Some(certs.ca())).await;
+    let app = a.create_app(json!({"app_id": "tls-shard-app"})).await;
+    within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
+    // Six rooms, so every shard carries some: each is reached over TLS at the address the
+    // cluster gives for it (127.0.0.1, which the certificate names).
+    let rooms: Vec<String> = (0..6).map(|n| format!("room-{n}")).collect();
+    let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
+    let mut on_a = a.subscriber(&app, json!({}), &names).await;
+    let mut on_b = b.subscriber(&app, json!({}), &names).await;
+    for room in &rooms {
+        let v = a.broadcast(&app, room, "e", json!(format!("{room}/1"))).await;
+        assert_eq!(v["subscriber_count"], 2, "{v}");
+    }
+    let got = by_room(events(&mut on_b, 6).await);
+    assert_eq!(got, by_room(events(&mut on_a, 6).await));
+    assert_eq!(got.len(), 6);
+    let mut shards = 0;
+    for server in &redis.servers {
+        let channels = server.cli(&["pubsub", "shardchannels", "rc:room:*"]).await;
+        shards += usize::from(!channels.trim().is_empty());
+    }
+    assert!(shards >= 2, "the rooms span shards");
+}

@@ -6,7 +6,7 @@ pub mod receiver;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -309,43 +309,14 @@ impl Ws {
     }
 }
 
-/// A real `redis-server` on a free loopback port, without persistence; killed on drop.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<std::process::Child>,
+/// A throwaway authority and a certificate from it for `localhost` and 127.0.0.1, both made by
+/// `openssl`, for Redis servers that speak TLS.
+pub struct TestCerts {
     dir: TempDir,
-    /// More `redis-server` arguments.
-    args: Vec<String>,
-    /// Serves TLS only (with `cert.pem`, for `localhost`, in its directory).
-    tls: bool,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl RedisServer {
-    /// Starts one; panics with a hint when `redis-server` is not installed.
-    pub async fn start() -> RedisServer {
-        Self::start_with(Vec::new()).await
-    }
-
-    async fn start_with(args: Vec<String>) -> RedisServer {
-        let mut server = RedisServer {
-            port: free_port(),
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            args,
-            tls: false,
-        };
-        server.restart().await;
-        server
-    }
-
-    /// Starts one that speaks TLS only, with a certificate for `localhost` and 127.0.0.1 from
-    /// a throwaway authority ([`RedisServer::cert`]), both made by `openssl`; its URL is
-    /// `rediss://`.
-    pub async fn start_tls() -> RedisServer {
+impl TestCerts {
+    pub fn make() -> Arc<TestCerts> {
         let dir = tempfile::tempdir().unwrap();
         let steps: [&[&str]; 3] = [
             &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=roomcast test CA"]
@@ -369,23 +340,77 @@ impl RedisServer {
                 .args(args)
                 .current_dir(dir.path())
                 .output()
-                .expect("openssl is needed for the Redis TLS test (scripts/test.sh installs it)");
+                .expect("openssl is needed for the Redis TLS tests (scripts/test.sh installs it)");
             assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
         }
-        let port = free_port();
-        let args = ["--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", "cert.pem"]
+        Arc::new(TestCerts { dir })
+    }
+
+    /// The authority (PEM).
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// `redis-server` arguments to serve TLS only, on `port`, with this certificate.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let file = |name: &str| self.dir.path().join(name).to_string_lossy().into_owned();
+        ["--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", &file("cert.pem")]
             .into_iter()
-            .chain(["--tls-key-file", "key.pem", "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+            .chain(["--tls-key-file", &file("key.pem"), "--tls-ca-cert-file", &file("ca.pem")])
+            .chain(["--tls-auth-clients", "no"])
             .map(str::to_owned)
-            .collect();
-        let mut server = RedisServer { port, child: None, dir, args, tls: true };
+            .collect()
+    }
+
+    /// `redis-cli` arguments to reach a server with this certificate.
+    fn cli_args(&self) -> Vec<String> {
+        vec!["--tls".into(), "--cacert".into(), self.ca().to_string_lossy().into_owned()]
+    }
+}
+
+/// A real `redis-server` on a free loopback port, without persistence; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: TempDir,
+    /// More `redis-server` arguments.
+    args: Vec<String>,
+    /// Serves TLS only, with these certificates.
+    tls: Option<Arc<TestCerts>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl RedisServer {
+    /// Starts one; panics with a hint when `redis-server` is not installed.
+    pub async fn start() -> RedisServer {
+        Self::start_with(Vec::new(), None).await
+    }
+
+    async fn start_with(mut args: Vec<String>, tls: Option<Arc<TestCerts>>) -> RedisServer {
+        let port = free_port();
+        if let Some(certs) = &tls {
+            args.extend(certs.server_args(port));
+        } else {
+            args.extend(["--port".to_owned(), port.to_string()]);
+        }
+        let mut server = RedisServer { port, child: None, dir: tempfile::tempdir().unwrap(), args, tls };
         server.restart().await;
         server
     }
 
-    /// Runs `redis-cli` against this (plain) server; returns what it printed.
+    /// Starts one that speaks TLS only, with a certificate for `localhost` and 127.0.0.1 from
+    /// a throwaway authority ([`RedisServer::cert`]); its URL is `rediss://`.
+    pub async fn start_tls() -> RedisServer {
+        Self::start_with(Vec::new(), Some(TestCerts::make())).await
+    }
+
+    /// Runs `redis-cli` against this server; returns what it printed.
     pub async fn cli(&self, args: &[&str]) -> String {
         let out = tokio::process::Command::new("redis-cli")
+            .args(self.tls.as_ref().map(|c| c.cli_args()).unwrap_or_default())
             .arg("-p")
             .arg(self.port.to_string())
             .args(args)
@@ -398,13 +423,13 @@ impl RedisServer {
 
     /// The authority a TLS server's certificate comes from (PEM).
     pub fn cert(&self) -> std::path::PathBuf {
-        self.dir.path().join("ca.pem")
+        self.tls.as_ref().expect("a TLS server").ca()
     }
 
     pub fn url(&self) -> String {
         match self.tls {
-            true => format!("rediss://localhost:{}", self.port),
-            false => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://localhost:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
         }
     }
 
@@ -426,7 +451,6 @@ impl RedisServer {
         self.kill();
         let child = std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1"])
-            .args(if self.tls { Vec::new() } else { vec!["--port".to_owned(), self.port.to_string()] })
             .args(["--save", "", "--appendonly", "no"])
             .args(&self.args)
             .current_dir(self.dir.path())
@@ -436,10 +460,9 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + WAIT;
         loop {
-            if self.tls {
+            if let Some(certs) = &self.tls {
                 let ping = tokio::process::Command::new("redis-cli")
-                    .args(["--tls", "--cacert"])
-                    .arg(self.cert())
+                    .args(certs.cli_args())
                     .args(["-h", "localhost", "-p", &self.port.to_string(), "ping"])
                     .output()
                     .await
@@ -472,15 +495,21 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers, joins them with `redis-cli --cluster create` and
     /// waits until every node reports the cluster ok.
     pub async fn start() -> RedisCluster {
-        Self::start_with(0, &[]).await
+        Self::start_with(0, &[], None).await
     }
 
     /// Three primaries with a replica each; a primary unreachable for a second fails over.
     pub async fn start_with_replicas() -> RedisCluster {
-        Self::start_with(1, &["--cluster-node-timeout", "1000"]).await
+        Self::start_with(1, &["--cluster-node-timeout", "1000"], None).await
     }
 
-    async fn start_with(replicas: usize, extra: &[&str]) -> RedisCluster {
+    /// Three primaries that speak TLS only, to clients and to each other, with the
+    /// certificates of `certs`.
+    pub async fn start_tls(certs: Arc<TestCerts>) -> RedisCluster {
+        Self::start_with(0, &["--tls-cluster", "yes"], Some(certs)).await
+    }
+
+    async fn start_with(replicas: usize, extra: &[&str], tls: Option<Arc<TestCerts>>) -> RedisCluster {
         let mut servers = Vec::new();
         for _ in 0..3 * (1 + replicas) {
             let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port"]
@@ -489,10 +518,11 @@ impl RedisCluster {
                 .chain([free_port().to_string()])
                 .chain(extra.iter().map(|a| (*a).to_owned()))
                 .collect();
-            servers.push(RedisServer::start_with(args).await);
+            servers.push(RedisServer::start_with(args, tls.clone()).await);
         }
         let addrs: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
         let out = tokio::process::Command::new("redis-cli")
+            .args(tls.map(|c| c.cli_args()).unwrap_or_default())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
