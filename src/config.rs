@@ -204,6 +204,10 @@ pub struct ClusterConfig {
     /// A PEM file with the authority `rediss://` servers are checked against, instead of the
     /// system's (a private CA).
     pub redis_ca_file: Option<PathBuf>,
+    /// A PEM certificate and its PEM key that the node presents to `rediss://` servers that
+    /// ask clients for one (mutual TLS); both or neither.
+    pub redis_client_cert_file: Option<PathBuf>,
+    pub redis_client_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -294,6 +298,8 @@ impl Default for ClusterConfig {
             node_timeout_ms: 30_000,
             sharded_pubsub: false,
             redis_ca_file: None,
+            redis_client_cert_file: None,
+            redis_client_key_file: None,
         }
     }
 }
@@ -445,6 +451,12 @@ impl Config {
             problems
                 .push("cluster.redis_url: several URLs need cluster.sharded_pubsub (a Redis Cluster)".into());
         }
+        if self.cluster.redis_client_cert_file.is_some() != self.cluster.redis_client_key_file.is_some() {
+            problems.push(
+                "cluster.redis_client_cert_file: needs cluster.redis_client_key_file, and the other way round"
+                    .into(),
+            );
+        }
         if self.cluster.sharded_pubsub && self.cluster.redis_url.is_none() {
             problems.push("cluster.sharded_pubsub: needs cluster.redis_url".into());
         }
@@ -547,6 +559,14 @@ mod tests {
         single.cluster.redis_url = Some("redis://127.0.0.1:7000,redis://127.0.0.1:7001".into());
         let err = single.validate().unwrap_err().to_string();
         assert!(err.contains("several URLs need cluster.sharded_pubsub"), "{err}");
+        // A client certificate comes with its key.
+        let mut half = Config::default();
+        half.cluster.redis_url = Some("rediss://127.0.0.1:7000".into());
+        half.cluster.redis_client_cert_file = Some("client.pem".into());
+        let err = half.validate().unwrap_err().to_string();
+        assert!(err.contains("cluster.redis_client_cert_file"), "{err}");
+        half.cluster.redis_client_key_file = Some("client.key".into());
+        half.validate().unwrap();
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Server {
                 RedisBroker::connect(
                     url,
                     config.cluster.sharded_pubsub,
-                    config.cluster.redis_ca_file.as_deref(),
+                    &crate::broker::conn::TlsFiles::from_config(&config.cluster),
                     &node_id,
                     Duration::from_millis(config.cluster.node_timeout_ms),
                     registry.clone(),
@@ -257,7 +257,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
             crate::store::redis::RedisStore::connect(
                 url,
                 config.cluster.sharded_pubsub,
-                config.cluster.redis_ca_file.as_deref(),
+                &crate::broker::conn::TlsFiles::from_config(&config.cluster),
             )
             .await
             .map_err(store_err)?,

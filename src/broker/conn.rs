@@ -6,6 +6,7 @@
 //! used together carry the same hash tag (`{app:room}` for a room, `{app}` for analytics,
 //! `{store}` for records).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -16,31 +17,66 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait between reconnection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Files for `rediss://`, all PEM: the authority servers are checked against instead of the
+/// system's, and a client certificate with its key for servers that ask for one (mutual TLS).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The files named in `cluster.redis_*_file`.
+    pub fn from_config(cluster: &crate::config::ClusterConfig) -> Self {
+        Self {
+            ca: cluster.redis_ca_file.clone(),
+            client_cert: cluster.redis_client_cert_file.clone(),
+            client_key: cluster.redis_client_key_file.clone(),
+        }
+    }
+
+    /// Reads the files; `None` when none is named (the system's authorities, no client
+    /// certificate).
+    fn load(&self) -> Result<Option<redis::TlsCertificates>, String> {
+        let read = |path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, String> {
+            path.as_ref()
+                .map(|p| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())))
+                .transpose()
+        };
+        let root_cert = read(&self.ca)?;
+        let client_tls = match (read(&self.client_cert)?, read(&self.client_key)?) {
+            (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
+            (None, None) => None,
+            _ => return Err("a Redis client certificate needs its key, and the other way round".into()),
+        };
+        Ok((root_cert.is_some() || client_tls.is_some())
+            .then_some(redis::TlsCertificates { client_tls, root_cert }))
+    }
+}
+
 /// Where Redis is.
 #[derive(Debug, Clone)]
 pub enum Target {
     /// One server.
     Single(redis::Client),
-    /// The seed nodes of a Redis Cluster, with the authority to trust for `rediss://`.
-    Cluster(Vec<String>, Option<Vec<u8>>),
+    /// The seed nodes of a Redis Cluster, with the certificates for `rediss://`.
+    Cluster(Vec<String>, Option<redis::TlsCertificates>),
 }
 
 impl Target {
-    /// `url`, or with `cluster` the comma-separated seed URLs of a Redis Cluster; `ca` (PEM)
-    /// is the authority `rediss://` servers are checked against instead of the system's.
-    pub fn parse(url: &str, cluster: bool, ca: Option<Vec<u8>>) -> Result<Self, String> {
+    /// `url`, or with `cluster` the comma-separated seed URLs of a Redis Cluster; `certs` are
+    /// what `rediss://` uses instead of the system's authorities and no client certificate.
+    pub fn parse(url: &str, cluster: bool, certs: Option<redis::TlsCertificates>) -> Result<Self, String> {
         if cluster {
             let seeds: Vec<String> =
                 url.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
             // Checked here so a typo fails at start, not at the first reconnect.
-            Self::cluster_client(&seeds, ca.as_deref(), None).map_err(|e| e.to_string())?;
-            Ok(Target::Cluster(seeds, ca))
+            Self::cluster_client(&seeds, certs.as_ref(), None).map_err(|e| e.to_string())?;
+            Ok(Target::Cluster(seeds, certs))
         } else {
-            let client = match ca {
-                Some(root_cert) => redis::Client::build_with_tls(
-                    url,
-                    redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
-                ),
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(url, certs),
                 None => redis::Client::open(url),
             };
             client.map(Target::Single).map_err(|e| e.to_string())
@@ -51,7 +87,7 @@ impl Target {
     /// (RESP3 pushes), for the subscription connection.
     pub fn cluster_client(
         seeds: &[String],
-        ca: Option<&[u8]>,
+        certs: Option<&redis::TlsCertificates>,
         push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
     ) -> redis::RedisResult<redis::cluster::ClusterClient> {
         // A few retries, enough to follow a slot that moved, few enough to fail fast.
@@ -59,9 +95,8 @@ impl Target {
             .connection_timeout(COMMAND_TIMEOUT)
             .response_timeout(COMMAND_TIMEOUT)
             .retries(3);
-        if let Some(root_cert) = ca {
-            builder = builder
-                .certs(redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert.to_vec()) });
+        if let Some(certs) = certs {
+            builder = builder.certs(certs.clone());
         }
         if let Some(push) = push {
             builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
@@ -114,22 +149,13 @@ impl ConnectionLike for Commands {
     }
 }
 
-/// Opens `url` (with `cluster`, the seeds of a Redis Cluster; with `ca_file`, a PEM authority
-/// for `rediss://`): the target, for further connections, and a command connection that
-/// reconnects by itself (3 s timeouts, reconnect delays up to 5 s). Shared by the broker and
-/// the store.
-pub async fn connect(
-    url: &str,
-    cluster: bool,
-    ca_file: Option<&std::path::Path>,
-) -> Result<(Target, Commands), String> {
+/// Opens `url` (with `cluster`, the seeds of a Redis Cluster; `tls` for `rediss://`): the
+/// target, for further connections, and a command connection that reconnects by itself (3 s
+/// timeouts, reconnect delays up to 5 s). Shared by the broker and the store.
+pub async fn connect(url: &str, cluster: bool, tls: &TlsFiles) -> Result<(Target, Commands), String> {
     // `rediss://` is TLS through rustls, which needs the process's crypto provider.
     crate::webhooks::install_tls_provider();
-    let ca = match ca_file {
-        Some(path) => Some(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?),
-        None => None,
-    };
-    let target = Target::parse(url, cluster, ca)?;
+    let target = Target::parse(url, cluster, tls.load()?)?;
     let connecting = async {
         match &target {
             Target::Single(client) => {
@@ -145,7 +171,7 @@ pub async fn connect(
                     .await
                     .map(Commands::Single)
             }
-            Target::Cluster(seeds, ca) => Target::cluster_client(seeds, ca.as_deref(), None)?
+            Target::Cluster(seeds, certs) => Target::cluster_client(seeds, certs.as_ref(), None)?
                 .get_async_connection()
                 .await
                 .map(Commands::Cluster),

@@ -326,13 +326,13 @@ impl RedisBroker {
     pub async fn connect(
         url: &str,
         sharded: bool,
-        ca_file: Option<&std::path::Path>,
+        tls: &super::conn::TlsFiles,
         node_id: &str,
         node_timeout: Duration,
         registry: Arc<Registry>,
     ) -> Result<Self, BrokerError> {
         let (target, commands) =
-            super::conn::connect(url, sharded, ca_file).await.map_err(BrokerError::Unavailable)?;
+            super::conn::connect(url, sharded, tls).await.map_err(BrokerError::Unavailable)?;
         Ok(Self {
             registry,
             node_id: node_id.to_owned(),
@@ -803,12 +803,12 @@ impl RedisBroker {
                     .await?;
                 (Subscriptions::Single(sink), Incoming::Single(Box::pin(stream)))
             }
-            Target::Cluster(seeds, ca) => {
+            Target::Cluster(seeds, certs) => {
                 // Unbounded because that is what the client offers; it is drained at once by
                 // the loop in `run`, which only hands each message to the hub.
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let mut conn =
-                    Target::cluster_client(seeds, ca.as_deref(), Some(tx))?.get_async_connection().await?;
+                    Target::cluster_client(seeds, certs.as_ref(), Some(tx))?.get_async_connection().await?;
                 conn.subscribe(changed).await?;
                 sharded_sub(&mut conn, channels, true).await?;
                 (Subscriptions::Cluster(conn), Incoming::Cluster(rx))

@@ -84,15 +84,15 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url`; with `sharded`, the seeds of a Redis Cluster; `ca_file` as for
+    /// Connects to `url`; with `sharded`, the seeds of a Redis Cluster; `tls` as for
     /// [`crate::broker::conn::connect`].
     pub async fn connect(
         url: &str,
         sharded: bool,
-        ca_file: Option<&std::path::Path>,
+        tls: &crate::broker::conn::TlsFiles,
     ) -> Result<Self, StoreError> {
         let (_, conn) =
-            crate::broker::conn::connect(url, sharded, ca_file).await.map_err(StoreError::Unavailable)?;
+            crate::broker::conn::connect(url, sharded, tls).await.map_err(StoreError::Unavailable)?;
         Ok(Self {
             conn,
             insert: redis::Script::new(INSERT_SCRIPT),

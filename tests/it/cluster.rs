@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::support::receiver::Receiver;
 use crate::support::{RedisCluster, RedisServer, TestApp, TestHub, WAIT, Ws, assert_error, spawn_hub_in};
 use roomcast::auth::api_key::PresentedKey;
+use roomcast::broker::conn::TlsFiles;
 use roomcast::store::KeyKind;
 
 /// Two nodes on `redis` with their records in Redis too (`store.kind = "redis"`), each with
@@ -22,17 +23,19 @@ async fn two_redis_nodes(redis: &RedisServer) -> (TestHub, TestHub) {
 
 /// Two nodes as [`two_redis_nodes`] on `urls`; with `sharded`, a Redis Cluster.
 async fn nodes_on(urls: &str, sharded: bool) -> (TestHub, TestHub) {
-    nodes_trusting(urls, sharded, None).await
+    nodes_with_tls(urls, sharded, TlsFiles::default()).await
 }
 
-/// Two nodes as [`nodes_on`] that check `rediss://` servers against the authority `ca`.
-async fn nodes_trusting(urls: &str, sharded: bool, ca: Option<std::path::PathBuf>) -> (TestHub, TestHub) {
+/// Two nodes as [`nodes_on`] that reach `rediss://` servers with the files of `tls`.
+async fn nodes_with_tls(urls: &str, sharded: bool, tls: TlsFiles) -> (TestHub, TestHub) {
     let admin_key = PresentedKey::generate(KeyKind::Admin).plaintext();
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b"] {
-        let (url, ca) = (urls.to_owned(), ca.clone());
+        let (url, tls) = (urls.to_owned(), tls.clone());
         let hub = spawn_hub_in(tempfile::tempdir().unwrap(), admin_key.clone(), move |c| {
-            c.cluster.redis_ca_file = ca;
+            c.cluster.redis_ca_file = tls.ca;
+            c.cluster.redis_client_cert_file = tls.client_cert;
+            c.cluster.redis_client_key_file = tls.client_key;
             c.cluster.sharded_pubsub = sharded;
             c.cluster.redis_url = Some(url);
             c.cluster.node_id = Some(name.to_owned());
@@ -45,6 +48,11 @@ async fn nodes_trusting(urls: &str, sharded: bool, ca: Option<std::path::PathBuf
     }
     let b = nodes.pop().unwrap();
     (nodes.pop().unwrap(), b)
+}
+
+/// TLS files naming only the authority `ca`.
+fn trusting(ca: std::path::PathBuf) -> TlsFiles {
+    TlsFiles { ca: Some(ca), ..TlsFiles::default() }
 }
 
 /// How long until `check` holds, polling; panics after [`WAIT`].
@@ -928,7 +936,7 @@ async fn members_who_left_while_redis_was_away_are_announced_on_its_return() {
 async fn nodes_reach_redis_over_tls() {
     let redis = RedisServer::start_tls().await;
     assert!(redis.url().starts_with("rediss://"));
-    let (a, b) = nodes_trusting(&redis.url(), false, Some(redis.cert())).await;
+    let (a, b) = nodes_with_tls(&redis.url(), false, trusting(redis.cert())).await;
     for hub in [&a, &b] {
         // Up once the subscription connection (TLS too) is.
         within(|| async { health(hub).await.1["redis"] == "ok" }).await;
@@ -949,11 +957,39 @@ async fn nodes_reach_redis_over_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_present_a_client_certificate_to_a_redis_that_asks_for_one() {
+    let redis = RedisServer::start_mutual_tls().await;
+    let (client_cert, client_key) = redis.certs().client();
+    let admin_key = PresentedKey::generate(KeyKind::Admin).plaintext();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::test_config(dir.path(), &admin_key);
+    config.cluster.redis_url = Some(redis.url());
+    config.cluster.redis_ca_file = Some(redis.cert());
+    // Without a certificate of its own, Redis ends the handshake: the node does not start.
+    let refused = roomcast::server::Server::build(config.clone()).await.expect_err("no client certificate");
+    assert!(refused.to_string().contains("CertificateRequired"), "{refused}");
+    // A key that does not exist is named.
+    config.cluster.redis_client_cert_file = Some(client_cert.clone());
+    config.cluster.redis_client_key_file = Some(dir.path().join("missing.key"));
+    let refused = roomcast::server::Server::build(config).await.expect_err("no key file");
+    assert!(refused.to_string().contains("missing.key"), "{refused}");
+
+    let tls =
+        TlsFiles { ca: Some(redis.cert()), client_cert: Some(client_cert), client_key: Some(client_key) };
+    let (a, b) = nodes_with_tls(&redis.url(), false, tls).await;
+    let app = a.create_app(json!({"app_id": "mtls-app"})).await;
+    within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
+    let mut on_b = b.subscriber(&app, json!({}), &["room"]).await;
+    a.broadcast(&app, "room", "e", json!("with a client certificate")).await;
+    assert_eq!(events(&mut on_b, 1).await[0].0, "with a client certificate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_reach_a_redis_cluster_over_tls() {
     let certs = crate::support::TestCerts::make();
     let redis = RedisCluster::start_tls(certs.clone()).await;
     assert!(redis.urls().split(',').all(|u| u.starts_with("rediss://")), "{}", redis.urls());
-    let (a, b) = nodes_trusting(&redis.urls(), true, Some(certs.ca())).await;
+    let (a, b) = nodes_with_tls(&redis.urls(), true, trusting(certs.ca())).await;
     let app = a.create_app(json!({"app_id": "tls-shard-app"})).await;
     within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
     // Six rooms, so every shard carries some: each is reached over TLS at the address the

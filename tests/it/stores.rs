@@ -241,7 +241,7 @@ async fn both_stores_prune_a_long_log_alike() {
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
     let redis_server = RedisServer::start().await;
     let redis: Arc<dyn Store> =
-        Arc::new(RedisStore::connect(&redis_server.url(), false, None).await.unwrap());
+        Arc::new(RedisStore::connect(&redis_server.url(), false, &Default::default()).await.unwrap());
     assert_eq!(prune_a_long_log(sqlite).await, prune_a_long_log(redis).await);
 }
 
@@ -251,7 +251,7 @@ async fn sqlite_and_redis_stores_behave_alike() {
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
     let redis_server = RedisServer::start().await;
     let redis: Arc<dyn Store> =
-        Arc::new(RedisStore::connect(&redis_server.url(), false, None).await.unwrap());
+        Arc::new(RedisStore::connect(&redis_server.url(), false, &Default::default()).await.unwrap());
     let before = redis.change_marker().await.unwrap();
     let from_sqlite = exercise(sqlite, true).await;
     let from_redis = exercise(redis.clone(), false).await;
@@ -264,7 +264,8 @@ async fn the_redis_store_behaves_alike_on_a_redis_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
     let cluster = RedisCluster::start().await;
-    let redis: Arc<dyn Store> = Arc::new(RedisStore::connect(&cluster.urls(), true, None).await.unwrap());
+    let redis: Arc<dyn Store> =
+        Arc::new(RedisStore::connect(&cluster.urls(), true, &Default::default()).await.unwrap());
     // Every script and transaction keeps to one slot (the `{store}` tag), or a Redis Cluster
     // would refuse it with CROSSSLOT.
     assert_eq!(exercise(sqlite, true).await, exercise(redis, false).await);

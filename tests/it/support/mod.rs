@@ -318,7 +318,7 @@ pub struct TestCerts {
 impl TestCerts {
     pub fn make() -> Arc<TestCerts> {
         let dir = tempfile::tempdir().unwrap();
-        let steps: [&[&str]; 3] = [
+        let steps: [&[&str]; 5] = [
             &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=roomcast test CA"]
                 .iter()
                 .chain(&["-keyout", "ca.key", "-out", "ca.pem"])
@@ -332,6 +332,23 @@ impl TestCerts {
             &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]
                 .iter()
                 .chain(&["-days", "1", "-copy_extensions", "copyall", "-out", "cert.pem"])
+                .copied()
+                .collect::<Vec<_>>(),
+            &["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=roomcast node"]
+                .iter()
+                .chain(&[
+                    "-addext",
+                    "extendedKeyUsage=clientAuth",
+                    "-keyout",
+                    "client.key",
+                    "-out",
+                    "client.csr",
+                ])
+                .copied()
+                .collect::<Vec<_>>(),
+            &["x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]
+                .iter()
+                .chain(&["-days", "1", "-copy_extensions", "copyall", "-out", "client.pem"])
                 .copied()
                 .collect::<Vec<_>>(),
         ];
@@ -351,20 +368,34 @@ impl TestCerts {
         self.dir.path().join("ca.pem")
     }
 
-    /// `redis-server` arguments to serve TLS only, on `port`, with this certificate.
+    /// A client certificate from the same authority, and its key.
+    pub fn client(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        (self.dir.path().join("client.pem"), self.dir.path().join("client.key"))
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    /// `redis-server` arguments to serve TLS only, on `port`, with this certificate, to any
+    /// client.
     fn server_args(&self, port: u16) -> Vec<String> {
-        let file = |name: &str| self.dir.path().join(name).to_string_lossy().into_owned();
-        ["--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", &file("cert.pem")]
+        let (cert, key, ca) = (self.file("cert.pem"), self.file("key.pem"), self.file("ca.pem"));
+        ["--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", &cert, "--tls-key-file", &key]
             .into_iter()
-            .chain(["--tls-key-file", &file("key.pem"), "--tls-ca-cert-file", &file("ca.pem")])
-            .chain(["--tls-auth-clients", "no"])
+            .chain(["--tls-ca-cert-file", &ca, "--tls-auth-clients", "no"])
             .map(str::to_owned)
             .collect()
     }
 
-    /// `redis-cli` arguments to reach a server with this certificate.
+    /// `redis-cli` arguments to reach a server with this certificate (presenting the client
+    /// certificate, in case it asks).
     fn cli_args(&self) -> Vec<String> {
-        vec!["--tls".into(), "--cacert".into(), self.ca().to_string_lossy().into_owned()]
+        ["--tls", "--cacert", &self.file("ca.pem"), "--cert", &self.file("client.pem")]
+            .into_iter()
+            .chain(["--key", &self.file("client.key")])
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -389,13 +420,14 @@ impl RedisServer {
         Self::start_with(Vec::new(), None).await
     }
 
-    async fn start_with(mut args: Vec<String>, tls: Option<Arc<TestCerts>>) -> RedisServer {
+    /// A server on a free port with `args` last (where a repeated option wins).
+    async fn start_with(more: Vec<String>, tls: Option<Arc<TestCerts>>) -> RedisServer {
         let port = free_port();
-        if let Some(certs) = &tls {
-            args.extend(certs.server_args(port));
-        } else {
-            args.extend(["--port".to_owned(), port.to_string()]);
-        }
+        let mut args = match &tls {
+            Some(certs) => certs.server_args(port),
+            None => vec!["--port".to_owned(), port.to_string()],
+        };
+        args.extend(more);
         let mut server = RedisServer { port, child: None, dir: tempfile::tempdir().unwrap(), args, tls };
         server.restart().await;
         server
@@ -405,6 +437,18 @@ impl RedisServer {
     /// a throwaway authority ([`RedisServer::cert`]); its URL is `rediss://`.
     pub async fn start_tls() -> RedisServer {
         Self::start_with(Vec::new(), Some(TestCerts::make())).await
+    }
+
+    /// As [`RedisServer::start_tls`], talking only to clients that present a certificate from
+    /// the same authority ([`TestCerts::client`]).
+    pub async fn start_mutual_tls() -> RedisServer {
+        let args = vec!["--tls-auth-clients".to_owned(), "yes".to_owned()];
+        Self::start_with(args, Some(TestCerts::make())).await
+    }
+
+    /// The certificates of a TLS server.
+    pub fn certs(&self) -> Arc<TestCerts> {
+        self.tls.clone().expect("a TLS server")
     }
 
     /// Runs `redis-cli` against this server; returns what it printed.
