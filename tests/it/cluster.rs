@@ -102,6 +102,38 @@ async fn health(hub: &TestHub) -> (StatusCode, Value) {
     crate::support::split(res).await
 }
 
+/// Waits until `/health` answers `status` on each of `hubs`.
+async fn health_becomes(hubs: &[&TestHub], status: StatusCode) {
+    for hub in hubs {
+        within(|| async { health(hub).await.0 == status }).await;
+    }
+}
+
+/// Broadcasts `<room>/<tag>` to each of `rooms` from `from`; checks that each is counted over
+/// the cluster (one subscriber per node, `on`) and reaches both, once, in the same order per
+/// room. Returns what they received, by room.
+async fn each_room_once(
+    from: &TestHub,
+    app: &TestApp,
+    rooms: &[String],
+    tag: &str,
+    on: [&mut Ws; 2],
+) -> Vec<(Value, u64)> {
+    for room in rooms {
+        let v = from.broadcast(app, room, "e", json!(format!("{room}/{tag}"))).await;
+        assert_eq!(v["subscriber_count"], 2, "{room}: {v}");
+    }
+    let [on_a, on_b] = on;
+    let got = by_room(events(on_a, rooms.len()).await);
+    assert_eq!(got, by_room(events(on_b, rooms.len()).await), "both nodes alike");
+    let mut data: Vec<String> = got.iter().map(|(d, _)| d.as_str().unwrap().to_owned()).collect();
+    data.sort();
+    let mut expected: Vec<String> = rooms.iter().map(|r| format!("{r}/{tag}")).collect();
+    expected.sort();
+    assert_eq!(data, expected, "each room once");
+    got
+}
+
 /// Reads `n` events; returns their `(data, offset)`.
 async fn events(ws: &mut Ws, n: usize) -> Vec<(Value, u64)> {
     let mut out = Vec::new();
@@ -764,25 +796,11 @@ async fn a_redis_cluster_with_sharded_pubsub_carries_the_hub() {
     // One shard killed (SIGKILL) and restarted empty: the nodes say Redis is down, then come
     // back, and every room, on every shard, delivers again, once.
     redis.servers[0].kill();
-    for hub in [&a, &b] {
-        within(|| async { health(hub).await.0 == StatusCode::SERVICE_UNAVAILABLE }).await;
-    }
+    health_becomes(&[&a, &b], StatusCode::SERVICE_UNAVAILABLE).await;
     redis.servers[0].restart().await;
     redis.wait_ok().await;
-    for hub in [&a, &b] {
-        within(|| async { health(hub).await.0 == StatusCode::OK }).await;
-    }
-    for room in &rooms {
-        let v = b.broadcast(&app, room, "e", json!(format!("{room}/again"))).await;
-        assert_eq!(v["subscriber_count"], 2, "{room}: {v}");
-    }
-    let again_a = by_room(events(&mut on_a, 12).await);
-    assert_eq!(again_a, by_room(events(&mut on_b, 12).await));
-    let mut data: Vec<String> = again_a.iter().map(|(d, _)| d.as_str().unwrap().to_owned()).collect();
-    data.sort();
-    let mut expected: Vec<String> = rooms.iter().map(|r| format!("{r}/again")).collect();
-    expected.sort();
-    assert_eq!(data, expected, "each room once");
+    health_becomes(&[&a, &b], StatusCode::OK).await;
+    each_room_once(&b, &app, &rooms, "again", [&mut on_a, &mut on_b]).await;
     on_a.roundtrip(7).await;
 }
 
@@ -796,11 +814,7 @@ async fn a_redis_cluster_primary_failing_over_to_its_replica_loses_no_room() {
     let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
     let mut on_a = a.subscriber(&app, json!({}), &names).await;
     let mut on_b = b.subscriber(&app, json!({}), &names).await;
-    for room in &rooms {
-        let v = a.broadcast(&app, room, "e", json!(format!("{room}/1"))).await;
-        assert_eq!(v["subscriber_count"], 2, "{v}");
-    }
-    assert_eq!(by_room(events(&mut on_a, 12).await), by_room(events(&mut on_b, 12).await));
+    each_room_once(&a, &app, &rooms, "1", [&mut on_a, &mut on_b]).await;
 
     // A primary that holds rooms is killed for good; its replica takes its slots over.
     let mut victim = None;
@@ -811,28 +825,14 @@ async fn a_redis_cluster_primary_failing_over_to_its_replica_loses_no_room() {
     }
     let victim = victim.expect("some primary holds a room");
     redis.servers[victim].kill();
-    for hub in [&a, &b] {
-        within(|| async { health(hub).await.0 == StatusCode::SERVICE_UNAVAILABLE }).await;
-    }
+    health_becomes(&[&a, &b], StatusCode::SERVICE_UNAVAILABLE).await;
     within(|| async { redis.primaries().await.len() == 3 }).await;
     redis.wait_ok().await;
-    for hub in [&a, &b] {
-        within(|| async { health(hub).await.0 == StatusCode::OK }).await;
-    }
+    health_becomes(&[&a, &b], StatusCode::OK).await;
 
     // Every room delivers again, on both nodes, once, counted over the cluster, and the offsets
     // (replicated to the promoted server) go on.
-    for room in &rooms {
-        let v = b.broadcast(&app, room, "e", json!(format!("{room}/2"))).await;
-        assert_eq!(v["subscriber_count"], 2, "{room}: {v}");
-    }
-    let again = by_room(events(&mut on_a, 12).await);
-    assert_eq!(again, by_room(events(&mut on_b, 12).await));
-    let mut data: Vec<String> = again.iter().map(|(d, _)| d.as_str().unwrap().to_owned()).collect();
-    data.sort();
-    let mut expected: Vec<String> = rooms.iter().map(|r| format!("{r}/2")).collect();
-    expected.sort();
-    assert_eq!(data, expected, "each room once");
+    let again = each_room_once(&b, &app, &rooms, "2", [&mut on_a, &mut on_b]).await;
     assert!(again.iter().all(|(_, offset)| *offset == 2), "offsets go on: {again:?}");
     on_a.roundtrip(7).await;
     on_b.roundtrip(7).await;
@@ -992,19 +992,13 @@ async fn nodes_reach_a_redis_cluster_over_tls() {
     let (a, b) = nodes_with_tls(&redis.urls(), true, trusting(certs.ca())).await;
     let app = a.create_app(json!({"app_id": "tls-shard-app"})).await;
     within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
-    // Six rooms, so every shard carries some: each is reached over TLS at the address the
+    // Six rooms, spread over the shards: each shard is reached over TLS at the address the
     // cluster gives for it (127.0.0.1, which the certificate names).
     let rooms: Vec<String> = (0..6).map(|n| format!("room-{n}")).collect();
     let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
     let mut on_a = a.subscriber(&app, json!({}), &names).await;
     let mut on_b = b.subscriber(&app, json!({}), &names).await;
-    for room in &rooms {
-        let v = a.broadcast(&app, room, "e", json!(format!("{room}/1"))).await;
-        assert_eq!(v["subscriber_count"], 2, "{v}");
-    }
-    let got = by_room(events(&mut on_b, 6).await);
-    assert_eq!(got, by_room(events(&mut on_a, 6).await));
-    assert_eq!(got.len(), 6);
+    each_room_once(&a, &app, &rooms, "1", [&mut on_a, &mut on_b]).await;
     let mut shards = 0;
     for server in &redis.servers {
         let channels = server.cli(&["pubsub", "shardchannels", "rc:room:*"]).await;
