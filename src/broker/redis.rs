@@ -207,6 +207,16 @@ where
         .collect()
 }
 
+/// This node's subscriber count in one room as Redis should hold it: every change that
+/// succeeded, and decrements that failed (a recount writes them).
+#[derive(Debug, Default)]
+struct Counted {
+    n: std::sync::atomic::AtomicI64,
+    /// Shared by changes that keep `n` above zero; taken alone by changes to and from zero
+    /// (which also add the room to, or take it from, the node's room set) and by recounts.
+    steps: tokio::sync::RwLock<()>,
+}
+
 /// (Un)subscribes sharded `channels` on a cluster connection, one by one (they belong to
 /// different slots).
 async fn sharded_sub(
@@ -311,6 +321,9 @@ pub struct RedisBroker {
     store_changes: Arc<tokio::sync::Notify>,
     /// Where received publications are fanned out (set once the hub exists).
     hub: OnceLock<Weak<Hub>>,
+    /// This node's subscriber count per room as Redis should hold it (see [`Counted`]); a
+    /// room leaves the map when its count is back to zero.
+    counted: dashmap::DashMap<String, Arc<Counted>>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -353,6 +366,7 @@ impl RedisBroker {
             epoch: Arc::default(),
             store_changes: Arc::new(tokio::sync::Notify::new()),
             hub: OnceLock::new(),
+            counted: dashmap::DashMap::new(),
         })
     }
 
@@ -461,54 +475,34 @@ impl RedisBroker {
         }
     }
 
-    /// After (re)connecting: replaces this node's counts in Redis with the registry's (a Redis
-    /// that restarted lost them; decrements that failed while it was away left them wrong), and
+    /// After (re)connecting: replaces this node's counts in Redis with the ones it keeps in
+    /// [`RedisBroker::counted`] (a Redis that restarted lost them; decrements that failed while
+    /// it was away left them wrong), and its presence entries with the registry's members, and
     /// reports rooms that were counted here, are empty now and have nobody elsewhere.
     async fn recount(&self) -> redis::RedisResult<()> {
         self.refresh_liveness().await?;
-        let mut local = std::collections::HashSet::new();
-        let mut counts = Vec::new();
-        for key in self.registry.room_keys() {
-            let n = self.registry.subscriber_count(&key);
-            if n > 0 {
-                counts.push((room_id(&key), n));
-                local.insert(key);
-            }
-        }
-        // Counts are overwritten in place, never removed first: while a node recounts, other
-        // nodes still see its subscribers. Only rooms it no longer has lose its count.
-        let ids: std::collections::HashSet<String> = counts.iter().map(|(id, _)| id.clone()).collect();
-        let vacated = self.forget_node(&self.node_id, false, &ids).await?;
-        if !counts.is_empty() {
-            let mut commands = self.commands.clone();
-            redis::cmd("SADD")
-                .arg(self.node_rooms())
-                .arg(ids.iter().collect::<Vec<_>>())
-                .query_async::<()>(&mut commands)
-                .await?;
-            each_room(counts, |(id, n)| {
-                let mut commands = self.commands.clone();
-                async move {
-                    redis::cmd("HSET")
-                        .arg(room_key(COUNT_PREFIX, &id))
-                        .arg(&self.node_id)
-                        .arg(n)
-                        .query_async::<()>(&mut commands)
-                        .await?;
-                    // A Redis that restarted lost the room lists too.
-                    let Some(key) = room_from_id(&id) else { return Ok(()) };
-                    self.occupy_script
-                        .key(&room_list_keys(&key.app_id)[..])
-                        .arg(key.room.as_str())
-                        .arg(crate::hub::now_ms())
-                        .arg(1)
-                        .invoke_async::<i64>(&mut commands)
-                        .await
-                        .map(drop)
-                }
-            })
-            .await?;
-        }
+        let mut commands = self.commands.clone();
+        // Counts: every room this node counts now or is listed in Redis for, each under its
+        // lock, so a subscriber joining meanwhile is counted exactly once. Counts are
+        // overwritten in place, never removed first: while a node recounts, other nodes still
+        // see its subscribers. Only rooms it no longer has lose its count.
+        let listed: Vec<String> =
+            redis::cmd("SMEMBERS").arg(self.node_rooms()).query_async(&mut commands).await?;
+        let rooms: std::collections::HashSet<String> =
+            listed.into_iter().chain(self.counted.iter().map(|e| e.key().clone())).collect();
+        let emptied = each_room(rooms, |id| async move {
+            let entry = self.counted_entry(&id);
+            let alone = entry.steps.write().await;
+            let rewritten = self.rewrite_count(&id, entry.n.load(Ordering::Acquire)).await;
+            drop(alone);
+            self.release_counted(&id, entry);
+            rewritten
+        })
+        .await?;
+        let vacated: Vec<RoomKey> = emptied.into_iter().flatten().collect();
+        each_room(vacated.clone(), |key| async move { self.unlist_if_empty(&key).await }).await?;
+        let local: std::collections::HashSet<RoomKey> =
+            self.registry.room_keys().into_iter().filter(|k| self.registry.subscriber_count(k) > 0).collect();
         // Presence: the same, member by member. Rooms left are forgotten; in the others the
         // node's members are replaced by the ones it has now. Users gone from here while Redis
         // was away, and from everywhere else, are announced as gone.
@@ -548,6 +542,123 @@ impl RedisBroker {
             self.member_gone_elsewhere(key, user);
         }
         Ok(())
+    }
+
+    /// Room `id`'s entry in [`RedisBroker::counted`] (made when missing); given back with
+    /// [`RedisBroker::release_counted`].
+    fn counted_entry(&self, id: &str) -> Arc<Counted> {
+        self.counted.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Gives back an entry taken with [`RedisBroker::counted_entry`] (its locks released); it
+    /// leaves the map when it is back to zero and nobody else holds it.
+    fn release_counted(&self, id: &str, entry: Arc<Counted>) {
+        drop(entry);
+        // Held only by the map, and nobody can take it while `remove_if` checks.
+        self.counted.remove_if(id, |_, e| {
+            Arc::strong_count(e) == 1 && e.n.load(Ordering::Acquire) <= 0 && e.steps.try_write().is_ok()
+        });
+    }
+
+    /// Adds `delta` (1 or -1) to this node's count in room `id`; returns the cluster's total.
+    /// The room enters the node's room set before its first subscriber here is counted and
+    /// leaves it after the last one left, so the set holds every room the node has a count
+    /// in (what a dead node's cleanup relies on). Changes that keep the count above zero run
+    /// side by side; the ones to and from zero, and recounts, one at a time.
+    async fn change_count(&self, id: &str, delta: i64) -> redis::RedisResult<i64> {
+        let entry = self.counted_entry(id);
+        let changed = async {
+            {
+                let _shared = entry.steps.read().await;
+                // Stays above zero: no change to the room set.
+                if entry
+                    .n
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n + delta > 0 && n > 0).then_some(n + delta)
+                    })
+                    .is_ok()
+                {
+                    let counted = self.count_once(id, delta).await;
+                    // A failed increment was not counted (the hub takes the subscriber back); a
+                    // failed decrement still happened here, and a recount writes it.
+                    if counted.is_err() && delta > 0 {
+                        entry.n.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    return counted;
+                }
+            }
+            let _alone = entry.steps.write().await;
+            let before = entry.n.load(Ordering::Acquire);
+            if delta > 0 && before == 0 {
+                redis::cmd("SADD")
+                    .arg(self.node_rooms())
+                    .arg(id)
+                    .query_async::<()>(&mut self.commands.clone())
+                    .await?;
+            }
+            let counted = self.count_once(id, delta).await;
+            if counted.is_ok() || delta < 0 {
+                entry.n.store((before + delta).max(0), Ordering::Release);
+            }
+            if counted.is_ok() && before + delta <= 0 {
+                redis::cmd("SREM")
+                    .arg(self.node_rooms())
+                    .arg(id)
+                    .query_async::<()>(&mut self.commands.clone())
+                    .await?;
+            }
+            counted
+        }
+        .await;
+        self.release_counted(id, entry);
+        changed
+    }
+
+    /// Adds `delta` to this node's count in room `id` in Redis; returns the cluster's total.
+    async fn count_once(&self, id: &str, delta: i64) -> redis::RedisResult<i64> {
+        let (total, _): (i64, i64) = self
+            .count_script
+            .key(room_key(COUNT_PREFIX, id))
+            .arg(&self.node_id)
+            .arg(delta)
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        Ok(total)
+    }
+
+    /// Writes this node's count `mine` for room `id` as it is: listed, counted and in
+    /// the room list when above zero, else removed; returns the room when that left it empty.
+    async fn rewrite_count(&self, id: &str, mine: i64) -> redis::RedisResult<Option<RoomKey>> {
+        let key = room_from_id(id);
+        let mut commands = self.commands.clone();
+        if mine <= 0 {
+            let emptied: i64 = self
+                .forget_count_script
+                .key(room_key(COUNT_PREFIX, id))
+                .arg(&self.node_id)
+                .invoke_async(&mut commands)
+                .await?;
+            redis::cmd("SREM").arg(self.node_rooms()).arg(id).query_async::<()>(&mut commands).await?;
+            return Ok(key.filter(|_| emptied == 1));
+        }
+        redis::cmd("SADD").arg(self.node_rooms()).arg(id).query_async::<()>(&mut commands).await?;
+        redis::cmd("HSET")
+            .arg(room_key(COUNT_PREFIX, id))
+            .arg(&self.node_id)
+            .arg(mine)
+            .query_async::<()>(&mut commands)
+            .await?;
+        // A Redis that restarted lost the room lists too.
+        if let Some(key) = key {
+            self.occupy_script
+                .key(&room_list_keys(&key.app_id)[..])
+                .arg(key.room.as_str())
+                .arg(crate::hub::now_ms())
+                .arg(1)
+                .invoke_async::<i64>(&mut commands)
+                .await?;
+        }
+        Ok(None)
     }
 
     /// This node's set of the rooms it counted subscribers in.
@@ -898,33 +1009,8 @@ impl Broker for RedisBroker {
 
     async fn count_subscribers(&self, key: &RoomKey, delta: i64) -> Result<Option<usize>, BrokerError> {
         let id = room_id(key);
+        let total = self.change_count(&id, delta).await.map_err(unavailable)?;
         let mut commands = self.commands.clone();
-        // The node's room set is a superset of the rooms it has counts in: added to before
-        // counting up, removed from after its count reached zero.
-        if delta > 0 {
-            redis::cmd("SADD")
-                .arg(self.node_rooms())
-                .arg(&id)
-                .query_async::<()>(&mut commands)
-                .await
-                .map_err(unavailable)?;
-        }
-        let (total, mine): (i64, i64) = self
-            .count_script
-            .key(room_key(COUNT_PREFIX, &id))
-            .arg(&self.node_id)
-            .arg(delta)
-            .invoke_async(&mut commands)
-            .await
-            .map_err(unavailable)?;
-        if mine <= 0 {
-            redis::cmd("SREM")
-                .arg(self.node_rooms())
-                .arg(&id)
-                .query_async::<()>(&mut commands)
-                .await
-                .map_err(unavailable)?;
-        }
         if delta > 0 && total == delta {
             let _: i64 = self
                 .occupy_script

@@ -28,20 +28,33 @@ async fn nodes_on(urls: &str, sharded: bool) -> (TestHub, TestHub) {
 
 /// Two nodes as [`nodes_on`] that reach `rediss://` servers with the files of `tls`.
 async fn nodes_with_tls(urls: &str, sharded: bool, tls: TlsFiles) -> (TestHub, TestHub) {
+    nodes_adjusted(urls, sharded, move |c| {
+        c.cluster.redis_ca_file = tls.ca.clone();
+        c.cluster.redis_client_cert_file = tls.client_cert.clone();
+        c.cluster.redis_client_key_file = tls.client_key.clone();
+    })
+    .await
+}
+
+/// Two nodes as [`nodes_on`], their configuration changed by `adjust` last.
+async fn nodes_adjusted(
+    urls: &str,
+    sharded: bool,
+    adjust: impl Fn(&mut roomcast::config::Config),
+) -> (TestHub, TestHub) {
     let admin_key = PresentedKey::generate(KeyKind::Admin).plaintext();
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b"] {
-        let (url, tls) = (urls.to_owned(), tls.clone());
+        let url = urls.to_owned();
+        let adjust = &adjust;
         let hub = spawn_hub_in(tempfile::tempdir().unwrap(), admin_key.clone(), move |c| {
-            c.cluster.redis_ca_file = tls.ca;
-            c.cluster.redis_client_cert_file = tls.client_cert;
-            c.cluster.redis_client_key_file = tls.client_key;
             c.cluster.sharded_pubsub = sharded;
             c.cluster.redis_url = Some(url);
             c.cluster.node_id = Some(name.to_owned());
             c.store.kind = roomcast::config::StoreKind::Redis;
             c.store.reload_interval_ms = 60_000;
             c.cluster.node_timeout_ms = 1500;
+            adjust(c);
         })
         .await;
         nodes.push(hub);
@@ -886,6 +899,70 @@ async fn the_room_list_spans_the_cluster() {
     within(|| async { room_names(&a, &app, "").await.0 == ["a-1", "presence-team", "shared"] }).await;
     let (_, v) = a.get("/api/rooms?prefix=shared", &app.api_key).await;
     assert_eq!(v["rooms"][0]["subscriber_count"], 1, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_joins_and_leaves_keep_the_node_count_and_room_set_exact() {
+    let redis = RedisServer::start().await;
+    let (a, _b) = nodes_adjusted(&redis.url(), false, |c| {
+        c.limits.client_messages_per_second = 100_000;
+        c.limits.client_messages_burst = 100_000;
+    })
+    .await;
+    let app = a.create_app(json!({"app_id": "race-app"})).await;
+    let rooms = ["r0", "r1", "r2"];
+    // 30 connections subscribe to and leave the same three rooms, all at once, many times;
+    // each ends in one room (every third in none).
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..30usize {
+        let mut ws = a.subscriber(&app, json!({}), &[]).await;
+        clients.spawn(async move {
+            for round in 0..8u64 {
+                for (n, room) in rooms.iter().enumerate() {
+                    let id = round * 10 + n as u64;
+                    ws.send_json(json!({"type": "subscribe", "room": room, "id": id})).await;
+                    ws.send_json(json!({"type": "unsubscribe", "room": room, "id": id + 100})).await;
+                }
+                ws.send_json(json!({"type": "ping", "id": 1000 + round})).await;
+                loop {
+                    let f = ws.next_json().await;
+                    assert!(
+                        ["subscribed", "unsubscribed", "pong"].contains(&f["type"].as_str().unwrap()),
+                        "{f}"
+                    );
+                    if f["type"] == "pong" {
+                        break;
+                    }
+                }
+            }
+            if i % 3 != 0 {
+                ws.subscribe(rooms[i % 3]).await;
+            }
+            ws
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(ws) = clients.join_next().await {
+        held.push(ws.unwrap());
+    }
+    // Connections 1, 2, 4, 5, …: ten in r1, ten in r2, none in r0.
+    let in_set = redis.cli(&["smembers", "rc:node-rooms:node-a"]).await;
+    for (room, expected) in [("r0", 0), ("r1", 10), ("r2", 10)] {
+        let count = redis.cli(&["hget", &format!("rc:count:{{race-app:{room}}}"), "node-a"]).await;
+        assert_eq!(count.trim().parse::<i64>().unwrap_or(0), expected, "{room}");
+        let listed = in_set.lines().any(|l| l == format!("race-app:{room}"));
+        assert_eq!(listed, expected > 0, "{room} in the node's room set: {in_set}");
+        let (_, v) = a.get(&format!("/api/rooms/{room}"), &app.api_key).await;
+        assert_eq!(v["room"]["subscriber_count"], expected, "{room}: {v}");
+    }
+
+    // Everyone leaves: nothing of node A is left behind.
+    drop(held);
+    within(|| async { redis.cli(&["smembers", "rc:node-rooms:node-a"]).await.trim().is_empty() }).await;
+    for room in rooms {
+        let count = redis.cli(&["hget", &format!("rc:count:{{race-app:{room}}}"), "node-a"]).await;
+        assert!(count.trim().is_empty(), "{room}: {count}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
