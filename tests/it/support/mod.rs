@@ -590,6 +590,25 @@ impl RedisCluster {
         found
     }
 
+    /// Waits until the replica of primary `i` has received everything written to it (Redis
+    /// replicates asynchronously: a primary killed earlier loses its last writes).
+    pub async fn wait_replicated(&self, i: usize) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let info = self.servers[i].cli(&["info", "replication"]).await;
+            let written = info.lines().find_map(|l| l.trim().strip_prefix("master_repl_offset:"));
+            let acked = info
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("slave0:"))
+                .find_map(|l| l.split(',').find_map(|kv| kv.strip_prefix("offset=")));
+            if written.is_some() && written == acked {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the replica never caught up: {info}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until every running node reports the cluster ok and every replica its link to
     /// its primary up (a replica that never synchronized does not take over).
     pub async fn wait_ok(&self) {
