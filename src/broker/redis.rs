@@ -207,6 +207,14 @@ where
         .collect()
 }
 
+/// What a recount found, for the hub: rooms counted on this node that are empty now and have
+/// nobody elsewhere, and members gone from here (while Redis was away) and from everywhere.
+#[derive(Debug, Default)]
+struct Recounted {
+    vacated: Vec<RoomKey>,
+    gone: Vec<(RoomKey, String)>,
+}
+
 /// This node's subscriber count in one room as Redis should hold it: every change that
 /// succeeded, and decrements that failed (a recount writes them).
 #[derive(Debug, Default)]
@@ -420,8 +428,10 @@ impl RedisBroker {
                 // Whatever changed while disconnected is read now.
                 self.store_changes.notify_one();
                 self.refresh_commands().await;
-                self.recount().await?;
+                let news = self.recount().await?;
                 self.up.send_replace(true);
+                // Announced once publications flow again; before, they would be refused.
+                self.tell(news);
                 self.epoch.fetch_add(1, Ordering::Relaxed);
                 *self.up_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
                 tracing::info!(rooms = rooms.len(), "Redis subscription connection up");
@@ -477,9 +487,9 @@ impl RedisBroker {
 
     /// After (re)connecting: replaces this node's counts in Redis with the ones it keeps in
     /// [`RedisBroker::counted`] (a Redis that restarted lost them; decrements that failed while
-    /// it was away left them wrong), and its presence entries with the registry's members, and
-    /// reports rooms that were counted here, are empty now and have nobody elsewhere.
-    async fn recount(&self) -> redis::RedisResult<()> {
+    /// it was away left them wrong), and its presence entries with the registry's members;
+    /// returns what the hub is to hear of it ([`RedisBroker::tell`]).
+    async fn recount(&self) -> redis::RedisResult<Recounted> {
         self.refresh_liveness().await?;
         let mut commands = self.commands.clone();
         // Counts: every room this node counts now or is listed in Redis for, each under its
@@ -535,13 +545,17 @@ impl RedisBroker {
         })
         .await?;
         gone.extend(resynced.into_iter().flatten());
-        for key in vacated.into_iter().filter(|k| !local.contains(k)) {
+        Ok(Recounted { vacated: vacated.into_iter().filter(|k| !local.contains(k)).collect(), gone })
+    }
+
+    /// Tells the hub what a recount found: rooms left empty, members gone cluster-wide.
+    fn tell(&self, news: Recounted) {
+        for key in news.vacated {
             self.vacated_elsewhere(key);
         }
-        for (key, user) in gone {
+        for (key, user) in news.gone {
             self.member_gone_elsewhere(key, user);
         }
-        Ok(())
     }
 
     /// Room `id`'s entry in [`RedisBroker::counted`] (made when missing); given back with
@@ -850,7 +864,8 @@ impl RedisBroker {
             tracing::warn!(
                 "this node was missing from the cluster's node set (Redis lost it, or the other nodes took this one for dead); writing its counts and members again"
             );
-            self.recount().await?;
+            let news = self.recount().await?;
+            self.tell(news);
         }
         // Others are judged only after this node has been connected for a whole node timeout:
         // after Redis lost its keys, every live node has written its own again by then.
