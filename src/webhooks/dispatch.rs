@@ -384,11 +384,18 @@ impl Webhooks {
             consecutive_failures: next.consecutive_failures,
             updated_at: next.updated_at,
         };
-        self.save(delivery, Some(health)).await?;
-        if current.enabled && !next.enabled {
-            tracing::warn!(webhook_id = %next.webhook_id, app_id = %next.app_id, reason = ?next.disabled_reason, "webhook disabled");
-        }
+        // The cached webhook changes first, so whoever reads the attempt in the log also finds
+        // the webhook as the attempt left it; it is put back if the write fails (nobody else
+        // changes it meanwhile: `_writes` is held).
+        let (disabled, reason) = (current.enabled && !next.enabled, next.disabled_reason.clone());
         self.put(next);
+        if let Err(e) = self.save(delivery, Some(health)).await {
+            self.put((*current).clone());
+            return Err(e);
+        }
+        if disabled {
+            tracing::warn!(webhook_id = %webhook.webhook_id, app_id = %webhook.app_id, reason = ?reason, "webhook disabled");
+        }
         Ok(())
     }
 
