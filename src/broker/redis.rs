@@ -124,13 +124,12 @@ return {offset, total}
 ";
 
 /// Adds ARGV[2] to node ARGV[1]'s subscribers of a room (KEYS[1]); returns the room's
-/// subscribers over the cluster and the node's.
+/// subscribers over the cluster.
 const COUNT_SCRIPT: &str = r"
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 local total = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
-return {total, n}
+return total
 ";
 
 /// Room ARGV[1] became occupied at ARGV[2] ms: listed in KEYS[1], its time in KEYS[2]. With
@@ -630,14 +629,12 @@ impl RedisBroker {
 
     /// Adds `delta` to this node's count in room `id` in Redis; returns the cluster's total.
     async fn count_once(&self, id: &str, delta: i64) -> redis::RedisResult<i64> {
-        let (total, _): (i64, i64) = self
-            .count_script
+        self.count_script
             .key(room_key(COUNT_PREFIX, id))
             .arg(&self.node_id)
             .arg(delta)
             .invoke_async(&mut self.commands.clone())
-            .await?;
-        Ok(total)
+            .await
     }
 
     /// Writes this node's count `mine` for room `id` as it is: listed, counted and in
@@ -646,14 +643,9 @@ impl RedisBroker {
         let key = room_from_id(id);
         let mut commands = self.commands.clone();
         if mine <= 0 {
-            let emptied: i64 = self
-                .forget_count_script
-                .key(room_key(COUNT_PREFIX, id))
-                .arg(&self.node_id)
-                .invoke_async(&mut commands)
-                .await?;
+            let emptied = self.forget_count(id, &self.node_id).await?;
             redis::cmd("SREM").arg(self.node_rooms()).arg(id).query_async::<()>(&mut commands).await?;
-            return Ok(key.filter(|_| emptied == 1));
+            return Ok(emptied.then_some(key).flatten());
         }
         redis::cmd("SADD").arg(self.node_rooms()).arg(id).query_async::<()>(&mut commands).await?;
         redis::cmd("HSET")
@@ -767,17 +759,8 @@ impl RedisBroker {
         keep: &std::collections::HashSet<String>,
     ) -> redis::RedisResult<Vec<RoomKey>> {
         let vacated = self
-            .drain_rooms(&format!("{NODE_ROOMS_PREFIX}{node}"), keep, |id| {
-                let mut commands = self.commands.clone();
-                async move {
-                    let emptied: i64 = self
-                        .forget_count_script
-                        .key(room_key(COUNT_PREFIX, &id))
-                        .arg(node)
-                        .invoke_async(&mut commands)
-                        .await?;
-                    Ok((emptied == 1).then(|| room_from_id(&id)).flatten())
-                }
+            .drain_rooms(&format!("{NODE_ROOMS_PREFIX}{node}"), keep, |id| async move {
+                Ok(self.forget_count(&id, node).await?.then(|| room_from_id(&id)).flatten())
             })
             .await?;
         if gone {
@@ -786,6 +769,18 @@ impl RedisBroker {
         let vacated: Vec<RoomKey> = vacated.into_iter().flatten().collect();
         each_room(vacated.clone(), |key| async move { self.unlist_if_empty(&key).await }).await?;
         Ok(vacated)
+    }
+
+    /// Removes `node`'s count of room `id`; returns whether that left the room with nobody
+    /// (true for one caller only, however many clean up after a dead node at once).
+    async fn forget_count(&self, id: &str, node: &str) -> redis::RedisResult<bool> {
+        let emptied: i64 = self
+            .forget_count_script
+            .key(room_key(COUNT_PREFIX, id))
+            .arg(node)
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        Ok(emptied == 1)
     }
 
     /// The room's subscribers over the cluster.
