@@ -122,6 +122,15 @@ async fn health_becomes(hubs: &[&TestHub], status: StatusCode) {
     }
 }
 
+/// `n` rooms of `app` (`room-0`, …), and a subscriber to all of them on each of `a` and `b`.
+async fn rooms_on_both(a: &TestHub, b: &TestHub, app: &TestApp, n: usize) -> (Vec<String>, Ws, Ws) {
+    let rooms: Vec<String> = (0..n).map(|n| format!("room-{n}")).collect();
+    let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
+    let on_a = a.subscriber(app, json!({}), &names).await;
+    let on_b = b.subscriber(app, json!({}), &names).await;
+    (rooms, on_a, on_b)
+}
+
 /// Broadcasts `<room>/<tag>` to each of `rooms` from `from`; checks that each is counted over
 /// the cluster (one subscriber per node, `on`) and reaches both, once, in the same order per
 /// room. Returns what they received, by room.
@@ -759,10 +768,7 @@ async fn a_redis_cluster_with_sharded_pubsub_carries_the_hub() {
     assert!(took < Duration::from_secs(1), "a new app reached node B after {took:?}");
 
     // Twelve rooms, spread over the shards; a subscriber to all of them on each node.
-    let rooms: Vec<String> = (0..12).map(|n| format!("room-{n}")).collect();
-    let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
-    let mut on_a = a.subscriber(&app, json!({}), &names).await;
-    let mut on_b = b.subscriber(&app, json!({}), &names).await;
+    let (rooms, mut on_a, mut on_b) = rooms_on_both(&a, &b, &app, 12).await;
     for (n, room) in rooms.iter().enumerate() {
         for k in 0..2 {
             let hub = if (n + k) % 2 == 0 { &a } else { &b };
@@ -823,10 +829,7 @@ async fn a_redis_cluster_primary_failing_over_to_its_replica_loses_no_room() {
     let (a, b) = nodes_on(&redis.urls(), true).await;
     let app = a.create_app(json!({"app_id": "failover-app"})).await;
     within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
-    let rooms: Vec<String> = (0..12).map(|n| format!("room-{n}")).collect();
-    let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
-    let mut on_a = a.subscriber(&app, json!({}), &names).await;
-    let mut on_b = b.subscriber(&app, json!({}), &names).await;
+    let (rooms, mut on_a, mut on_b) = rooms_on_both(&a, &b, &app, 12).await;
     each_room_once(&a, &app, &rooms, "1", [&mut on_a, &mut on_b]).await;
 
     // A primary that holds rooms is killed for good; its replica takes its slots over.
@@ -1074,10 +1077,7 @@ async fn nodes_reach_a_redis_cluster_over_tls() {
     within(|| async { b.get("/api/test", &app.api_key).await.0 == StatusCode::OK }).await;
     // Six rooms, spread over the shards: each shard is reached over TLS at the address the
     // cluster gives for it (127.0.0.1, which the certificate names).
-    let rooms: Vec<String> = (0..6).map(|n| format!("room-{n}")).collect();
-    let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
-    let mut on_a = a.subscriber(&app, json!({}), &names).await;
-    let mut on_b = b.subscriber(&app, json!({}), &names).await;
+    let (rooms, mut on_a, mut on_b) = rooms_on_both(&a, &b, &app, 6).await;
     each_room_once(&a, &app, &rooms, "1", [&mut on_a, &mut on_b]).await;
     let mut shards = 0;
     for server in &redis.servers {
