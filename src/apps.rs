@@ -51,13 +51,40 @@ impl AppCache {
         self.apps.insert(app.app_id.clone(), Arc::new(app));
     }
 
-    /// Replaces the whole cache (after a reload from the store).
-    pub fn replace_all(&self, apps: Vec<AppRecord>) {
+    /// Caches `app` as read from the store unless the cache holds a version at least as new
+    /// (a write on this node, or a reload, may have put it meanwhile).
+    pub fn put_newer(&self, app: AppRecord) {
+        match self.apps.entry(app.app_id.clone()) {
+            dashmap::Entry::Occupied(mut cached) if cached.get().updated_at < app.updated_at => {
+                cached.insert(Arc::new(app));
+            }
+            dashmap::Entry::Occupied(_) => {}
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(Arc::new(app));
+            }
+        }
+    }
+
+    /// Replaces the whole cache (after a reload from the store); returns the ids of the apps
+    /// that were active and are not any more (disabled, deleted or gone), whose connections
+    /// must close.
+    pub fn replace_all(&self, apps: Vec<AppRecord>) -> Vec<String> {
         let ids: std::collections::HashSet<String> = apps.iter().map(|a| a.app_id.clone()).collect();
+        let mut stopped = Vec::new();
         for app in apps {
+            if !is_active(&app) && self.get(&app.app_id).is_some_and(|was| is_active(&was)) {
+                stopped.push(app.app_id.clone());
+            }
             self.put(app);
         }
-        self.apps.retain(|id, _| ids.contains(id));
+        self.apps.retain(|id, app| {
+            let keep = ids.contains(id);
+            if !keep && is_active(app) {
+                stopped.push(id.clone());
+            }
+            keep
+        });
+        stopped
     }
 
     /// Up to `limit` apps with ids after `after`, in id order.

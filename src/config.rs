@@ -91,6 +91,9 @@ pub struct LimitsConfig {
     pub upgrade_rate_limit: u32,
     /// Presence members listed in a `subscribed` frame; `member_count` is always exact.
     pub presence_members_listed: usize,
+    /// Store reads per second one node makes for credentials its caches do not know (an app,
+    /// key or webhook created on another node a moment ago, or a forged one).
+    pub store_lookups_per_s: u32,
 }
 
 /// WebSocket sessions.
@@ -243,6 +246,7 @@ impl Default for LimitsConfig {
             ip_rate_limit: 100,
             upgrade_rate_limit: 1200,
             presence_members_listed: 1000,
+            store_lookups_per_s: 100,
         }
     }
 }
@@ -379,6 +383,7 @@ impl Config {
         positive("limits.client_abuse_close_after", u64::from(self.limits.client_abuse_close_after));
         positive("limits.admin_rate_limit", u64::from(self.limits.admin_rate_limit));
         positive("limits.ip_rate_limit", u64::from(self.limits.ip_rate_limit));
+        positive("limits.store_lookups_per_s", u64::from(self.limits.store_lookups_per_s));
         positive("websocket.heartbeat_s", self.websocket.heartbeat_s);
         positive("websocket.idle_timeout_s", self.websocket.idle_timeout_s);
         positive("websocket.outbound_queue_messages", self.websocket.outbound_queue_messages as u64);

@@ -32,6 +32,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod lookups;
 pub mod metrics;
 #[cfg(test)]
 mod props;

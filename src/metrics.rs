@@ -72,6 +72,40 @@ impl WebhookMetrics {
     }
 }
 
+/// How a node's question to the store about a credential its caches do not know ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupOutcome {
+    /// The store had it; it is cached now.
+    Found,
+    /// The store does not have it either.
+    Missing,
+    /// Not asked: the same id was asked about less than a second ago.
+    Recent,
+    /// Not asked: the node's budget (`limits.store_lookups_per_s`) was spent.
+    Throttled,
+    /// The store did not answer.
+    Failed,
+}
+
+/// Counters of store lookups by outcome; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LookupMetrics {
+    outcomes: [Counter; 5],
+}
+
+impl Default for LookupMetrics {
+    fn default() -> Self {
+        Self { outcomes: std::array::from_fn(|_| Counter::noop()) }
+    }
+}
+
+impl LookupMetrics {
+    /// The counter of `outcome`.
+    pub fn outcome(&self, outcome: LookupOutcome) -> &Counter {
+        &self.outcomes[outcome as usize]
+    }
+}
+
 /// The type of a metric family, for its `# TYPE` line.
 #[derive(Debug, Clone, Copy)]
 enum Family {
@@ -130,6 +164,7 @@ pub struct Metrics {
     handle: PrometheusHandle,
     pub hub: HubMetrics,
     pub webhooks: WebhookMetrics,
+    pub lookups: LookupMetrics,
     http: DashMap<(String, u16), Histogram>,
     connections: DashMap<Arc<str>, Gauge>,
     rooms: Gauge,
@@ -198,6 +233,13 @@ impl Metrics {
                 "Webhook delivery attempts by outcome (succeeded, retried, failed), and matched events \
                  dropped before a delivery was made (dropped).",
             ),
+            (
+                C,
+                "roomcast_store_lookups_total",
+                None,
+                "Questions about credentials the node's caches did not know, by outcome: found and \
+                 missing (the store was read), recent and throttled (it was not), failed.",
+            ),
             (G, "roomcast_build_info", None, "Always 1; the labels name the build."),
             (G, "roomcast_uptime_seconds", Some(Unit::Seconds), "Seconds since this process started."),
         ];
@@ -229,6 +271,10 @@ impl Metrics {
             outcomes: ["succeeded", "retried", "failed", "dropped"]
                 .map(|o| counter("roomcast_webhook_deliveries_total", &[("outcome", o)])),
         };
+        let lookups = LookupMetrics {
+            outcomes: ["found", "missing", "recent", "throttled", "failed"]
+                .map(|o| counter("roomcast_store_lookups_total", &[("outcome", o)])),
+        };
         let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &META);
         let build = Key::from_parts(
             "roomcast_build_info",
@@ -243,6 +289,7 @@ impl Metrics {
                 .register_counter(&Key::from_name("roomcast_hub_events_dropped_total"), &META),
             hub,
             webhooks,
+            lookups,
             http: DashMap::new(),
             connections: DashMap::new(),
             handle,

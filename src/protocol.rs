@@ -260,11 +260,12 @@ pub enum ClientFrame {
     Ping { id: Option<u64> },
 }
 
-/// Why a client frame was refused; `id` is echoed when it could be read.
+/// Why a client frame was refused; `id` is echoed when it could be read. `detail` is for the
+/// server log: the client gets the code's fixed message.
 #[derive(Debug, PartialEq, Eq)]
 pub struct FrameError {
     pub code: ErrorCode,
-    pub message: String,
+    pub detail: String,
     pub id: Option<u64>,
 }
 
@@ -294,18 +295,18 @@ impl ClientFrame {
     pub fn parse(text: &str) -> Result<Self, FrameError> {
         let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| FrameError {
             code: ErrorCode::InvalidMessage,
-            message: format!("frame is not a JSON object of the protocol: {e}"),
+            detail: format!("frame is not a JSON object of the protocol: {e}"),
             id: None,
         })?;
         let id = match raw.id {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(v.as_u64().ok_or_else(|| FrameError {
                 code: ErrorCode::InvalidMessage,
-                message: "id must be a non-negative integer".into(),
+                detail: "id must be a non-negative integer".into(),
                 id: None,
             })?),
         };
-        let fail = |code, message: String| FrameError { code, message, id };
+        let fail = |code, detail: String| FrameError { code, detail, id };
         let room = |value: Option<serde_json::Value>| match value {
             Some(serde_json::Value::String(s)) => {
                 RoomName::parse(&s).map_err(|e| fail(ErrorCode::InvalidRoom, format!("room {e}")))
@@ -383,6 +384,26 @@ impl ErrorCode {
             ErrorCode::UserIdRequired => "user_id_required",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// The message every error frame with this code carries. It is fixed: what exactly went
+    /// wrong (a parser's complaint, a broker's error) goes to the server log, never to clients.
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidMessage => {
+                "the frame is not a valid message of the protocol (JSON text with a known type and valid fields)"
+            }
+            ErrorCode::InvalidRoom => {
+                "the room name is missing or invalid (1-164 characters of A-Za-z0-9_-=@,.;:)"
+            }
+            ErrorCode::RoomForbidden => "the token does not grant this room",
+            ErrorCode::TooManyRooms => "the connection is in as many rooms as it may join",
+            ErrorCode::NotSubscribed => "the connection is not subscribed to this room",
+            ErrorCode::ClientEventsDisabled => "client events are not enabled for this app or token",
+            ErrorCode::UserIdRequired => "presence rooms need a user_id in the token",
+            ErrorCode::RateLimited => "too many messages; slow down",
+            ErrorCode::Unavailable => "the hub cannot do this right now; retrying later is safe",
         }
     }
 }
@@ -487,7 +508,9 @@ struct ErrorFrame<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     code: &'static str,
-    message: &'a str,
+    message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<u64>,
 }
@@ -544,9 +567,16 @@ impl ServerFrame {
         to_text(&Event { kind: "event", room: room.as_str(), event: event.as_str(), data, offset, timestamp })
     }
 
-    /// `{"type":"error",…}`.
-    pub fn error(code: ErrorCode, message: &str, id: Option<u64>) -> String {
-        to_text(&ErrorFrame { kind: "error", code: code.as_str(), message, id })
+    /// `{"type":"error",…}` with the code's fixed message, and the room the refused frame named
+    /// when it named a valid one.
+    pub fn error(code: ErrorCode, room: Option<&RoomName>, id: Option<u64>) -> String {
+        to_text(&ErrorFrame {
+            kind: "error",
+            code: code.as_str(),
+            message: code.message(),
+            room: room.map(RoomName::as_str),
+            id,
+        })
     }
 
     /// `{"type":"pong",…}`.
@@ -653,8 +683,12 @@ mod tests {
         let pong: serde_json::Value = serde_json::from_str(&ServerFrame::pong(Some(9))).unwrap();
         assert_eq!(pong, serde_json::json!({"type":"pong","id":9}));
         let err: serde_json::Value =
-            serde_json::from_str(&ServerFrame::error(ErrorCode::RoomForbidden, "no \"way\"", None)).unwrap();
+            serde_json::from_str(&ServerFrame::error(ErrorCode::RoomForbidden, Some(&room), None)).unwrap();
         assert_eq!(err["code"], "room_forbidden");
+        assert_eq!(
+            (&err["room"], &err["message"]),
+            (&serde_json::json!("chat"), &serde_json::json!(ErrorCode::RoomForbidden.message()))
+        );
         assert!(err.get("id").is_none());
     }
 }

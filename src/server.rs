@@ -82,6 +82,7 @@ impl Server {
             bytes: config.websocket.outbound_queue_bytes,
         };
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let tracker = TaskTracker::new();
         let redis = match &config.cluster.redis_url {
             Some(url) => Some(Arc::new(
                 RedisBroker::connect(
@@ -91,6 +92,7 @@ impl Server {
                     &node_id,
                     Duration::from_millis(config.cluster.node_timeout_ms),
                     registry.clone(),
+                    tracker.clone(),
                 )
                 .await
                 .map_err(|e| StartError::Redis { url: redact(url), source: e })?,
@@ -143,6 +145,7 @@ impl Server {
         let (filter, sink) = (webhooks.clone(), webhooks.clone());
         hub.events().set_payload_filter(Arc::new(move |app_id| filter.app_has_webhooks(app_id)));
         hub.events().add_sink(Arc::new(move |event| sink.observe(event)));
+        let (config_lookups, metrics_lookups) = (config.limits.store_lookups_per_s, metrics.lookups.clone());
         let state = AppState::new(Shared {
             config,
             store,
@@ -160,10 +163,11 @@ impl Server {
             node_id,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            tracker,
             writes,
             webhooks,
             redis,
+            lookups: crate::lookups::Lookups::new(config_lookups, metrics_lookups),
         });
         Ok(Self { listener, state, bootstrap_key, marker })
     }
@@ -243,7 +247,11 @@ impl Server {
         if drained {
             tracing::info!("shutdown complete");
         } else {
-            tracing::warn!(grace_s = grace.as_secs(), "shutdown grace period ended with tasks still running");
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                tasks = tracker.len(),
+                "shutdown grace period ended with tasks still running"
+            );
         }
         drained
     }
@@ -384,7 +392,7 @@ async fn reload_caches(state: AppState, mut marker: u64) {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
-            _ = announcement() => {}
+            _ = announcement() => state.lookups.changed(),
         }
         let current = match state.store.change_marker().await {
             Ok(m) => m,
@@ -406,12 +414,19 @@ async fn reload_caches(state: AppState, mut marker: u64) {
     }
 }
 
-/// Replaces the app and key caches with the store's contents; the caller holds `state.writes`.
+/// Replaces the app and key caches with the store's contents, and closes with 4003 the
+/// connections of apps another node (or process) disabled or deleted; the caller holds
+/// `state.writes`.
 async fn refill_caches(state: &AppState) -> Result<(), StoreError> {
     let snapshot = state.store.snapshot().await?;
-    state.apps.replace_all(snapshot.apps);
+    let stopped = state.apps.replace_all(snapshot.apps);
     state.keys.replace_all(snapshot.keys);
     state.webhooks.replace_all(snapshot.webhooks);
+    state.lookups.changed();
+    for app_id in stopped {
+        let closed = state.hub.close_connections(Some(&app_id), crate::protocol::CloseCode::AppDisabled);
+        tracing::info!(app_id = %app_id, connections = closed, "app disabled or deleted elsewhere; its connections are closed");
+    }
     Ok(())
 }
 
@@ -471,6 +486,7 @@ async fn heartbeat(state: AppState) {
         state.tickets.sweep(crate::hub::now_ms());
         if n.is_multiple_of(60) {
             state.limits.sweep();
+            state.lookups.sweep();
         }
         if n.is_multiple_of(5) {
             state.metrics.upkeep();

@@ -219,6 +219,14 @@ impl KeyRing {
         self.keys.insert(cached.record.key_id.clone(), Arc::new(cached));
     }
 
+    /// Caches a key read from the store unless the ring already has it (a reload put it there
+    /// meanwhile, as new as this or newer).
+    pub fn put_if_absent(&self, record: KeyRecord) {
+        if !self.keys.contains_key(&record.key_id) {
+            self.put(record);
+        }
+    }
+
     /// Replaces the whole ring with `records` (after a reload from the store).
     pub fn replace_all(&self, records: Vec<KeyRecord>) {
         let ids: std::collections::HashSet<String> = records.iter().map(|r| r.key_id.clone()).collect();

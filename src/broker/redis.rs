@@ -331,6 +331,8 @@ pub struct RedisBroker {
     /// This node's subscriber count per room as Redis should hold it (see [`Counted`]); a
     /// room leaves the map when its count is back to zero.
     counted: dashmap::DashMap<String, Arc<Counted>>,
+    /// The server's tracker: shutdown waits for the tasks this broker starts.
+    tracker: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -350,6 +352,7 @@ impl RedisBroker {
         node_id: &str,
         node_timeout: Duration,
         registry: Arc<Registry>,
+        tracker: tokio_util::task::TaskTracker,
     ) -> Result<Self, BrokerError> {
         let (target, commands) =
             super::conn::connect(url, sharded, tls).await.map_err(BrokerError::Unavailable)?;
@@ -374,6 +377,7 @@ impl RedisBroker {
             store_changes: Arc::new(tokio::sync::Notify::new()),
             hub: OnceLock::new(),
             counted: dashmap::DashMap::new(),
+            tracker,
         })
     }
 
@@ -746,7 +750,7 @@ impl RedisBroker {
 
     fn member_gone_elsewhere(&self, key: RoomKey, user: String) {
         if let Some(hub) = self.hub() {
-            tokio::spawn(async move { hub.member_left_elsewhere(key, &user).await });
+            self.tracker.spawn(async move { hub.member_left_elsewhere(key, &user).await });
         }
     }
 

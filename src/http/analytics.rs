@@ -107,7 +107,7 @@ async fn analytics(
 ) -> Result<axum::Json<AnalyticsReport>, ApiError> {
     principal.require(Scope::AnalyticsRead)?;
     let app_id = principal.target_app(params.app_id.as_deref())?;
-    let app = state.live_app(&app_id)?;
+    let app = state.live_app(&app_id).await?;
     let period = match params.period.as_deref() {
         None => Period::Day,
         Some(p) => Period::parse(p).ok_or_else(|| ApiError::field("period", "must be 1h, 24h, 7d or 30d"))?,

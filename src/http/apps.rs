@@ -340,21 +340,24 @@ async fn save_app(
     current: &AppRecord,
     change: impl FnOnce(&mut AppRecord) -> Result<(), ApiError>,
 ) -> Result<AppRecord, ApiError> {
-    let mut app = current.clone();
+    // Changed from the store's version, not the cache's: another node may have changed the app
+    // a moment ago, and this write must not undo that.
+    let stored = state.store.app(&current.app_id).await?;
+    let mut app = stored.unwrap_or_else(|| current.clone());
     change(&mut app)?;
-    app.updated_at = now_ms().max(current.updated_at);
+    app.updated_at = now_ms().max(current.updated_at).max(app.updated_at);
     state.store.update_app(&app).await?;
     state.apps.put(app.clone());
     Ok(app)
 }
 
 /// The app the caller may act on, refusing other tenants and unknown or deleted apps.
-pub(super) fn visible_app(
+pub(super) async fn visible_app(
     state: &AppState,
     principal: &Principal,
     app_id: &str,
 ) -> Result<std::sync::Arc<AppRecord>, ApiError> {
-    state.live_app(&principal.target_app(Some(app_id))?)
+    state.live_app(&principal.target_app(Some(app_id))?).await
 }
 
 #[utoipa::path(post, path = "/api/applications", tag = "applications", request_body = Option<CreateApp>,
@@ -432,7 +435,7 @@ async fn list_apps(
     }
     if let Some(own) = &principal.app_id {
         principal.require(Scope::AppsRead)?;
-        let applications = state.apps.get(own).iter().map(|a| AppView::from(&**a)).collect();
+        let applications = state.app(own).await?.iter().map(|a| AppView::from(&**a)).collect();
         return Ok(axum::Json(AppList { success: true, applications, next_cursor: None }));
     }
     let (apps, more) =
@@ -455,10 +458,11 @@ async fn get_app(
 ) -> Result<axum::Json<AppResponse>, ApiError> {
     principal.require(Scope::AppsRead)?;
     if params.include_deleted == Some(true) && principal.require_admin().is_ok() {
-        let app = state.apps.get(&app_id).ok_or_else(|| ApiError::NotFound(format!("no app {app_id:?}")))?;
+        let app =
+            state.app(&app_id).await?.ok_or_else(|| ApiError::NotFound(format!("no app {app_id:?}")))?;
         return Ok(axum::Json(AppResponse { success: true, app: AppView::from(&*app) }));
     }
-    let app = visible_app(&state, &principal, &app_id)?;
+    let app = visible_app(&state, &principal, &app_id).await?;
     Ok(axum::Json(AppResponse { success: true, app: AppView::from(&*app) }))
 }
 
@@ -481,7 +485,7 @@ async fn delete_app(
 ) -> Result<axum::Json<AppResponse>, ApiError> {
     principal.require_admin()?;
     let _writes = state.writes.lock().await;
-    let current = visible_app(&state, &principal, &app_id)?;
+    let current = visible_app(&state, &principal, &app_id).await?;
     let now = now_ms();
     let app = save_app(&state, &current, |app| {
         app.deleted_at = Some(now);
@@ -507,9 +511,11 @@ async fn restore_app(
     principal.require_admin()?;
     let _writes = state.writes.lock().await;
     let now = now_ms();
+    // From the store: the app may have been deleted through another node a moment ago.
     let current = state
-        .apps
-        .get(&app_id)
+        .store
+        .app(&app_id)
+        .await?
         .filter(|a| a.deleted_at.is_some_and(|at| now - at <= RESTORE_WINDOW_MS))
         .ok_or_else(|| ApiError::NotFound(format!("no deleted app {app_id:?} within the 30-day window")))?;
     let app = save_app(&state, &current, |app| {
@@ -534,7 +540,7 @@ async fn update_app(
 ) -> Result<axum::Json<AppResponse>, ApiError> {
     call.principal.require(Scope::AppsWrite)?;
     let _writes = state.writes.lock().await;
-    let current = visible_app(&state, &call.principal, &app_id)?;
+    let current = visible_app(&state, &call.principal, &app_id).await?;
     let app = save_app(&state, &current, |app| call.body.apply(app)).await?;
     let disabled = current.status == AppStatus::Enabled && app.status == AppStatus::Disabled;
     let view = AppView::from(&app);
@@ -558,7 +564,7 @@ async fn regenerate_api_key(
 ) -> Result<axum::Json<RegeneratedKey>, ApiError> {
     call.principal.require(Scope::KeysWrite)?;
     let _writes = state.writes.lock().await;
-    let app = visible_app(&state, &call.principal, &app_id)?;
+    let app = visible_app(&state, &call.principal, &app_id).await?;
     let grace = call.body.grace_seconds.unwrap_or(0);
     if grace > MAX_GRACE_S {
         return Err(ApiError::field("grace_seconds", format!("must be between 0 and {MAX_GRACE_S}")));
@@ -608,7 +614,7 @@ async fn regenerate_secret(
 ) -> Result<axum::Json<RegeneratedSecret>, ApiError> {
     call.principal.require(Scope::KeysWrite)?;
     let _writes = state.writes.lock().await;
-    let current = visible_app(&state, &call.principal, &app_id)?;
+    let current = visible_app(&state, &call.principal, &app_id).await?;
     let app = save_app(&state, &current, |app| {
         app.secret = random_base62(SECRET_LEN);
         Ok(())

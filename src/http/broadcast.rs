@@ -81,7 +81,7 @@ struct Checked<'a> {
     data: Cow<'a, RawValue>,
 }
 
-fn check<'a>(
+async fn check<'a>(
     state: &AppState,
     principal: &Principal,
     req: &'a BroadcastRequest,
@@ -93,7 +93,7 @@ fn check<'a>(
         }
         other => other,
     })?;
-    let app = state.live_app(&app_id)?;
+    let app = state.live_app(&app_id).await?;
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);
     }
@@ -156,7 +156,7 @@ async fn broadcast(
     call: Authed<BroadcastRequest>,
 ) -> Result<axum::Json<BroadcastResult>, ApiError> {
     call.principal.require(Scope::BroadcastWrite)?;
-    let checked = check(&state, &call.principal, &call.body, "")?;
+    let checked = check(&state, &call.principal, &call.body, "").await?;
     Ok(axum::Json(publish(&state, checked).await?))
 }
 
@@ -176,11 +176,10 @@ async fn broadcast_batch(
         return Err(ApiError::field("events", format!("must hold 1 to {max} events")));
     }
     // Every event is checked before any is published, so a bad batch publishes nothing.
-    let checked = events
-        .iter()
-        .enumerate()
-        .map(|(i, req)| check(&state, &call.principal, req, &format!("events[{i}].")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut checked = Vec::with_capacity(events.len());
+    for (i, req) in events.iter().enumerate() {
+        checked.push(check(&state, &call.principal, req, &format!("events[{i}].")).await?);
+    }
     let mut results = Vec::with_capacity(checked.len());
     for c in checked {
         results.push(publish(&state, c).await?);

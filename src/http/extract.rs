@@ -105,7 +105,7 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let (source, key) = find_key(parts).ok_or(ApiError::MissingApiKey)?;
-        let principal = state.authenticate(source, &key).map_err(|e| match e {
+        let principal = state.authenticate(source, &key).await.map_err(|e| match e {
             ApiError::AppDeleted(app_id) if parts.uri.path().starts_with("/api/applications") => {
                 ApiError::NotFound(format!("no app {app_id:?}"))
             }
@@ -214,12 +214,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Authed<T> {
         let req = Request::from_parts(parts.clone(), body);
         let bytes = body_bytes(req, state.config.limits.max_body_bytes).await?;
         let principal = match found {
-            Some((source, key)) => state.authenticate(source, &key)?,
+            Some((source, key)) => state.authenticate(source, &key).await?,
             None => {
                 check_json_content_type(&parts.headers, &bytes)?;
                 let key = serde_json::from_slice::<BodyKey>(&bytes).ok().and_then(|b| b.api_key);
                 let key = key.ok_or(ApiError::MissingApiKey)?;
-                state.authenticate(KeySource::Body, &key)?
+                state.authenticate(KeySource::Body, &key).await?
             }
         };
         state.charge(&principal, parts.extensions.get::<RateSlot>())?;

@@ -64,9 +64,9 @@ pub struct Done {
 }
 
 /// The caller's target app for key management, which must exist.
-fn key_app(state: &AppState, principal: &Principal, app_id: &str) -> Result<String, ApiError> {
+async fn key_app(state: &AppState, principal: &Principal, app_id: &str) -> Result<String, ApiError> {
     principal.require(Scope::KeysWrite)?;
-    super::apps::visible_app(state, principal, app_id).map(|a| a.app_id.clone())
+    super::apps::visible_app(state, principal, app_id).await.map(|a| a.app_id.clone())
 }
 
 #[utoipa::path(get, path = "/api/applications/{app_id}/keys", tag = "keys",
@@ -79,7 +79,7 @@ async fn list_keys(
     principal: Principal,
     Path(app_id): Path<String>,
 ) -> Result<axum::Json<KeyList>, ApiError> {
-    let app_id = key_app(&state, &principal, &app_id)?;
+    let app_id = key_app(&state, &principal, &app_id).await?;
     let keys = state
         .keys
         .of_app(&app_id)
@@ -100,7 +100,7 @@ async fn create_key(
     Path(app_id): Path<String>,
     call: Authed<CreateKey>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let app_id = key_app(&state, &call.principal, &app_id)?;
+    let app_id = key_app(&state, &call.principal, &app_id).await?;
     let body = call.body;
     let name = body.name.unwrap_or_else(|| "key".to_owned());
     if name.trim().is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
@@ -158,7 +158,7 @@ async fn revoke_key(
     principal: Principal,
     Path((app_id, key_id)): Path<(String, String)>,
 ) -> Result<axum::Json<Done>, ApiError> {
-    let app_id = key_app(&state, &principal, &app_id)?;
+    let app_id = key_app(&state, &principal, &app_id).await?;
     let _writes = state.writes.lock().await;
     let key = state
         .keys

@@ -25,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::apps::{AppCache, is_active};
-use crate::auth::api_key::{KeyRing, PresentedKey};
+use crate::auth::api_key::{CachedKey, KeyRing, PresentedKey};
 use crate::auth::ticket::TicketBook;
 use crate::auth::token::{Identity, peek_app_id, verify};
 use crate::config::Config;
 use crate::hub::{Hub, now_ms};
-use crate::store::{KeyKind, Store};
+use crate::lookups::Kind;
+use crate::store::{AppRecord, KeyKind, Store, WebhookRecord};
 use error::ApiError;
 use extract::{KeySource, Principal};
 
@@ -64,6 +65,8 @@ pub struct Shared {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The cluster broker, in cluster mode.
     pub redis: Option<Arc<crate::broker::redis::RedisBroker>>,
+    /// Bounded store reads for credentials the caches do not know yet.
+    pub lookups: crate::lookups::Lookups,
 }
 
 impl Deref for AppState {
@@ -80,14 +83,18 @@ impl AppState {
     }
 
     /// Checks a presented key against the cache: shape, kind for its header, secret, revocation,
-    /// expiry, and for app keys the app's state. Every failure before the secret check looks the
-    /// same to the caller.
-    pub fn authenticate(&self, source: KeySource, raw: &str) -> Result<Principal, ApiError> {
+    /// expiry, and for app keys the app's state. A key or app this node does not know (yet) is
+    /// asked of the store first. Every failure before the secret check looks the same to the
+    /// caller.
+    pub async fn authenticate(&self, source: KeySource, raw: &str) -> Result<Principal, ApiError> {
         let presented = PresentedKey::parse(raw).ok_or(ApiError::InvalidKey)?;
         if source == KeySource::AdminHeader && presented.kind != KeyKind::Admin {
             return Err(ApiError::InvalidKey);
         }
-        let key = self.keys.get(&presented.key_id).ok_or(ApiError::InvalidKey)?;
+        let key = match self.keys.get(&presented.key_id) {
+            Some(key) => key,
+            None => self.key_from_store(&presented.key_id).await?.ok_or(ApiError::InvalidKey)?,
+        };
         if key.record.kind != presented.kind
             || !key.secret_matches(&presented)
             || key.record.revoked_at.is_some()
@@ -99,7 +106,7 @@ impl AppState {
             return Err(ApiError::KeyExpired);
         }
         if let Some(app_id) = &key.record.app_id {
-            let app = self.apps.get(app_id).ok_or(ApiError::InvalidKey)?;
+            let app = self.app(app_id).await?.ok_or(ApiError::InvalidKey)?;
             if app.deleted_at.is_some() {
                 return Err(ApiError::AppDeleted(app_id.clone()));
             }
@@ -115,6 +122,56 @@ impl AppState {
             scopes: key.scopes.clone(),
             expires_at: key.record.expires_at,
         })
+    }
+
+    async fn key_from_store(&self, key_id: &str) -> Result<Option<Arc<CachedKey>>, ApiError> {
+        self.lookups
+            .ask(Kind::Key, key_id, || async {
+                let found = self.store.key(key_id).await?;
+                Ok(found.map(|k| self.keys.put_if_absent(k)).is_some())
+            })
+            .await?;
+        Ok(self.keys.get(key_id))
+    }
+
+    /// The app, deleted or not. One this node does not know, or knows as disabled or deleted,
+    /// is asked of the store first: it may have been created, enabled or restored through
+    /// another node a moment ago.
+    pub async fn app(&self, app_id: &str) -> Result<Option<Arc<AppRecord>>, ApiError> {
+        let cached = self.apps.get(app_id);
+        if cached.as_ref().is_some_and(|a| is_active(a)) {
+            return Ok(cached);
+        }
+        self.app_from_store(app_id).await
+    }
+
+    /// Asks the store for the app (within the lookup bounds), then answers from the cache.
+    pub async fn app_from_store(&self, app_id: &str) -> Result<Option<Arc<AppRecord>>, ApiError> {
+        if crate::apps::check_app_id(app_id).is_ok() {
+            self.lookups
+                .ask(Kind::App, app_id, || async {
+                    let found = self.store.app(app_id).await?;
+                    Ok(found.map(|a| self.apps.put_newer(a)).is_some())
+                })
+                .await?;
+        }
+        Ok(self.apps.get(app_id))
+    }
+
+    /// The webhook, asking the store first when this node does not know it.
+    pub async fn webhook(&self, webhook_id: &str) -> Result<Option<Arc<WebhookRecord>>, ApiError> {
+        if let Some(webhook) = self.webhooks.get(webhook_id) {
+            return Ok(Some(webhook));
+        }
+        if crate::webhooks::is_webhook_id(webhook_id) {
+            self.lookups
+                .ask(Kind::Webhook, webhook_id, || async {
+                    let found = self.store.webhook(webhook_id).await?;
+                    Ok(found.map(|w| self.webhooks.put_newer(w)).is_some())
+                })
+                .await?;
+        }
+        Ok(self.webhooks.get(webhook_id))
     }
 }
 
@@ -161,19 +218,27 @@ impl AppState {
     }
 
     /// The app with this id unless it is unknown or soft-deleted (404 then).
-    pub fn live_app(&self, app_id: &str) -> Result<Arc<crate::store::AppRecord>, ApiError> {
-        self.apps
-            .get(app_id)
+    pub async fn live_app(&self, app_id: &str) -> Result<Arc<AppRecord>, ApiError> {
+        self.app(app_id)
+            .await?
             .filter(|a| a.deleted_at.is_none())
             .ok_or_else(|| ApiError::NotFound(format!("no app {app_id:?}")))
     }
 
-    /// Verifies a client JWT against its app's current secret (DESIGN §3).
-    pub fn verify_client_token(&self, token: &str) -> Result<Identity, ApiError> {
+    /// Verifies a client JWT against its app's current secret (DESIGN §3). A token that the
+    /// cached secret refuses is tried again with the store's, which another node may have
+    /// just regenerated.
+    pub async fn verify_client_token(&self, token: &str) -> Result<Identity, ApiError> {
         let invalid = || ApiError::InvalidToken("invalid token".into());
         let app_id = peek_app_id(token).ok_or_else(invalid)?;
-        let app = self.apps.get(&app_id).ok_or_else(invalid)?;
-        verify(token, &app.secret, self.config.tokens.leeway_s).map_err(|e| {
+        let app = self.app(&app_id).await?.ok_or_else(invalid)?;
+        let leeway = self.config.tokens.leeway_s;
+        let refused = match verify(token, &app.secret, leeway) {
+            Ok(identity) => return Ok(identity),
+            Err(e) => e,
+        };
+        let fresh = self.app_from_store(&app_id).await?.filter(|fresh| fresh.secret != app.secret);
+        fresh.map_or(Err(refused), |fresh| verify(token, &fresh.secret, leeway)).map_err(|e| {
             tracing::debug!(error = %e, "token refused");
             invalid()
         })

@@ -118,10 +118,14 @@ pub struct MemberList {
 }
 
 /// The caller's app (an admin names it with `?app_id=`), which must exist.
-fn rooms_app(state: &AppState, principal: &Principal, requested: Option<&str>) -> Result<Arc<str>, ApiError> {
+async fn rooms_app(
+    state: &AppState,
+    principal: &Principal,
+    requested: Option<&str>,
+) -> Result<Arc<str>, ApiError> {
     principal.require(Scope::RoomsRead)?;
     let app_id = principal.target_app(requested)?;
-    Ok(Arc::from(state.live_app(&app_id)?.app_id.as_str()))
+    Ok(Arc::from(state.live_app(&app_id).await?.app_id.as_str()))
 }
 
 fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
@@ -146,7 +150,7 @@ async fn list_rooms(
     principal: Principal,
     Query(params): Query<RoomListParams>,
 ) -> Result<axum::Json<RoomList>, ApiError> {
-    let app_id = rooms_app(&state, &principal, params.app_id.as_deref())?;
+    let app_id = rooms_app(&state, &principal, params.app_id.as_deref()).await?;
     let limit = page_size(params.limit)?;
     let prefix = params.prefix.unwrap_or_default();
     if prefix.len() > crate::protocol::MAX_ROOM_LEN {
@@ -171,7 +175,7 @@ async fn get_room(
     Path(room): Path<String>,
     Query(params): Query<RoomParams>,
 ) -> Result<axum::Json<RoomShown>, ApiError> {
-    let app_id = rooms_app(&state, &principal, params.app_id.as_deref())?;
+    let app_id = rooms_app(&state, &principal, params.app_id.as_deref()).await?;
     let room = room_name("room", &room)?;
     // Over the whole cluster in cluster mode; the rest of the view is this node's.
     let total = state.hub.room_subscribers(&app_id, &room).await?;
@@ -200,7 +204,7 @@ async fn presence(
     Path(room): Path<String>,
     Query(params): Query<RoomParams>,
 ) -> Result<axum::Json<MemberList>, ApiError> {
-    let app_id = rooms_app(&state, &principal, params.app_id.as_deref())?;
+    let app_id = rooms_app(&state, &principal, params.app_id.as_deref()).await?;
     let room = room_name("room", &room)?;
     if !room.is_presence() {
         return Err(ApiError::field("room", "is not a presence- room"));

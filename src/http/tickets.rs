@@ -87,7 +87,7 @@ impl FromRequestParts<AppState> for Buyer {
         if let Some(token) = bearer.filter(|t| !t.starts_with("rc_"))
             && find_key(parts).is_some_and(|(source, _)| source == super::extract::KeySource::Bearer)
         {
-            return state.verify_client_token(token).map(Buyer::Client);
+            return state.verify_client_token(token).await.map(Buyer::Client);
         }
         Principal::from_request_parts(parts, state).await.map(Buyer::Key)
     }
@@ -150,7 +150,7 @@ async fn create_ticket(
             identity_from_body(app_id, &body)?
         }
     };
-    let app = state.live_app(&identity.app_id)?;
+    let app = state.live_app(&identity.app_id).await?;
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);
     }

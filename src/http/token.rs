@@ -68,11 +68,16 @@ async fn create_token(
         TokenError::Invalid(m) => ApiError::InvalidRequest(m),
     })?;
     // An unknown app and a wrong secret answer alike, so app ids cannot be probed.
-    let app = state.apps.get(&req.app_id).filter(|a| a.deleted_at.is_none());
-    let secret_ok =
-        app.as_ref().is_some_and(|a| bool::from(a.secret.as_bytes().ct_eq(req.app_secret.as_bytes())));
-    let Some(app) = app.filter(|_| secret_ok) else {
-        return Err(ApiError::InvalidKey);
+    // A secret the cache does not know may have been regenerated through another node.
+    let matches = |a: &crate::store::AppRecord| {
+        a.deleted_at.is_none() && bool::from(a.secret.as_bytes().ct_eq(req.app_secret.as_bytes()))
+    };
+    let app = match state.app(&req.app_id).await? {
+        Some(app) if matches(&app) => app,
+        Some(_) => {
+            state.app_from_store(&req.app_id).await?.filter(|a| matches(a)).ok_or(ApiError::InvalidKey)?
+        }
+        None => return Err(ApiError::InvalidKey),
     };
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);

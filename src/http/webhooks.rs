@@ -76,7 +76,8 @@ pub struct UpdateWebhook {
 /// A webhook as the API shows it: never its secret.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookView {
-    pub webhook_id: String,
+    /// The webhook's identifier, the `:id` of its routes.
+    pub id: String,
     pub app_id: String,
     pub url: String,
     pub events: Vec<String>,
@@ -92,7 +93,7 @@ pub struct WebhookView {
 impl From<&WebhookRecord> for WebhookView {
     fn from(w: &WebhookRecord) -> Self {
         Self {
-            webhook_id: w.webhook_id.clone(),
+            id: w.webhook_id.clone(),
             app_id: w.app_id.clone(),
             url: w.url.clone(),
             events: w.events.clone(),
@@ -139,6 +140,20 @@ pub struct DeliveryView {
     pub next_retry_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Every attempt so far (at most the last 20), oldest first.
+    pub attempt_log: Vec<AttemptView>,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    /// When the attempt ended.
+    pub at: String,
+    /// HTTP status of the answer; null when none came (timeout, refused connection).
+    pub response_code: Option<u16>,
+    pub latency_ms: Option<u64>,
+    /// Why it failed; null for a success.
+    pub error: Option<String>,
 }
 
 impl From<&DeliveryRecord> for DeliveryView {
@@ -156,6 +171,16 @@ impl From<&DeliveryRecord> for DeliveryView {
             next_retry_at: d.next_retry_at.map(iso8601),
             created_at: iso8601(d.created_at),
             updated_at: iso8601(d.updated_at),
+            attempt_log: d
+                .attempt_log
+                .iter()
+                .map(|a| AttemptView {
+                    at: iso8601(a.at),
+                    response_code: a.response_code,
+                    latency_ms: a.latency_ms,
+                    error: a.error.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -203,18 +228,21 @@ pub struct DeliveryParams {
 
 /// A webhook the caller may see: its app's own for an app key, any for an admin; the app must
 /// be live. Anything else is 404, so ids of other tenants are not revealed.
-fn visible_webhook(
+async fn visible_webhook(
     state: &AppState,
     principal: &Principal,
     id: &str,
 ) -> Result<Arc<WebhookRecord>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no webhook {id:?}"));
-    let webhook = state.webhooks.get(id).ok_or_else(not_found)?;
+    let webhook = state.webhook(id).await?.ok_or_else(not_found)?;
     if principal.app_id.as_ref().is_some_and(|own| *own != webhook.app_id) {
         return Err(not_found());
     }
-    state.live_app(&webhook.app_id).map_err(|_| not_found())?;
-    Ok(webhook)
+    match state.live_app(&webhook.app_id).await {
+        Ok(_) => Ok(webhook),
+        Err(ApiError::NotFound(_)) => Err(not_found()),
+        Err(other) => Err(other),
+    }
 }
 
 fn check_url(state: &AppState, raw: &str) -> Result<reqwest::Url, ApiError> {
@@ -264,7 +292,7 @@ async fn create_webhook(
     let (principal, body) = (call.principal, call.body);
     principal.require(Scope::WebhooksWrite)?;
     let requested = body.app_id.as_deref().or(params.app_id.as_deref());
-    let app_id = state.live_app(&principal.target_app(requested)?)?.app_id.clone();
+    let app_id = state.live_app(&principal.target_app(requested)?).await?.app_id.clone();
     let url = body.url.as_deref().ok_or_else(|| ApiError::field("url", "is required"))?;
     let url = check_url(&state, url)?;
     let events = check_events(&body.events.ok_or_else(|| ApiError::field("events", "is required"))?)?;
@@ -316,7 +344,7 @@ async fn list_webhooks(
     Query(params): Query<AppParam>,
 ) -> Result<axum::Json<WebhookList>, ApiError> {
     principal.require(Scope::WebhooksRead)?;
-    let app = state.live_app(&principal.target_app(params.app_id.as_deref())?)?;
+    let app = state.live_app(&principal.target_app(params.app_id.as_deref())?).await?;
     let webhooks = state.webhooks.of_app(&app.app_id).iter().map(|w| WebhookView::from(&**w)).collect();
     Ok(axum::Json(WebhookList { success: true, webhooks }))
 }
@@ -332,7 +360,7 @@ async fn get_webhook(
     Path(id): Path<String>,
 ) -> Result<axum::Json<WebhookShown>, ApiError> {
     principal.require(Scope::WebhooksRead)?;
-    let webhook = visible_webhook(&state, &principal, &id)?;
+    let webhook = visible_webhook(&state, &principal, &id).await?;
     Ok(axum::Json(WebhookShown { success: true, webhook: WebhookView::from(&*webhook), secret: None }))
 }
 
@@ -348,7 +376,7 @@ async fn update_webhook(
 ) -> Result<axum::Json<WebhookShown>, ApiError> {
     let (principal, body) = (call.principal, call.body);
     principal.require(Scope::WebhooksWrite)?;
-    visible_webhook(&state, &principal, &id)?;
+    visible_webhook(&state, &principal, &id).await?;
     let url = body.url.as_deref().map(|u| check_url(&state, u)).transpose()?;
     let events = body.events.as_deref().map(check_events).transpose()?;
     if let Some(secret) = &body.secret {
@@ -360,9 +388,10 @@ async fn update_webhook(
             .map_err(|e| ApiError::field("url", e))?;
     }
     let _writes = state.writes.lock().await;
-    // Read again under the lock: an attempt may have changed its health meanwhile.
-    let current = visible_webhook(&state, &principal, &id)?;
-    let mut next = (*current).clone();
+    // Read again under the lock: an attempt may have changed its health meanwhile, here or
+    // (the store has it) on another node.
+    let current = visible_webhook(&state, &principal, &id).await?;
+    let mut next = state.store.webhook(&id).await?.unwrap_or_else(|| (*current).clone());
     if let Some(url) = url {
         next.url = url.to_string();
     }
@@ -372,7 +401,7 @@ async fn update_webhook(
     if let Some(secret) = &body.secret {
         next.secret.clone_from(secret);
     }
-    let enabling = body.enabled == Some(true) && !current.enabled;
+    let enabling = body.enabled == Some(true) && !next.enabled;
     if let Some(enabled) = body.enabled {
         next.enabled = enabled;
         next.disabled_reason = None;
@@ -380,7 +409,7 @@ async fn update_webhook(
             next.consecutive_failures = 0;
         }
     }
-    next.updated_at = now_ms().max(current.updated_at);
+    next.updated_at = now_ms().max(current.updated_at).max(next.updated_at);
     state.store.update_webhook(&next).await?;
     state.webhooks.put(next.clone());
     if enabling {
@@ -401,7 +430,7 @@ async fn delete_webhook(
 ) -> Result<axum::Json<Done>, ApiError> {
     principal.require(Scope::WebhooksWrite)?;
     let _writes = state.writes.lock().await;
-    let webhook = visible_webhook(&state, &principal, &id)?;
+    let webhook = visible_webhook(&state, &principal, &id).await?;
     state.store.delete_webhook(&webhook.webhook_id).await?;
     state.webhooks.remove(&webhook.webhook_id);
     tracing::info!(app_id = %webhook.app_id, webhook_id = %webhook.webhook_id, "webhook deleted");
@@ -420,7 +449,7 @@ async fn list_deliveries(
     Query(params): Query<DeliveryParams>,
 ) -> Result<axum::Json<DeliveryList>, ApiError> {
     principal.require(Scope::WebhooksRead)?;
-    let webhook = visible_webhook(&state, &principal, &id)?;
+    let webhook = visible_webhook(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::field("limit", format!("must be between 1 and {MAX_PAGE}")));
@@ -457,7 +486,7 @@ async fn test_webhook(
     Path(id): Path<String>,
 ) -> Result<axum::Json<DeliveryShown>, ApiError> {
     principal.require(Scope::WebhooksWrite)?;
-    let webhook = visible_webhook(&state, &principal, &id)?;
+    let webhook = visible_webhook(&state, &principal, &id).await?;
     if !webhook.enabled {
         return Err(ApiError::Conflict("the webhook is disabled; enable it first".into()));
     }
@@ -476,7 +505,7 @@ async fn retry_delivery(
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     principal.require(Scope::WebhooksWrite)?;
-    let webhook = visible_webhook(&state, &principal, &id)?;
+    let webhook = visible_webhook(&state, &principal, &id).await?;
     let not_found = || ApiError::NotFound(format!("no delivery {delivery_id:?} of webhook {id:?}"));
     if !is_delivery_id(&delivery_id) {
         return Err(not_found());

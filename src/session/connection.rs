@@ -19,7 +19,7 @@ use crate::hub::events::PublishKind;
 use crate::hub::registry::PresenceJoin;
 use crate::hub::{ConnHandle, Wake};
 use crate::metrics::{DropReason, HubMetrics};
-use crate::protocol::{ClientFrame, CloseCode, ErrorCode, FrameError, RoomName, ServerFrame};
+use crate::protocol::{ClientFrame, CloseCode, ErrorCode, RoomName, ServerFrame};
 
 /// Most queued frames written before one flush.
 const MAX_BATCH: usize = 64;
@@ -198,18 +198,19 @@ impl Session {
                 Message::Text(text) => ClientFrame::parse(text.as_str()).ok().and_then(|f| f.id()),
                 _ => None,
             };
-            let reply = ServerFrame::error(ErrorCode::RateLimited, "too many messages; slow down", id);
+            let reply = self.refuse(ErrorCode::RateLimited, "over the client frame rate", None, id);
             return socket.send(Message::Text(reply.into())).await.err().map(|_| End::Gone);
         }
         self.refused = 0;
         let reply = match message {
             Message::Text(text) => match ClientFrame::parse(text.as_str()) {
                 Ok(frame) => self.on_frame(frame).await,
-                Err(e) => Some(error_frame(&e)),
+                Err(e) => Some(self.refuse(e.code, &e.detail, None, e.id)),
             },
-            Message::Binary(_) => Some(ServerFrame::error(
+            Message::Binary(_) => Some(self.refuse(
                 ErrorCode::InvalidMessage,
-                "binary frames are not accepted; send JSON text",
+                "a binary frame; only JSON text is read",
+                None,
                 None,
             )),
             Message::Close(_) => return Some(End::ClientClosed),
@@ -222,6 +223,25 @@ impl Session {
         }
     }
 
+    /// The error frame for a refused client frame: the code's fixed message for the client, the
+    /// detail for the log (a broker failure at warn level, the client's own mistakes at debug).
+    fn refuse(&self, code: ErrorCode, detail: &str, room: Option<&RoomName>, id: Option<u64>) -> String {
+        let connection_id = &*self.conn.id;
+        let named = room.map_or("-", RoomName::as_str);
+        if code == ErrorCode::Unavailable {
+            tracing::warn!(connection_id, room = named, code = code.as_str(), detail, "client frame refused");
+        } else {
+            tracing::debug!(
+                connection_id,
+                room = named,
+                code = code.as_str(),
+                detail,
+                "client frame refused"
+            );
+        }
+        ServerFrame::error(code, room, id)
+    }
+
     /// Handles one valid frame; returns the reply to send, if any.
     async fn on_frame(&mut self, frame: ClientFrame) -> Option<String> {
         match frame {
@@ -229,18 +249,18 @@ impl Session {
             ClientFrame::Subscribe { room, id } => Some(match self.subscribe(&room).await {
                 Ok(Some(p)) => ServerFrame::subscribed_presence(&room, id, &p.members, p.member_count),
                 Ok(None) => ServerFrame::subscribed(&room, id),
-                Err((code, message)) => ServerFrame::error(code, &message, id),
+                Err((code, detail)) => self.refuse(code, &detail, Some(&room), id),
             }),
             ClientFrame::Unsubscribe { room, id } => Some(if self.rooms.remove(&room) {
                 self.state.hub.leave(&self.conn, &room).await;
                 ServerFrame::unsubscribed(&room, id)
             } else {
-                ServerFrame::error(ErrorCode::NotSubscribed, &format!("not subscribed to {room}"), id)
+                self.refuse(ErrorCode::NotSubscribed, "unsubscribe", Some(&room), id)
             }),
             ClientFrame::Publish { room, event, data, id } => {
                 match self.publish(&room, &event, &data).await {
                     Ok(()) => None,
-                    Err((code, message)) => Some(ServerFrame::error(code, &message, id)),
+                    Err((code, detail)) => Some(self.refuse(code, &detail, Some(&room), id)),
                 }
             }
         }
@@ -296,8 +316,4 @@ impl Session {
             .map(drop)
             .map_err(|e| (ErrorCode::Unavailable, format!("cannot publish now: {e}")))
     }
-}
-
-fn error_frame(e: &FrameError) -> String {
-    ServerFrame::error(e.code, &e.message, e.id)
 }

@@ -37,7 +37,8 @@ pub async fn upgrade(
     // Charged before any check, so a flood of bad credentials is limited too.
     AppState::charge_ip(&state.limits.upgrades, ip, slot.as_deref())?;
     let identity = authenticate(&state, &params, &headers).await?;
-    let app = state.apps.get(&identity.app_id).ok_or_else(|| ApiError::InvalidToken("unknown app".into()))?;
+    let app =
+        state.app(&identity.app_id).await?.ok_or_else(|| ApiError::InvalidToken("unknown app".into()))?;
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);
     }
@@ -83,7 +84,7 @@ async fn authenticate(
     let token = params.token.as_deref().or(bearer).ok_or_else(|| {
         ApiError::InvalidToken("a token is required (?token=, ?ticket= or Authorization: Bearer)".into())
     })?;
-    state.verify_client_token(token)
+    state.verify_client_token(token).await
 }
 
 /// Whether a browser `Origin` matches an app's allow-list; an empty list allows any origin.

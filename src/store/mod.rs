@@ -179,6 +179,39 @@ pub struct DeliveryRecord {
     pub next_retry_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Every attempt so far, oldest first, at most [`ATTEMPT_LOG_MAX`] (the oldest go first).
+    #[serde(default)]
+    pub attempt_log: Vec<AttemptEntry>,
+}
+
+/// Most attempts a delivery's `attempt_log` keeps.
+pub const ATTEMPT_LOG_MAX: usize = 20;
+
+/// One attempt of a delivery, as its log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptEntry {
+    /// When the attempt ended (ms).
+    pub at: i64,
+    /// The HTTP status, when an answer came.
+    pub response_code: Option<u16>,
+    pub latency_ms: Option<u64>,
+    /// Why it failed; `None` for a success.
+    pub error: Option<String>,
+}
+
+impl DeliveryRecord {
+    /// Appends the outcome the record now holds (`response_code`, `latency_ms`, `error` at
+    /// `updated_at`) to its attempt log, dropping the oldest entries past [`ATTEMPT_LOG_MAX`].
+    pub fn log_attempt(&mut self) {
+        self.attempt_log.push(AttemptEntry {
+            at: self.updated_at,
+            response_code: self.response_code,
+            latency_ms: self.latency_ms,
+            error: self.error.clone(),
+        });
+        let excess = self.attempt_log.len().saturating_sub(ATTEMPT_LOG_MAX);
+        self.attempt_log.drain(..excess);
+    }
 }
 
 /// A delivery waiting for an attempt, as the scheduler needs it.
@@ -287,6 +320,13 @@ pub struct AnalyticsRows {
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every app (deleted ones too) and every key.
     async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+    /// One app, deleted or not; what a node reads when its cache does not know the app (or may
+    /// hold an older version of it).
+    async fn app(&self, app_id: &str) -> Result<Option<AppRecord>, StoreError>;
+    /// One key, revoked or not.
+    async fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// One webhook.
+    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>, StoreError>;
     /// Creates an app with its primary key, atomically. `Conflict` when the id is taken.
     async fn insert_app(&self, app: &AppRecord, primary_key: &KeyRecord) -> Result<(), StoreError>;
     /// Replaces an existing app. `NotFound` when it does not exist.

@@ -109,6 +109,16 @@ impl RedisStore {
         all.values().map(|v| parse(what, v)).collect()
     }
 
+    async fn field<T: DeserializeOwned>(
+        &self,
+        hash: &str,
+        id: &str,
+        what: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let text: Option<String> = self.conn().hget(hash, id).await.map_err(unavailable)?;
+        text.map(|t| parse(what, &t)).transpose()
+    }
+
     async fn insert_one(&self, hash: &str, id: &str, json: String) -> Result<(), StoreError> {
         let done: i64 = self
             .insert
@@ -181,6 +191,18 @@ impl Store for RedisStore {
         keys.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
         webhooks.sort_by(|a, b| (a.created_at, &a.webhook_id).cmp(&(b.created_at, &b.webhook_id)));
         Ok(Snapshot { apps, keys, webhooks })
+    }
+
+    async fn app(&self, app_id: &str) -> Result<Option<AppRecord>, StoreError> {
+        self.field(APPS, app_id, "app").await
+    }
+
+    async fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.field(KEYS, key_id, "key").await
+    }
+
+    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        self.field(WEBHOOKS, webhook_id, "webhook").await
     }
 
     async fn insert_app(&self, app: &AppRecord, primary_key: &KeyRecord) -> Result<(), StoreError> {
@@ -369,8 +391,7 @@ impl Store for RedisStore {
     }
 
     async fn delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
-        let text: Option<String> = self.conn().hget(DELIVERIES, delivery_id).await.map_err(unavailable)?;
-        text.map(|t| parse("delivery", &t)).transpose()
+        self.field(DELIVERIES, delivery_id, "delivery").await
     }
 
     async fn deliveries(

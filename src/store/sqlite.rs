@@ -99,6 +99,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_waiting ON webhook_deliveries(next_retry_at)
         WHERE status IN ('pending', 'retrying');
 ",
+    // Each delivery's attempts (JSON array); a delivery attempted before this version starts its
+    // log with the one attempt it recorded.
+    "
+    ALTER TABLE webhook_deliveries ADD COLUMN attempt_log TEXT NOT NULL DEFAULT '[]';
+    UPDATE webhook_deliveries SET attempt_log = json_array(json_object(
+            'at', updated_at, 'response_code', response_code, 'latency_ms', latency_ms, 'error', error))
+        WHERE attempts > 0;
+",
 ];
 
 /// SQLite-backed [`Store`].
@@ -137,6 +145,29 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+impl SqliteStore {
+    /// The one row `sql` finds for `id`, parsed by `from_row`.
+    async fn one<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        id: &str,
+        from_row: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            conn.prepare_cached(sql).and_then(|mut q| q.query_row([&id], from_row).optional()).map_err(|e| {
+                match e {
+                    rusqlite::Error::FromSqlConversionFailure(_, _, reason) => {
+                        StoreError::Corrupt(reason.to_string())
+                    }
+                    other => unavailable(other),
+                }
+            })
+        })
+        .await
     }
 }
 
@@ -181,6 +212,11 @@ fn corrupt(what: &str, value: &str) -> rusqlite::Error {
 
 fn json_list(text: &str, what: &str) -> rusqlite::Result<Vec<String>> {
     serde_json::from_str(text).map_err(|_| corrupt(what, text))
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, column: &str) -> rusqlite::Result<T> {
+    let text: String = row.get(column)?;
+    serde_json::from_str(&text).map_err(|_| corrupt(column, &text))
 }
 
 fn app_from_row(row: &Row<'_>) -> rusqlite::Result<AppRecord> {
@@ -343,17 +379,20 @@ fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
         next_retry_at: row.get("next_retry_at")?,
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
+        attempt_log: json_column(row, "attempt_log")?,
     })
 }
 
 const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (delivery_id, webhook_id, app_id, event, room,
-        body, status, attempts, step, response_code, latency_ms, error, next_retry_at, created_at, updated_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+        body, status, attempts, step, response_code, latency_ms, error, next_retry_at, created_at, updated_at,
+        attempt_log)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 
 /// Takes the same parameters as [`INSERT_DELIVERY`]; what was sent and when it was made never
 /// change.
 const UPDATE_DELIVERY: &str = "UPDATE webhook_deliveries SET status = ?7, attempts = ?8, step = ?9,
-        response_code = ?10, latency_ms = ?11, error = ?12, next_retry_at = ?13, updated_at = ?15
+        response_code = ?10, latency_ms = ?11, error = ?12, next_retry_at = ?13, updated_at = ?15,
+        attempt_log = ?16
     WHERE delivery_id = ?1 AND webhook_id = ?2";
 
 fn write_delivery(conn: &Connection, sql: &str, d: &DeliveryRecord) -> rusqlite::Result<usize> {
@@ -372,7 +411,8 @@ fn write_delivery(conn: &Connection, sql: &str, d: &DeliveryRecord) -> rusqlite:
         d.error,
         d.next_retry_at,
         d.created_at,
-        d.updated_at
+        d.updated_at,
+        serde_json::to_string(&d.attempt_log).expect("attempt entries always serialize")
     ])
 }
 
@@ -403,6 +443,18 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn app(&self, app_id: &str) -> Result<Option<AppRecord>, StoreError> {
+        self.one("SELECT * FROM apps WHERE app_id = ?1", app_id, app_from_row).await
+    }
+
+    async fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.one("SELECT * FROM api_keys WHERE key_id = ?1", key_id, key_from_row).await
+    }
+
+    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        self.one("SELECT * FROM webhooks WHERE webhook_id = ?1", webhook_id, webhook_from_row).await
     }
 
     async fn insert_app(&self, app: &AppRecord, primary_key: &KeyRecord) -> Result<(), StoreError> {
@@ -796,6 +848,42 @@ mod tests {
         let cli = SqliteStore::open(&path).unwrap();
         cli.insert_app(&app("app-two"), &key("k9", "app-two")).await.unwrap();
         assert_ne!(server.change_marker().await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn deliveries_made_before_the_attempt_log_start_it_with_their_last_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roomcast.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..3] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 3).unwrap();
+            tx.execute_batch(
+                "INSERT INTO apps VALUES ('app-old', 'n', 's', 'enabled', '[]', 1, 1, 0, 1, 1, NULL);
+                 INSERT INTO webhooks VALUES ('wh_o', 'app-old', 'https://x.test/', 's', '[\"*\"]', 1, NULL, 0, 1, 1);
+                 INSERT INTO webhook_deliveries VALUES
+                   ('d000000000001AAAAAAAAAA', 'wh_o', 'app-old', 'e', NULL, '{}', 'retrying', 1, 1, 500, 12, 'HTTP 500', 9, 1, 5),
+                   ('d000000000002AAAAAAAAAA', 'wh_o', 'app-old', 'e', NULL, '{}', 'pending', 0, 0, NULL, NULL, NULL, 9, 2, 2);",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let tried = store.delivery("d000000000001AAAAAAAAAA").await.unwrap().unwrap();
+        assert_eq!(
+            tried.attempt_log,
+            vec![super::super::AttemptEntry {
+                at: 5,
+                response_code: Some(500),
+                latency_ms: Some(12),
+                error: Some("HTTP 500".into())
+            }]
+        );
+        let untried = store.delivery("d000000000002AAAAAAAAAA").await.unwrap().unwrap();
+        assert!(untried.attempt_log.is_empty());
     }
 
     #[test]

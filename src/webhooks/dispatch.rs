@@ -286,6 +286,7 @@ impl Webhooks {
             Answer::Status(code, body) => (Some(code), Some(format!("HTTP {code}: {body}"))),
             Answer::Error(e) => (None, Some(e)),
         };
+        delivery.log_attempt();
         let delays = &self.config.retry_delays_ms;
         let outcome = if succeeded {
             delivery.status = DeliveryStatus::Succeeded;

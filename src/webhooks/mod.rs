@@ -72,6 +72,11 @@ pub fn signature(secret: &str, timestamp_s: i64, body: &[u8]) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether `s` has the form of a webhook id: `wh_` and 16 base62 characters.
+pub fn is_webhook_id(s: &str) -> bool {
+    s.len() == 19 && s.starts_with("wh_") && s[3..].bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Whether `webhook` wants `event`.
 fn wants(webhook: &WebhookRecord, event: &str) -> bool {
     webhook.enabled && webhook.events.iter().any(|e| e == "*" || e == event)
@@ -128,6 +133,7 @@ pub fn new_delivery(
         next_retry_at: Some(now),
         created_at: now,
         updated_at: now,
+        attempt_log: Vec::new(),
     }
 }
 
@@ -216,6 +222,13 @@ impl Webhooks {
         let app_id = webhook.app_id.clone();
         self.by_id.insert(webhook.webhook_id.clone(), Arc::new(webhook));
         self.reindex(&app_id);
+    }
+
+    /// Caches a webhook read from the store unless the cache holds a version at least as new.
+    pub fn put_newer(&self, webhook: WebhookRecord) {
+        if self.get(&webhook.webhook_id).is_none_or(|cached| cached.updated_at < webhook.updated_at) {
+            self.put(webhook);
+        }
     }
 
     /// Forgets a deleted webhook.

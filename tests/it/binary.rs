@@ -134,7 +134,11 @@ async fn json_logs_have_a_line_per_request_and_per_connection() {
     let log = std::fs::File::create(&log_path).unwrap();
     let admin = "rc_admin_LogTestKey01_abcdefghijklmnopqrstuvwxyz012345";
     let (mut child, _, addr) = start_cmd(
-        command(dir.path()).env("ROOMCAST_LOG__FORMAT", "json").env("ROOMCAST_ADMIN_KEY", admin).stderr(log),
+        command(dir.path())
+            .env("ROOMCAST_LOG__FORMAT", "json")
+            .env("ROOMCAST_LOG__LEVEL", "info,roomcast::session=debug")
+            .env("ROOMCAST_ADMIN_KEY", admin)
+            .stderr(log),
     )
     .await;
     let http = crate::support::http_client();
@@ -163,6 +167,11 @@ async fn json_logs_have_a_line_per_request_and_per_connection() {
         format!("ws://{addr}/ws?token={}", token["token"].as_str().unwrap()).into_client_request().unwrap();
     let (mut ws, hello) = Ws::open(req).await.unwrap();
     let connection_id = hello["connection_id"].as_str().unwrap().to_owned();
+    // A refused frame: the client gets the code's fixed message, the log gets what was wrong.
+    ws.send_text(r#"{"type":"subscribe","room":"r","id":"seven"}"#).await;
+    let refused = ws.next_json().await;
+    assert_eq!(refused["code"], "invalid_message", "{refused}");
+    assert!(!refused["message"].as_str().unwrap().contains("id must be"), "{refused}");
     ws.stream.close(None).await.unwrap();
     ws.closed().await;
     let pid = child.id().unwrap().to_string();
@@ -188,6 +197,10 @@ async fn json_logs_have_a_line_per_request_and_per_connection() {
     let opened = find(&|l| l["fields"]["message"] == "connection opened");
     assert_eq!(opened["fields"]["connection_id"], connection_id.as_str());
     assert_eq!(opened["fields"]["app_id"], "log-app");
+    let refused = find(&|l| l["fields"]["message"] == "client frame refused");
+    assert_eq!(refused["fields"]["connection_id"], connection_id.as_str());
+    assert_eq!(refused["fields"]["code"], "invalid_message");
+    assert!(refused["fields"]["detail"].as_str().unwrap().contains("id must be"), "{refused}");
     let closed = find(&|l| l["fields"]["message"] == "connection closed");
     assert_eq!(closed["fields"]["connection_id"], connection_id.as_str());
     assert!(!text.contains(admin), "keys are never logged");

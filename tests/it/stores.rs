@@ -76,6 +76,7 @@ fn delivery(n: i64, webhook_id: &str) -> DeliveryRecord {
         next_retry_at: Some(100 + n),
         created_at: n,
         updated_at: n,
+        attempt_log: Vec::new(),
     }
 }
 
@@ -129,8 +130,21 @@ async fn exercise(store: Arc<dyn Store>, keeps_analytics: bool) -> Vec<String> {
     assert_eq!(due.iter().map(|d| d.due_at).collect::<Vec<_>>(), [101, 102, 103]);
 
     let mut done = ds[0].clone();
-    (done.status, done.attempts, done.response_code, done.next_retry_at, done.updated_at) =
-        (DeliveryStatus::Failed, 1, Some(410), None, 50);
+    // 25 attempts: the log keeps the last 20, oldest first.
+    for at in 26..=50 {
+        (done.response_code, done.error, done.latency_ms, done.updated_at) =
+            (Some(500), Some(format!("HTTP 500 at {at}")), Some(7), at);
+        done.log_attempt();
+    }
+    (done.status, done.attempts, done.response_code, done.error, done.next_retry_at) =
+        (DeliveryStatus::Failed, 25, Some(410), None, None);
+    done.log_attempt();
+    assert_eq!(done.attempt_log.len(), 20);
+    assert_eq!(done.attempt_log[0].error.as_deref(), Some("HTTP 500 at 32"));
+    assert_eq!(
+        (done.attempt_log[19].response_code, done.attempt_log[19].error.as_deref()),
+        (Some(410), None)
+    );
     let health = WebhookHealth {
         webhook_id: "wh_1".into(),
         enabled: false,

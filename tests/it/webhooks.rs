@@ -27,7 +27,7 @@ async fn hub_with(adjust: impl FnOnce(&mut Config)) -> TestHub {
 async fn register(hub: &TestHub, app: &TestApp, url: &str, events: Value) -> (String, String) {
     let (status, v) = hub.post("/api/webhooks", &app.api_key, json!({"url": url, "events": events})).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
-    (v["webhook"]["webhook_id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned())
+    (v["webhook"]["id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned())
 }
 
 async fn deliveries(hub: &TestHub, key: &str, webhook_id: &str) -> Vec<Value> {
@@ -124,7 +124,7 @@ async fn registration_checks_and_tenancy() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
-    let id = v["webhook"]["webhook_id"].as_str().unwrap().to_owned();
+    let id = v["webhook"]["id"].as_str().unwrap().to_owned();
     assert!(v["secret"].as_str().unwrap().starts_with("whsec_"));
     assert_eq!(v["webhook"]["events"], json!(["new-message", "*"]));
     assert_eq!(
@@ -328,6 +328,13 @@ async fn failed_attempts_are_retried_as_the_same_delivery() {
         (log.len(), log[0]["attempts"].as_u64(), log[0]["response_code"].as_u64()),
         (1, Some(3), Some(200))
     );
+    // The log shows every attempt, oldest first, not only the last outcome.
+    let attempts = log[0]["attempt_log"].as_array().unwrap();
+    let codes: Vec<Option<u64>> = attempts.iter().map(|a| a["response_code"].as_u64()).collect();
+    assert_eq!(codes, [Some(500), Some(503), Some(200)], "{attempts:?}");
+    assert!(attempts[0]["error"].as_str().unwrap().starts_with("HTTP 500"), "{attempts:?}");
+    assert!(attempts[2]["error"].is_null() && attempts[2]["latency_ms"].is_u64(), "{attempts:?}");
+    assert!(attempts[0]["at"].as_str() <= attempts[1]["at"].as_str(), "{attempts:?}");
 
     // A refused connection is retried too, and delivered once something listens.
     let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -459,7 +466,14 @@ async fn a_pending_delivery_survives_a_restart() {
     assert_eq!(hit.json()["data"], json!({"order": 42}));
     let log = log_until(&hub, &app.api_key, &id, |l| l[0]["status"] == "succeeded").await;
     assert_eq!(log.len(), 1, "the same delivery, not a new one");
-    assert!(log[0]["attempts"].as_u64().unwrap() >= 2);
+    let attempts = log[0]["attempts"].as_u64().unwrap();
+    assert!(attempts >= 2);
+    // The attempts made before the restart are still in its log.
+    let entries = log[0]["attempt_log"].as_array().unwrap();
+    assert_eq!(entries.len() as u64, attempts, "{entries:?}");
+    assert!(entries[0]["response_code"].is_null(), "a refused connection first: {entries:?}");
+    assert!(entries[0]["error"].as_str().unwrap().contains("connect"), "{entries:?}");
+    assert_eq!(entries.last().unwrap()["response_code"], 200);
 }
 
 #[tokio::test]
@@ -618,7 +632,7 @@ async fn the_documented_verification_examples_accept_deliveries_and_refuse_forge
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{v}");
-        let id = v["webhook"]["webhook_id"].as_str().unwrap().to_owned();
+        let id = v["webhook"]["id"].as_str().unwrap().to_owned();
         hub.broadcast(&app, "lobby:1", script, json!({"text": "naïve – ünïcödé", "n": 1e3})).await;
         let line = example.line().await;
         assert!(line.starts_with("verified d"), "{script}: {line}");
