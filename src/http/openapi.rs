@@ -1,10 +1,10 @@
 //! The OpenAPI 3.1 document (`/api/openapi.json`), Swagger UI embedded in the binary
-//! (`/api/docs`) and a Redoc page (`/api/redoc`).
+//! (`/api/docs`) and a reading view of the document (`/api/redoc`), a page of our own embedded
+//! in the binary too: neither loads anything from another host.
 
 use axum::Router;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::AppState;
@@ -98,6 +98,23 @@ impl Modify for ApiKeyAuth {
 pub fn router() -> Router<AppState> {
     let doc = ApiDoc::openapi();
     Router::new()
-        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", doc.clone()))
-        .merge(Redoc::with_url("/api/redoc", doc))
+        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", doc))
+        .route("/api/redoc", axum::routing::get(reference))
+}
+
+/// The reading view: one page with its style and script inline; it renders `openapi.json`.
+const REFERENCE_PAGE: &str = include_str!("reference.html");
+
+async fn reference() -> impl axum::response::IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Everything the page needs is on this host; say so to the browser as well.
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+            ),
+        ],
+        REFERENCE_PAGE,
+    )
 }

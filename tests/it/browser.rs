@@ -1,5 +1,6 @@
-//! `examples/browser.html` in a real browser (Debian's Chromium via playwright-core): it
-//! connects, subscribes and prints a broadcast. `scripts/test.sh` installs both.
+//! Pages in a real browser (Debian's Chromium via playwright-core): `examples/browser.html`
+//! connects, subscribes and prints a broadcast; the API reference pages render with every
+//! request to another host blocked. `scripts/test.sh` installs both.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -42,5 +43,49 @@ async fn the_browser_example_prints_broadcast_events() {
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "a real screenshot was taken");
     if let Ok(dir) = std::env::var("ROOMCAST_KEEP_SCREENSHOT") {
         std::fs::copy(&shot, Path::new(&dir).join("browser.png")).unwrap();
+    }
+}
+
+/// Opens `path` of `hub` with every request to another host blocked; returns the blocked URLs
+/// once the page shows every one of `texts`.
+async fn offline(hub: &crate::support::TestHub, path: &str, texts: &[&str]) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shot = hub.dir.path().join(format!("{}.png", path.trim_matches('/').replace('/', "-")));
+    let mut child = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/offline.mjs"))
+        .arg(hub.url(path))
+        .arg(&shot)
+        .args(texts)
+        .current_dir(root.join("tests/browser"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed (scripts/test.sh installs the browser tooling)");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut blocked = Vec::new();
+    loop {
+        let line = tokio::time::timeout(WAIT * 3, lines.next_line()).await.unwrap().unwrap();
+        match line.as_deref() {
+            Some(l) if l.starts_with("BLOCKED ") => blocked.push(l[8..].to_owned()),
+            Some("SHOWN") => break,
+            other => panic!("{path} never showed {texts:?}: {other:?} (blocked: {blocked:?})"),
+        }
+    }
+    assert!(lines.next_line().await.unwrap().is_some_and(|l| l.starts_with("SHOT ")));
+    assert!(child.wait().await.unwrap().success());
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "a real screenshot was taken");
+    if let Ok(dir) = std::env::var("ROOMCAST_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, Path::new(&dir).join(shot.file_name().unwrap())).unwrap();
+    }
+    blocked
+}
+
+#[tokio::test]
+async fn the_api_reference_pages_render_on_an_air_gapped_host() {
+    let hub = spawn_hub().await;
+    // The document's title and routes, drawn by the page's own script from openapi.json.
+    for path in ["/api/redoc", "/api/docs/"] {
+        let blocked = offline(&hub, path, &["roomcast", "/api/broadcast", "/api/webhooks/{id}"]).await;
+        assert!(blocked.is_empty(), "{path} asked other hosts for {blocked:?}");
     }
 }
