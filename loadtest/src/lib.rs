@@ -9,6 +9,7 @@
 // spawns for the server).
 #![allow(clippy::disallowed_methods)]
 
+pub mod forged;
 pub mod target;
 pub mod webhook;
 
@@ -40,6 +41,9 @@ pub enum Scenario {
     Churn,
     /// HTTP publish throughput with few subscribers.
     Publish,
+    /// Broadcasts signed with forged API keys (a new one each request) beside a legitimate
+    /// publisher: what unknown credentials cost the hub's store.
+    Forged,
 }
 
 /// One run's settings.
@@ -144,6 +148,7 @@ pub struct Report {
     pub hub_cpu_seconds: Option<f64>,
     pub generator_cpu_seconds: Option<f64>,
     pub webhook: Option<WebhookReport>,
+    pub forged: Option<forged::ForgedReport>,
 }
 
 impl Report {
@@ -200,6 +205,16 @@ impl Report {
                 w.latency.p50_ms,
                 w.latency.p99_ms,
                 w.latency.max_ms
+            );
+        }
+        if let Some(f) = &self.forged {
+            s += &format!(
+                "  forged keys: {} requests ({:.0}/s), {} refused with 401; hub store reads {} ({:.1}/s), {} throttled, {} answered by a recent read\n",
+                f.requests, f.requests_per_second, f.refused, f.store_reads, f.store_reads_per_second, f.throttled, f.recent
+            );
+            s += &format!(
+                "  legitimate publisher meanwhile: {} ok, {} errors; latency ms: p50 {:.2}  p99 {:.2}  max {:.2}\n",
+                f.legit_ok, f.legit_errors, f.legit_latency.p50_ms, f.legit_latency.p99_ms, f.legit_latency.max_ms
             );
         }
         if let (Some(hub), Some(generator)) = (self.hub_cpu_seconds, self.generator_cpu_seconds) {
@@ -329,7 +344,7 @@ async fn receive(
 pub async fn run(opts: Options) -> Result<Report> {
     let target = Arc::new(opts.target.clone());
     let rooms = match opts.scenario {
-        Scenario::Fanout | Scenario::Publish | Scenario::Churn => 1,
+        Scenario::Fanout | Scenario::Publish | Scenario::Churn | Scenario::Forged => 1,
         Scenario::Idle | Scenario::Rooms => opts.rooms.max(1),
     };
     let mut report = Report {
@@ -342,6 +357,14 @@ pub async fn run(opts: Options) -> Result<Report> {
     let gen_cpu_before = cpu_seconds(None);
     let hub_cpu_before = opts.hub_pid.and_then(|p| cpu_seconds(Some(p)));
     report.hub_rss_before_kib = opts.hub_pid.and_then(rss_kib);
+    if opts.scenario == Scenario::Forged {
+        report.connections = 0;
+        report.forged = Some(forged::run(&opts, &target).await?);
+        report.hub_cpu_seconds =
+            opts.hub_pid.and_then(|p| cpu_seconds(Some(p))).zip(hub_cpu_before).map(|(a, b)| a - b);
+        report.generator_cpu_seconds = cpu_seconds(None).zip(gen_cpu_before).map(|(a, b)| a - b);
+        return Ok(report);
+    }
 
     // Connect phase.
     let started = Instant::now();
