@@ -210,11 +210,21 @@ impl Report {
         if let Some(f) = &self.forged {
             s += &format!(
                 "  forged keys: {} requests ({:.0}/s), {} refused with 401; hub store reads {} ({:.1}/s), {} throttled, {} answered by a recent read\n",
-                f.requests, f.requests_per_second, f.refused, f.store_reads, f.store_reads_per_second, f.throttled, f.recent
+                f.requests,
+                f.requests_per_second,
+                f.refused,
+                f.store_reads,
+                f.store_reads_per_second,
+                f.throttled,
+                f.recent
             );
             s += &format!(
                 "  legitimate publisher meanwhile: {} ok, {} errors; latency ms: p50 {:.2}  p99 {:.2}  max {:.2}\n",
-                f.legit_ok, f.legit_errors, f.legit_latency.p50_ms, f.legit_latency.p99_ms, f.legit_latency.max_ms
+                f.legit_ok,
+                f.legit_errors,
+                f.legit_latency.p50_ms,
+                f.legit_latency.p99_ms,
+                f.legit_latency.max_ms
             );
         }
         if let (Some(hub), Some(generator)) = (self.hub_cpu_seconds, self.generator_cpu_seconds) {
