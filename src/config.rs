@@ -42,6 +42,14 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-For` is believed (addresses or CIDR ranges); the client IP is
     /// the right-most address in that header not itself in this list.
     pub trusted_proxies: Vec<IpNet>,
+    /// Seconds a connection may take to send a request's headers, from its first byte (from
+    /// the accept for a new connection); slower ones are closed.
+    pub header_timeout_s: u64,
+    /// Seconds a keep-alive HTTP connection may sit idle between requests before it is closed.
+    /// A connection upgraded to a WebSocket is governed by the heartbeat instead.
+    pub http_idle_timeout_s: u64,
+    /// Seconds a request (its body included) may take from its headers to its answer.
+    pub request_timeout_s: u64,
 }
 
 /// The embedded store.
@@ -94,6 +102,14 @@ pub struct LimitsConfig {
     /// Store reads per second one node makes for credentials its caches do not know (an app,
     /// key or webhook created on another node a moment ago, or a forged one).
     pub store_lookups_per_s: u32,
+    /// Open connections per client IP (TCP connections of a direct client, WebSockets of a
+    /// client behind a trusted proxy); over it, new ones are refused.
+    pub connections_per_ip: u32,
+    /// WebSocket connections this node serves at once; past it, upgrades get 503. Unset: the
+    /// open-files limit less 512 for the store, Redis, webhooks and HTTP calls.
+    pub max_connections: Option<u32>,
+    /// Resident memory (MiB) past which this node refuses new WebSocket connections with 503.
+    pub max_memory_mb: Option<u64>,
 }
 
 /// WebSocket sessions.
@@ -222,6 +238,9 @@ impl Default for ServerConfig {
                 .iter()
                 .map(|net| net.parse().expect("a valid CIDR literal"))
                 .collect(),
+            header_timeout_s: 10,
+            http_idle_timeout_s: 60,
+            request_timeout_s: 60,
         }
     }
 }
@@ -247,6 +266,9 @@ impl Default for LimitsConfig {
             upgrade_rate_limit: 1200,
             presence_members_listed: 1000,
             store_lookups_per_s: 100,
+            connections_per_ip: 1000,
+            max_connections: None,
+            max_memory_mb: None,
         }
     }
 }
@@ -384,6 +406,16 @@ impl Config {
         positive("limits.admin_rate_limit", u64::from(self.limits.admin_rate_limit));
         positive("limits.ip_rate_limit", u64::from(self.limits.ip_rate_limit));
         positive("limits.store_lookups_per_s", u64::from(self.limits.store_lookups_per_s));
+        positive("limits.connections_per_ip", u64::from(self.limits.connections_per_ip));
+        if let Some(n) = self.limits.max_connections {
+            positive("limits.max_connections", u64::from(n));
+        }
+        if let Some(n) = self.limits.max_memory_mb {
+            positive("limits.max_memory_mb", n);
+        }
+        positive("server.header_timeout_s", self.server.header_timeout_s);
+        positive("server.http_idle_timeout_s", self.server.http_idle_timeout_s);
+        positive("server.request_timeout_s", self.server.request_timeout_s);
         positive("websocket.heartbeat_s", self.websocket.heartbeat_s);
         positive("websocket.idle_timeout_s", self.websocket.idle_timeout_s);
         positive("websocket.outbound_queue_messages", self.websocket.outbound_queue_messages as u64);

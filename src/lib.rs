@@ -24,6 +24,7 @@
 //! [`config`] is the typed configuration, [`protocol`] the wire (validated names, frames, close
 //! codes), [`server`] wires it all and [`shutdown`] waits for signals.
 
+pub mod accept;
 pub mod analytics;
 pub mod apps;
 pub mod auth;

@@ -106,6 +106,72 @@ impl LookupMetrics {
     }
 }
 
+/// Why a connection was refused before it was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedReason {
+    /// Its client IP holds `limits.connections_per_ip` connections already.
+    IpLimit,
+    /// The node is at `limits.max_connections` WebSockets or over `limits.max_memory_mb`.
+    NodeFull,
+}
+
+/// Why the listener closed an HTTP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedReason {
+    /// Its request headers did not arrive within `server.header_timeout_s`.
+    HeaderTimeout,
+    /// It sat idle between requests for `server.http_idle_timeout_s`.
+    IdleTimeout,
+    /// Its request was not answered within `server.request_timeout_s`.
+    RequestTimeout,
+}
+
+impl ClosedReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedReason::HeaderTimeout => "header_timeout",
+            ClosedReason::IdleTimeout => "idle_timeout",
+            ClosedReason::RequestTimeout => "request_timeout",
+        }
+    }
+}
+
+/// Counters of the listener; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    refused: [Counter; 2],
+    closed: [Counter; 3],
+    accept_errors: [Counter; 2],
+}
+
+impl Default for ListenerMetrics {
+    fn default() -> Self {
+        Self {
+            refused: std::array::from_fn(|_| Counter::noop()),
+            closed: std::array::from_fn(|_| Counter::noop()),
+            accept_errors: std::array::from_fn(|_| Counter::noop()),
+        }
+    }
+}
+
+impl ListenerMetrics {
+    /// Connections refused for `reason`.
+    pub fn refused(&self, reason: RefusedReason) -> &Counter {
+        &self.refused[reason as usize]
+    }
+
+    /// HTTP connections closed for `reason`.
+    pub fn closed(&self, reason: ClosedReason) -> &Counter {
+        &self.closed[reason as usize]
+    }
+
+    /// Failed accepts: for want of file descriptors, or for another reason.
+    pub fn accept_error(&self, out_of_files: bool) -> &Counter {
+        &self.accept_errors[usize::from(!out_of_files)]
+    }
+}
+
 /// The type of a metric family, for its `# TYPE` line.
 #[derive(Debug, Clone, Copy)]
 enum Family {
@@ -165,11 +231,13 @@ pub struct Metrics {
     pub hub: HubMetrics,
     pub webhooks: WebhookMetrics,
     pub lookups: LookupMetrics,
+    pub listener: ListenerMetrics,
     http: DashMap<(String, u16), Histogram>,
     connections: DashMap<Arc<str>, Gauge>,
     rooms: Gauge,
     subscriptions: Gauge,
     uptime: Gauge,
+    full: Gauge,
     events_dropped: Counter,
     started: Instant,
 }
@@ -240,6 +308,31 @@ impl Metrics {
                 "Questions about credentials the node's caches did not know, by outcome: found and \
                  missing (the store was read), recent and throttled (it was not), failed.",
             ),
+            (
+                C,
+                "roomcast_connections_refused_total",
+                None,
+                "Connections refused before being served, by reason: ip_limit (limits.connections_per_ip), \
+                 node_full (limits.max_connections or limits.max_memory_mb).",
+            ),
+            (
+                C,
+                "roomcast_http_connections_closed_total",
+                None,
+                "HTTP connections the listener closed, by reason: header_timeout, idle_timeout, request_timeout.",
+            ),
+            (
+                C,
+                "roomcast_accept_errors_total",
+                None,
+                "Failed accepts, by kind: out_of_files (EMFILE/ENFILE; the loop waits and goes on), other.",
+            ),
+            (
+                G,
+                "roomcast_full",
+                None,
+                "1 while this node refuses new WebSocket connections (at its connection or memory bound).",
+            ),
             (G, "roomcast_build_info", None, "Always 1; the labels name the build."),
             (G, "roomcast_uptime_seconds", Some(Unit::Seconds), "Seconds since this process started."),
         ];
@@ -275,6 +368,14 @@ impl Metrics {
             outcomes: ["found", "missing", "recent", "throttled", "failed"]
                 .map(|o| counter("roomcast_store_lookups_total", &[("outcome", o)])),
         };
+        let listener = ListenerMetrics {
+            refused: ["ip_limit", "node_full"]
+                .map(|r| counter("roomcast_connections_refused_total", &[("reason", r)])),
+            closed: ["header_timeout", "idle_timeout", "request_timeout"]
+                .map(|r| counter("roomcast_http_connections_closed_total", &[("reason", r)])),
+            accept_errors: ["out_of_files", "other"]
+                .map(|k| counter("roomcast_accept_errors_total", &[("kind", k)])),
+        };
         let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &META);
         let build = Key::from_parts(
             "roomcast_build_info",
@@ -290,6 +391,8 @@ impl Metrics {
             hub,
             webhooks,
             lookups,
+            listener,
+            full: gauge("roomcast_full"),
             http: DashMap::new(),
             connections: DashMap::new(),
             handle,
@@ -326,6 +429,7 @@ impl Metrics {
         self.rooms.set(hub.registry().room_count() as f64);
         self.subscriptions.set(hub.registry().subscription_count() as f64);
         self.uptime.set(self.started.elapsed().as_secs_f64().floor());
+        self.full.set(if state.capacity.full(hub.connection_count()).is_some() { 1.0 } else { 0.0 });
         self.events_dropped.absolute(hub.events().dropped());
         let counts: std::collections::HashMap<Arc<str>, usize> =
             hub.connections_per_app().into_iter().collect();

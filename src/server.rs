@@ -146,6 +146,11 @@ impl Server {
         hub.events().set_payload_filter(Arc::new(move |app_id| filter.app_has_webhooks(app_id)));
         hub.events().add_sink(Arc::new(move |event| sink.observe(event)));
         let (config_lookups, metrics_lookups) = (config.limits.store_lookups_per_s, metrics.lookups.clone());
+        let admission = Arc::new(crate::accept::Admission::new(
+            config.limits.connections_per_ip,
+            config.server.trusted_proxies.clone(),
+        ));
+        let capacity = crate::accept::Capacity::new(&config.limits);
         let state = AppState::new(Shared {
             config,
             store,
@@ -168,6 +173,8 @@ impl Server {
             webhooks,
             redis,
             lookups: crate::lookups::Lookups::new(config_lookups, metrics_lookups),
+            admission,
+            capacity,
         });
         Ok(Self { listener, state, bootstrap_key, marker })
     }
@@ -226,12 +233,12 @@ impl Server {
 
         let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = %state.node_id, "roomcast listening");
-        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-            token.cancel();
-        }
+        let accept = Arc::new(crate::accept::Listener {
+            admission: state.admission.clone(),
+            timeouts: crate::accept::Timeouts::new(&state.config.server),
+            metrics: state.metrics.listener.clone(),
+        });
+        accept.run(listener, router(state.clone()), token.clone(), tracker.clone()).await;
         let closing = state.hub.shutdown();
         tracing::info!(connections = closing, "closing client connections with 1012");
         tracker.close();
@@ -483,6 +490,7 @@ async fn heartbeat(state: AppState) {
         }
         n += 1;
         state.hub.heartbeat(n, ping_every, idle_ms);
+        state.capacity.refresh_memory();
         state.tickets.sweep(crate::hub::now_ms());
         if n.is_multiple_of(60) {
             state.limits.sweep();

@@ -82,6 +82,13 @@ pub enum ApiError {
     /// 429 `connection_limit`: the app's `max_connections` is reached.
     #[error("the app has reached its connection limit")]
     ConnectionLimit,
+    /// 429 `connection_limit`: the client IP holds `limits.connections_per_ip` connections.
+    #[error("too many connections from this address")]
+    IpConnectionLimit,
+    /// 503 `unavailable` with `Retry-After`: this node takes no new WebSocket connections (at
+    /// its connection or memory bound); another node, or this one later, will.
+    #[error("this node is full; retry in {retry_after} s (another node may take the connection now)")]
+    NodeFull { retry_after: u64 },
     /// 429 `rate_limited`.
     #[error("rate limit exceeded; retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
@@ -114,7 +121,10 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, "upgrade_required"),
-            ApiError::ConnectionLimit => (StatusCode::TOO_MANY_REQUESTS, "connection_limit"),
+            ApiError::ConnectionLimit | ApiError::IpConnectionLimit => {
+                (StatusCode::TOO_MANY_REQUESTS, "connection_limit")
+            }
+            ApiError::NodeFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -136,7 +146,7 @@ impl IntoResponse for ApiError {
             _ => tracing::debug!(code, error = %self, "request refused"),
         }
         let retry_after = match self {
-            ApiError::RateLimited { retry_after } => Some(retry_after),
+            ApiError::RateLimited { retry_after } | ApiError::NodeFull { retry_after } => Some(retry_after),
             _ => None,
         };
         let body = ErrorBody { success: false, error: self.to_string(), code, retry_after };

@@ -27,6 +27,12 @@ pub struct Health {
     pub redis: &'static str,
     /// Open WebSocket connections on this node.
     pub connections: usize,
+    /// `limits.max_connections`: WebSockets this node serves at once.
+    pub max_connections: usize,
+    /// Null, or why the node takes no new WebSocket connections now (`connections`, `memory`);
+    /// the answer is then 503 so a load balancer sends new clients elsewhere, while the node's
+    /// clients keep being served.
+    pub full: Option<&'static str>,
 }
 
 #[utoipa::path(get, path = "/health", tag = "operations",
@@ -45,7 +51,9 @@ async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Health
         Some(r) if r.is_up() => "ok",
         Some(_) => "down",
     };
-    let ok = store_ok && redis != "down";
+    let connections = state.hub.connection_count();
+    let full = state.capacity.full(connections).map(crate::accept::Full::as_str);
+    let ok = store_ok && redis != "down" && full.is_none();
     let body = Health {
         ok,
         version: env!("CARGO_PKG_VERSION"),
@@ -53,7 +61,9 @@ async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Health
         uptime_s: state.started.elapsed().as_secs(),
         store: if store_ok { "ok" } else { "down" },
         redis,
-        connections: state.hub.connection_count(),
+        connections,
+        max_connections: state.capacity.max_connections,
+        full,
     };
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body))

@@ -67,6 +67,10 @@ pub struct Shared {
     pub redis: Option<Arc<crate::broker::redis::RedisBroker>>,
     /// Bounded store reads for credentials the caches do not know yet.
     pub lookups: crate::lookups::Lookups,
+    /// Open connections per client IP.
+    pub admission: Arc<crate::accept::Admission>,
+    /// The node's bounds on WebSockets and memory.
+    pub capacity: crate::accept::Capacity,
 }
 
 impl Deref for AppState {

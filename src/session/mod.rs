@@ -3,9 +3,9 @@
 
 pub mod connection;
 
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use serde::Deserialize;
@@ -16,6 +16,10 @@ use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{ClientIp, Query};
 use crate::limits::RateSlot;
+use crate::metrics::RefusedReason;
+
+/// Seconds a client told that the node is full should wait before trying it again.
+const NODE_FULL_RETRY_S: u64 = 5;
 
 /// Credentials accepted in the query string.
 #[derive(Debug, Deserialize)]
@@ -30,10 +34,34 @@ pub async fn upgrade(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     Query(params): Query<WsParams>,
     ClientIp(ip): ClientIp,
+    peer: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
     slot: Option<axum::Extension<RateSlot>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
+    // A client behind a trusted proxy is capped here (a direct one was at the accept); the slot
+    // is held by the session.
+    let ip_slot = match (peer, ip) {
+        (Some(axum::Extension(ConnectInfo(peer))), Some(client))
+            if state.admission.is_trusted(peer.ip()) && client != peer.ip() =>
+        {
+            match state.admission.enter(client) {
+                Some(slot) => Some(slot),
+                None => {
+                    state.metrics.listener.refused(RefusedReason::IpLimit).increment(1);
+                    return Err(ApiError::IpConnectionLimit);
+                }
+            }
+        }
+        _ => None,
+    };
+    // The node's own bound comes before any work: a full node answers at once, so a load
+    // balancer (or the client) tries another.
+    if let Some(full) = state.capacity.full(state.hub.connection_count()) {
+        state.metrics.listener.refused(RefusedReason::NodeFull).increment(1);
+        tracing::debug!(reason = full.as_str(), "upgrade refused: node full");
+        return Err(ApiError::NodeFull { retry_after: NODE_FULL_RETRY_S });
+    }
     // Charged before any check, so a flood of bad credentials is limited too.
     AppState::charge_ip(&state.limits.upgrades, ip, slot.as_deref())?;
     let identity = authenticate(&state, &params, &headers).await?;
@@ -61,7 +89,10 @@ pub async fn upgrade(
         .max_write_buffer_size(ws.max_write_buffer_bytes)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| connection::run(state, socket, identity)))
+        .on_upgrade(move |socket| async move {
+            let _ip_slot = ip_slot;
+            connection::run(state, socket, identity).await
+        }))
 }
 
 async fn authenticate(

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
 
-fn command(dir: &std::path::Path) -> Command {
+pub(crate) fn command(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir)
         .env_remove("ROOMCAST_ADMIN_KEY")
@@ -31,7 +31,7 @@ async fn start(dir: &std::path::Path) -> (Child, Option<String>, String) {
     start_cmd(command(dir).stderr(Stdio::null())).await
 }
 
-async fn start_cmd(cmd: &mut Command) -> (Child, Option<String>, String) {
+pub(crate) async fn start_cmd(cmd: &mut Command) -> (Child, Option<String>, String) {
     let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut key = None;

@@ -336,7 +336,7 @@ async fn a_ticket_is_single_use_across_nodes() {
     assert_eq!(ws.next_json().await["code"], "room_forbidden");
     // Used once, on any node.
     for hub in [&a, &b] {
-        let (status, body) = hub.try_redeem(&ticket).await.err().expect("a ticket works once");
+        let (status, body) = hub.try_redeem(&ticket).await.expect_err("a ticket works once");
         assert_eq!((status, body["code"].as_str()), (401, Some("invalid_ticket")));
     }
 }

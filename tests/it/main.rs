@@ -17,6 +17,7 @@ mod keys;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod overload;
 mod presence;
 mod smoke;
 mod stores;

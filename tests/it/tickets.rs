@@ -27,7 +27,7 @@ async fn a_key_buys_a_single_use_ticket_with_the_identity_it_names() {
     ws.send_json(json!({"type": "subscribe", "room": "lobby", "id": 2})).await;
     assert_eq!(ws.next_json().await["code"], "room_forbidden");
 
-    let (status, body) = hub.try_redeem(&ticket).await.err().expect("a ticket works once");
+    let (status, body) = hub.try_redeem(&ticket).await.expect_err("a ticket works once");
     assert_eq!((status, body["code"].as_str()), (401, Some("invalid_ticket")));
 }
 

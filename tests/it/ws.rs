@@ -33,7 +33,7 @@ async fn bad_credentials_are_refused_before_the_upgrade() {
     let app = hub.create_app(json!({"app_id": "cred-app"})).await;
     let other = hub.create_app(json!({"app_id": "cred-other"})).await;
 
-    let refused = |r: Result<(Ws, serde_json::Value), (u16, serde_json::Value)>| r.err().expect("refused");
+    let refused = |r: Result<(Ws, serde_json::Value), (u16, serde_json::Value)>| r.expect_err("refused");
     let (status, body) = refused(hub.try_connect("garbage").await);
     assert_eq!((status, body["code"].as_str()), (401, Some("invalid_token")));
     let (status, _) = refused(Ws::open(format!("ws://{}/ws", hub.addr).into_client_request().unwrap()).await);
@@ -321,7 +321,7 @@ async fn max_connections_refuses_the_upgrade_with_429_and_frees_slots_on_close()
     let token = hub.token(&app, json!({})).await;
     let a = hub.connect(&token).await;
     let mut b = hub.connect(&token).await;
-    let (status, body) = hub.try_connect(&token).await.err().expect("third refused");
+    let (status, body) = hub.try_connect(&token).await.expect_err("third refused");
     assert_eq!((status, body["code"].as_str()), (429, Some("connection_limit")));
     // Another app is not affected.
     let other = hub.create_app(json!({"app_id": "cap-other"})).await;

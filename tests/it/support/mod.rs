@@ -226,6 +226,7 @@ pub fn assert_error(got: &(StatusCode, Value), status: u16, code: &str) {
 }
 
 /// A WebSocket client.
+#[derive(Debug)]
 pub struct Ws {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub connection_id: String,
