@@ -112,7 +112,10 @@ impl Server {
             redis.attach(&hub);
         }
         let api_limits = crate::limits::ApiLimits::new(&config.limits);
-        let analytics = Arc::new(crate::analytics::Analytics::default());
+        let analytics = Arc::new(match &redis {
+            Some(_) => crate::analytics::Analytics::shared(),
+            None => crate::analytics::Analytics::default(),
+        });
         // A cluster's analytics live in Redis; a single node's in the store.
         let shared_analytics = redis.as_ref().map(|r| {
             Arc::new(crate::analytics::redis::SharedAnalytics::new(
@@ -527,17 +530,18 @@ async fn save_analytics(state: &AppState) {
     state.analytics.tick(now);
     if let Some(shared) = &state.shared_analytics {
         let deltas = state.analytics.take_deltas();
-        if let Err(e) = shared.flush(&deltas, now).await {
+        if let Err(e) = shared.flush(&deltas).await {
             tracing::warn!(error = %e, "cannot add analytics to Redis; will retry");
             state.analytics.restore(deltas);
         }
         return;
     }
     let rows = state.analytics.take_dirty();
-    if rows.minutes.is_empty() && rows.users.is_empty() {
+    if rows.minutes.is_empty() && rows.sketches.is_empty() {
         return;
     }
-    if let Err(e) = state.store.save_analytics(rows.clone(), now - crate::analytics::RETENTION_MS).await {
+    if let Err(e) = state.store.save_analytics(rows.clone(), now - crate::analytics::RETENTION_MS, now).await
+    {
         tracing::warn!(error = %e, "cannot save analytics; will retry");
         state.analytics.mark_dirty(&rows);
     }

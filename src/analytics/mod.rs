@@ -1,11 +1,14 @@
 //! Per-app analytics (DESIGN §5): counters in per-minute buckets, kept exact and readable at
 //! once because the hub's events are counted inline (a sink), persisted every few seconds so a
-//! restart loses at most that much, and distinct users kept as "last seen" times per user, which
-//! makes `users.total` exact for any period.
+//! restart loses at most that much, and distinct users counted by HyperLogLog sketches
+//! ([`distinct`]), so memory per app is fixed however many users come by (`users.total` within
+//! about 1 %; `users.online` stays exact).
 //!
 //! In a cluster the same counters are kept per node only until the next flush, a second later,
-//! which adds them to buckets shared in Redis ([`redis`]); every node reports from those.
+//! which adds them to buckets shared in Redis ([`redis`]; users through Redis's own HyperLogLog,
+//! `PFADD`); every node reports from those.
 
+pub mod distinct;
 pub mod redis;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -14,7 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use dashmap::DashMap;
 
 use crate::hub::events::{HubEvent, PublishKind};
-use crate::store::{AnalyticsRows, MinuteCounts, MinuteRow, UserRow};
+use crate::store::{AnalyticsRows, MinuteCounts, MinuteRow, SketchRow};
+use distinct::{Distinct, Level};
 
 const MINUTE_MS: i64 = 60_000;
 /// The longest period kept.
@@ -89,10 +93,13 @@ struct AppStats {
     current: u64,
     /// Users connected now, with their connection counts.
     online: HashMap<Arc<str>, u32>,
-    /// When each user was last seen (connected), ms.
-    last_seen: HashMap<Arc<str>, i64>,
+    /// Distinct users per bucket (a single node).
+    distinct: Distinct,
+    /// Users seen since the last flush, with when (a cluster node; Redis counts them).
+    seen_since_flush: HashMap<Arc<str>, i64>,
+    /// Whether this node's distinct users go to Redis rather than into `distinct`.
+    shared: bool,
     dirty_minutes: HashSet<i64>,
-    dirty_users: HashSet<Arc<str>>,
     /// When the users online were last marked seen, ms.
     online_seen_at: i64,
 }
@@ -109,10 +116,13 @@ impl AppStats {
     }
 
     fn seen(&mut self, user: &str, now: i64) {
+        if !self.shared {
+            self.distinct.insert(user, now);
+            return;
+        }
         let user: Arc<str> =
             self.online.get_key_value(user).map_or_else(|| Arc::from(user), |(k, _)| k.clone());
-        self.last_seen.insert(user.clone(), now);
-        self.dirty_users.insert(user);
+        self.seen_since_flush.insert(user, now);
     }
 }
 
@@ -168,6 +178,8 @@ pub struct AppDelta {
 #[derive(Debug, Default)]
 pub struct Analytics {
     apps: DashMap<Arc<str>, Mutex<AppStats>>,
+    /// A cluster node: distinct users go to Redis with each flush.
+    shared: bool,
 }
 
 fn lock(m: &Mutex<AppStats>) -> MutexGuard<'_, AppStats> {
@@ -175,11 +187,19 @@ fn lock(m: &Mutex<AppStats>) -> MutexGuard<'_, AppStats> {
 }
 
 impl Analytics {
+    /// A cluster node's analytics: counts are flushed to Redis ([`Analytics::take_deltas`]).
+    pub fn shared() -> Self {
+        Self { apps: DashMap::new(), shared: true }
+    }
+
     fn with_app<T>(&self, app_id: &str, f: impl FnOnce(&mut AppStats) -> T) -> T {
         if let Some(stats) = self.apps.get(app_id) {
             return f(&mut lock(&stats));
         }
-        let stats = self.apps.entry(Arc::from(app_id)).or_default();
+        let stats = self
+            .apps
+            .entry(Arc::from(app_id))
+            .or_insert_with(|| Mutex::new(AppStats { shared: self.shared, ..Default::default() }));
         f(&mut lock(&stats))
     }
 
@@ -254,7 +274,7 @@ impl Analytics {
             }
             let cutoff = now - RETENTION_MS;
             s.minutes = s.minutes.split_off(&cutoff);
-            s.last_seen.retain(|_, seen| *seen >= cutoff);
+            s.distinct.prune(now);
         }
     }
 
@@ -269,14 +289,14 @@ impl Analytics {
                     rows.minutes.push(MinuteRow { app_id: app_id.clone(), minute, counts: *counts });
                 }
             }
-            for user in std::mem::take(&mut s.dirty_users) {
-                if let Some(seen) = s.last_seen.get(&user) {
-                    rows.users.push(UserRow {
-                        app_id: app_id.clone(),
-                        user_id: user.to_string(),
-                        last_seen: *seen,
-                    });
-                }
+            for (level, start, sketch) in s.distinct.take_dirty() {
+                rows.sketches.push(SketchRow {
+                    app_id: app_id.clone(),
+                    level: level.as_u8(),
+                    start,
+                    expires_at: start + level.keep_ms(),
+                    sketch,
+                });
             }
         }
         rows
@@ -290,9 +310,7 @@ impl Analytics {
             let mut s = lock(entry.value());
             s.dirty_minutes.clear();
             let minutes = std::mem::take(&mut s.minutes).into_iter().collect();
-            let dirty = std::mem::take(&mut s.dirty_users);
-            let seen = dirty.into_iter().filter_map(|u| s.last_seen.get(&u).map(|t| (u, *t))).collect();
-            s.last_seen.clear();
+            let seen = std::mem::take(&mut s.seen_since_flush).into_iter().collect();
             deltas.push(AppDelta {
                 app_id: entry.key().clone(),
                 minutes,
@@ -312,9 +330,8 @@ impl Analytics {
                     s.minutes.entry(*minute).or_default().add(counts);
                 }
                 for (user, seen) in d.seen {
-                    let t = s.last_seen.entry(user.clone()).or_default();
+                    let t = s.seen_since_flush.entry(user).or_default();
                     *t = (*t).max(seen);
-                    s.dirty_users.insert(user);
                 }
             });
         }
@@ -327,9 +344,11 @@ impl Analytics {
                 s.dirty_minutes.insert(m.minute);
             });
         }
-        for u in &rows.users {
-            self.with_app(&u.app_id, |s| {
-                s.dirty_users.insert(Arc::from(u.user_id.as_str()));
+        for k in &rows.sketches {
+            self.with_app(&k.app_id, |s| {
+                if let Some(level) = Level::from_u8(k.level) {
+                    s.distinct.mark_dirty(level, k.start);
+                }
             });
         }
     }
@@ -341,10 +360,18 @@ impl Analytics {
                 s.minutes.insert(m.minute, m.counts);
             });
         }
-        for u in rows.users {
-            self.with_app(&u.app_id, |s| {
-                s.last_seen.insert(Arc::from(u.user_id.as_str()), u.last_seen);
+        for k in rows.sketches {
+            let loaded = Level::from_u8(k.level).is_some_and(|level| {
+                self.with_app(&k.app_id, |s| s.distinct.load(level, k.start, &k.sketch))
             });
+            if !loaded {
+                tracing::warn!(app_id = %k.app_id, level = k.level, start = k.start, "unreadable distinct-user sketch ignored");
+            }
+        }
+        // Stores written before the sketches kept each user's last sighting: each goes into the
+        // buckets of that time, which counts it in exactly the periods it counted in before.
+        for u in rows.users {
+            self.with_app(&u.app_id, |s| s.distinct.insert(&u.user_id, u.last_seen));
         }
     }
 
@@ -375,11 +402,7 @@ impl Analytics {
         report.current = s.current;
         report.peak_connections = report.totals.peak_connections.max(s.current);
         report.users_online = s.online.len() as u64;
-        report.users_total = s
-            .last_seen
-            .iter()
-            .filter(|(user, seen)| **seen >= first_step || s.online.contains_key(*user))
-            .count() as u64;
+        report.users_total = s.distinct.count(period, first_step);
         report.series = series;
         report
     }
@@ -454,7 +477,8 @@ mod tests {
         let a = Analytics::default();
         a.record(&opened("x", Some("u1")), 120_000);
         let rows = a.take_dirty();
-        assert_eq!((rows.minutes.len(), rows.users.len()), (1, 1));
+        // One minute, and the user's bucket at each of the four levels.
+        assert_eq!((rows.minutes.len(), rows.sketches.len()), (1, 4));
         assert_eq!(a.take_dirty(), AnalyticsRows::default(), "nothing changed since");
         let b = Analytics::default();
         b.load(rows);
@@ -463,8 +487,30 @@ mod tests {
     }
 
     #[test]
-    fn deltas_leave_only_what_counting_needs_and_come_back_when_unsent() {
+    fn legacy_user_rows_fill_the_sketches_of_their_time() {
         let a = Analytics::default();
+        let day = 24 * 60 * MINUTE_MS;
+        let now = 40 * day;
+        let user =
+            |id: &str, last_seen| crate::store::UserRow { app_id: "x".into(), user_id: id.into(), last_seen };
+        a.load(AnalyticsRows {
+            users: vec![
+                user("recent", now - 10 * MINUTE_MS),
+                user("yesterday", now - day - MINUTE_MS),
+                user("old", now - 20 * day),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(a.report("x", Period::Hour, now).users_total, 1);
+        assert_eq!(a.report("x", Period::Week, now).users_total, 2);
+        assert_eq!(a.report("x", Period::Month, now).users_total, 3);
+        // They are saved as sketches (and the store then drops the legacy rows).
+        assert!(a.take_dirty().sketches.len() >= 9);
+    }
+
+    #[test]
+    fn deltas_leave_only_what_counting_needs_and_come_back_when_unsent() {
+        let a = Analytics::shared();
         a.record(&opened("x", Some("u1")), 120_000);
         a.record(&published("x", PublishKind::Broadcast, 1), 125_000);
         let first = a.take_deltas();

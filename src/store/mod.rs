@@ -300,7 +300,21 @@ pub struct MinuteRow {
     pub counts: MinuteCounts,
 }
 
-/// When a user of an app was last seen (ms).
+/// One saved bucket of an app's distinct users (a HyperLogLog sketch as JSON text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SketchRow {
+    pub app_id: String,
+    /// Bucket width, as analytics numbers them.
+    pub level: u8,
+    /// Start of the bucket, ms.
+    pub start: i64,
+    /// When the bucket is of no more use (ms); the store forgets it then.
+    pub expires_at: i64,
+    pub sketch: String,
+}
+
+/// When a user of an app was last seen (ms): how stores before the sketches kept distinct
+/// users. Loaded once to fill the sketches, never written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRow {
     pub app_id: String,
@@ -312,6 +326,9 @@ pub struct UserRow {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AnalyticsRows {
     pub minutes: Vec<MinuteRow>,
+    /// Distinct-user sketches.
+    pub sketches: Vec<SketchRow>,
+    /// Legacy per-user rows (load only); saving sketches erases them.
     pub users: Vec<UserRow>,
 }
 
@@ -340,10 +357,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Erases apps soft-deleted before `deleted_before` (ms) with all their keys, webhooks and analytics,
     /// freeing their ids; returns the erased app ids.
     async fn purge_deleted(&self, deleted_before: i64) -> Result<Vec<String>, StoreError>;
-    /// Writes analytics minutes and user sightings (replacing rows with the same key) and
-    /// forgets everything older than `forget_before` (ms).
-    async fn save_analytics(&self, rows: AnalyticsRows, forget_before: i64) -> Result<(), StoreError>;
-    /// Analytics minutes and user sightings from `since` (ms) on.
+    /// Writes analytics minutes and distinct-user sketches (replacing rows with the same key),
+    /// forgets minutes older than `forget_before` and sketches expired at `now` (ms), and the
+    /// legacy per-user rows once sketches are written.
+    async fn save_analytics(
+        &self,
+        rows: AnalyticsRows,
+        forget_before: i64,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Analytics minutes from `since` (ms) on, the sketches kept, and legacy user rows.
     async fn load_analytics(&self, since: i64) -> Result<AnalyticsRows, StoreError>;
     /// Creates a webhook. `Conflict` when the id is taken.
     async fn insert_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError>;

@@ -304,7 +304,12 @@ impl Store for RedisStore {
     }
 
     /// Nothing to save: a cluster's analytics are shared another way.
-    async fn save_analytics(&self, _rows: AnalyticsRows, _forget_before: i64) -> Result<(), StoreError> {
+    async fn save_analytics(
+        &self,
+        _rows: AnalyticsRows,
+        _forget_before: i64,
+        _now: i64,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     AnalyticsRows, AppRecord, AppStatus, AttemptRecord, DeliveryRecord, DeliveryStatus, DueDelivery, KeyKind,
-    KeyRecord, MinuteCounts, MinuteRow, Snapshot, Store, StoreError, UserRow, WebhookRecord,
+    KeyRecord, MinuteCounts, MinuteRow, SketchRow, Snapshot, Store, StoreError, UserRow, WebhookRecord,
 };
 
 /// Schema changes in order; entry `i` moves `user_version` from `i` to `i + 1`. Never edit a
@@ -106,6 +106,18 @@ const MIGRATIONS: &[&str] = &[
     UPDATE webhook_deliveries SET attempt_log = json_array(json_object(
             'at', updated_at, 'response_code', response_code, 'latency_ms', latency_ms, 'error', error))
         WHERE attempts > 0;
+",
+    // Distinct users as HyperLogLog sketches per bucket; analytics_users is read once more (its
+    // users go into the sketches) and emptied by the first save.
+    "
+    CREATE TABLE analytics_sketches (
+        app_id     TEXT NOT NULL,
+        level      INTEGER NOT NULL,
+        start      INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        sketch     TEXT NOT NULL,
+        PRIMARY KEY (app_id, level, start)
+    ) WITHOUT ROWID;
 ",
 ];
 
@@ -493,6 +505,7 @@ impl Store for SqliteStore {
                 tx.execute("DELETE FROM api_keys WHERE app_id = ?1", [id]).map_err(write_error)?;
                 tx.execute("DELETE FROM analytics_minutes WHERE app_id = ?1", [id]).map_err(write_error)?;
                 tx.execute("DELETE FROM analytics_users WHERE app_id = ?1", [id]).map_err(write_error)?;
+                tx.execute("DELETE FROM analytics_sketches WHERE app_id = ?1", [id]).map_err(write_error)?;
                 tx.execute("DELETE FROM apps WHERE app_id = ?1", [id]).map_err(write_error)?;
             }
             tx.commit().map_err(unavailable)?;
@@ -501,7 +514,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn save_analytics(&self, rows: AnalyticsRows, forget_before: i64) -> Result<(), StoreError> {
+    async fn save_analytics(
+        &self,
+        rows: AnalyticsRows,
+        forget_before: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
         self.with(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             {
@@ -526,15 +544,21 @@ impl Store for SqliteStore {
                         ])
                         .map_err(unavailable)?;
                 }
-                let mut user = tx
-                    .prepare_cached("INSERT OR REPLACE INTO analytics_users VALUES (?1, ?2, ?3)")
+                let mut sketch = tx
+                    .prepare_cached("INSERT OR REPLACE INTO analytics_sketches VALUES (?1, ?2, ?3, ?4, ?5)")
                     .map_err(unavailable)?;
-                for u in &rows.users {
-                    user.execute(params![u.app_id, u.user_id, u.last_seen]).map_err(unavailable)?;
+                for k in &rows.sketches {
+                    sketch
+                        .execute(params![k.app_id, k.level, k.start, k.expires_at, k.sketch])
+                        .map_err(unavailable)?;
                 }
             }
             tx.execute("DELETE FROM analytics_minutes WHERE minute < ?1", [forget_before]).map_err(unavailable)?;
-            tx.execute("DELETE FROM analytics_users WHERE last_seen < ?1", [forget_before]).map_err(unavailable)?;
+            tx.execute("DELETE FROM analytics_sketches WHERE expires_at <= ?1", [now]).map_err(unavailable)?;
+            if !rows.sketches.is_empty() {
+                // The legacy rows were loaded into sketches at start; these now hold them.
+                tx.execute("DELETE FROM analytics_users", []).map_err(unavailable)?;
+            }
             tx.commit().map_err(unavailable)
         })
         .await
@@ -568,7 +592,19 @@ impl Store for SqliteStore {
                         Ok(UserRow { app_id: r.get(0)?, user_id: r.get(1)?, last_seen: r.get(2)? })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok(AnalyticsRows { minutes, users })
+                let sketches = conn
+                    .prepare("SELECT app_id, level, start, expires_at, sketch FROM analytics_sketches")?
+                    .query_map([], |r| {
+                        Ok(SketchRow {
+                            app_id: r.get(0)?,
+                            level: r.get(1)?,
+                            start: r.get(2)?,
+                            expires_at: r.get(3)?,
+                            sketch: r.get(4)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(AnalyticsRows { minutes, sketches, users })
             };
             read(conn).map_err(unavailable)
         })
@@ -884,6 +920,35 @@ mod tests {
         );
         let untried = store.delivery("d000000000002AAAAAAAAAA").await.unwrap().unwrap();
         assert!(untried.attempt_log.is_empty());
+    }
+
+    #[tokio::test]
+    async fn legacy_user_rows_are_loaded_once_and_erased_by_the_first_save_of_sketches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("roomcast.db")).unwrap();
+        store
+            .with(|conn| {
+                conn.execute_batch(
+                    "INSERT INTO analytics_users VALUES ('app-x', 'u1', 5000), ('app-x', 'u2', 6000);",
+                )
+                .map_err(unavailable)
+            })
+            .await
+            .unwrap();
+        let loaded = store.load_analytics(0).await.unwrap();
+        assert_eq!(loaded.users.len(), 2);
+        let sketch = SketchRow {
+            app_id: "app-x".into(),
+            level: 3,
+            start: 0,
+            expires_at: 99_000,
+            sketch: "[1,null]".into(),
+        };
+        let rows = AnalyticsRows { sketches: vec![sketch.clone()], ..Default::default() };
+        store.save_analytics(rows, 0, 10_000).await.unwrap();
+        let loaded = store.load_analytics(0).await.unwrap();
+        assert!(loaded.users.is_empty());
+        assert_eq!(loaded.sketches, [sketch]);
     }
 
     #[test]

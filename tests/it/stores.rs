@@ -7,7 +7,7 @@ use roomcast::store::redis::RedisStore;
 use roomcast::store::sqlite::SqliteStore;
 use roomcast::store::{
     AnalyticsRows, AppRecord, AppStatus, AttemptRecord, DeliveryRecord, DeliveryStatus, KeyKind, KeyRecord,
-    MinuteCounts, MinuteRow, Store, StoreError, UserRow, WebhookHealth, WebhookRecord,
+    MinuteCounts, MinuteRow, SketchRow, Store, StoreError, WebhookHealth, WebhookRecord,
 };
 
 use crate::support::{RedisCluster, RedisServer};
@@ -184,15 +184,37 @@ async fn exercise(store: Arc<dyn Store>, keeps_analytics: bool) -> Vec<String> {
             MinuteRow { app_id: "app-1".into(), minute: 60_000, counts },
             MinuteRow { app_id: "app-1".into(), minute: 0, counts },
         ],
-        users: vec![UserRow { app_id: "app-1".into(), user_id: "a|b".into(), last_seen: 70_000 }],
+        sketches: vec![
+            SketchRow {
+                app_id: "app-1".into(),
+                level: 1,
+                start: 0,
+                expires_at: 90_000,
+                sketch: "[1,null]".into(),
+            },
+            SketchRow {
+                app_id: "app-1".into(),
+                level: 3,
+                start: 0,
+                expires_at: 50_000,
+                sketch: "[2,null]".into(),
+            },
+        ],
+        users: Vec::new(),
     };
-    store.save_analytics(rows, 0).await.unwrap();
+    store.save_analytics(rows, 0, 60_000).await.unwrap();
     let mut loaded = store.load_analytics(30_000).await.unwrap();
     loaded.minutes.sort_by_key(|m| m.minute);
     if keeps_analytics {
         assert_eq!(loaded.minutes, [MinuteRow { app_id: "app-1".into(), minute: 60_000, counts }]);
-        let user = UserRow { app_id: "app-1".into(), user_id: "a|b".into(), last_seen: 70_000 };
-        assert_eq!(loaded.users, [user]);
+        let kept = SketchRow {
+            app_id: "app-1".into(),
+            level: 1,
+            start: 0,
+            expires_at: 90_000,
+            sketch: "[1,null]".into(),
+        };
+        assert_eq!(loaded.sketches, [kept], "the expired sketch is forgotten");
     } else {
         assert_eq!(loaded, AnalyticsRows::default());
     }
