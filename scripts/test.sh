@@ -44,3 +44,6 @@ fi
 
 cargo test --locked --workspace
 bash scripts/schemathesis.sh
+# The soak lane's short run: two nodes, churn of distinct users through presence rooms,
+# broadcasts and webhooks, a Redis restart half way; fails on a lost event or webhook.
+SOAK_S=${SOAK_S:-120} SAMPLE_S=10 PROFILE=debug REDIS_PORT=16611 A=18411 B=18412 bash loadtest/soak.sh

@@ -10,6 +10,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod forged;
+pub mod storm;
 pub mod target;
 pub mod webhook;
 
@@ -41,6 +42,9 @@ pub enum Scenario {
     Churn,
     /// HTTP publish throughput with few subscribers.
     Publish,
+    /// N connections over M rooms that all drop and reconnect at once: the reconnect storm
+    /// after a node's restart or a network blip.
+    Storm,
     /// Broadcasts signed with forged API keys (a new one each request) beside a legitimate
     /// publisher: what unknown credentials cost the hub's store.
     Forged,
@@ -68,6 +72,8 @@ pub struct Options {
     pub connect_concurrency: usize,
     /// Connect/disconnect cycles per second (churn scenario).
     pub churn_rate: f64,
+    /// Churn through `presence-` rooms, so every cycle is a member joining and leaving.
+    pub churn_presence: bool,
     /// Longest wait for in-flight deliveries after publishing stops.
     pub drain: Duration,
     /// Extra subscribers in room 0 that never read a byte (slow consumers); they are not
@@ -149,6 +155,7 @@ pub struct Report {
     pub generator_cpu_seconds: Option<f64>,
     pub webhook: Option<WebhookReport>,
     pub forged: Option<forged::ForgedReport>,
+    pub storm: Option<storm::StormReport>,
 }
 
 impl Report {
@@ -205,6 +212,19 @@ impl Report {
                 w.latency.p50_ms,
                 w.latency.p99_ms,
                 w.latency.max_ms
+            );
+        }
+        if let Some(r) = &self.storm {
+            s += &format!(
+                "  storm: {} clients dropped and back in {:.2} s ({:.0}/s), {} refused attempts, {} never back; each back after ms: p50 {:.0}  p99 {:.0}  max {:.0}\n",
+                r.clients,
+                r.seconds,
+                r.reconnects_per_second,
+                r.refused_attempts,
+                r.failed,
+                r.back_after.p50_ms,
+                r.back_after.p99_ms,
+                r.back_after.max_ms
             );
         }
         if let Some(f) = &self.forged {
@@ -355,7 +375,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     let target = Arc::new(opts.target.clone());
     let rooms = match opts.scenario {
         Scenario::Fanout | Scenario::Publish | Scenario::Churn | Scenario::Forged => 1,
-        Scenario::Idle | Scenario::Rooms => opts.rooms.max(1),
+        Scenario::Idle | Scenario::Rooms | Scenario::Storm => opts.rooms.max(1),
     };
     let mut report = Report {
         scenario: format!("{:?}", opts.scenario).to_lowercase(),
@@ -415,6 +435,14 @@ pub async fn run(opts: Options) -> Result<Report> {
         }
     }
 
+    if opts.scenario == Scenario::Storm {
+        report.storm = Some(storm::run(target.clone(), sockets, room_name, source, opts.source_ips).await?);
+        report.hub_cpu_seconds =
+            opts.hub_pid.and_then(|p| cpu_seconds(Some(p))).zip(hub_cpu_before).map(|(a, b)| a - b);
+        report.generator_cpu_seconds = cpu_seconds(None).zip(gen_cpu_before).map(|(a, b)| a - b);
+        return Ok(report);
+    }
+
     if opts.scenario == Scenario::Idle {
         tokio::time::sleep(opts.duration).await;
         report.hub_cpu_seconds =
@@ -454,7 +482,8 @@ pub async fn run(opts: Options) -> Result<Report> {
     let churn = (opts.scenario == Scenario::Churn && opts.churn_rate > 0.0).then(|| {
         let (target, collect) = (target.clone(), collect.clone());
         let (rate, spread) = (opts.churn_rate, opts.source_ips);
-        tokio::spawn(churn_loop(target, collect, rate, spread))
+        let prefix = if opts.churn_presence { "presence-lt-churn" } else { "lt-churn" };
+        tokio::spawn(churn_loop(target, collect, rate, spread, prefix))
     });
 
     let sink = match opts.webhook {
@@ -582,8 +611,15 @@ pub async fn run(opts: Options) -> Result<Report> {
     Ok(report)
 }
 
-/// Opens, subscribes and closes sockets at `rate` per second until told to stop.
-async fn churn_loop(target: Arc<Target>, collect: Arc<Collect>, rate: f64, spread: u8) -> (u64, u64) {
+/// Opens, subscribes (to `{prefix}-0` … `{prefix}-49`, as a new user each time) and closes
+/// sockets at `rate` per second until told to stop.
+async fn churn_loop(
+    target: Arc<Target>,
+    collect: Arc<Collect>,
+    rate: f64,
+    spread: u8,
+    prefix: &'static str,
+) -> (u64, u64) {
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut tick = tokio::time::interval(period);
     let (mut cycles, mut errors) = (0u64, 0u64);
@@ -595,7 +631,7 @@ async fn churn_loop(target: Arc<Target>, collect: Arc<Collect>, rate: f64, sprea
         i += 1;
         let n = i;
         inflight.spawn(async move {
-            let mut ws = target.connect(source(n, spread), &format!("lt-churn-{}", n % 50), n as u64).await?;
+            let mut ws = target.connect(source(n, spread), &format!("{prefix}-{}", n % 50), n as u64).await?;
             ws.close(None).await.ok();
             anyhow::Ok(())
         });

@@ -66,6 +66,9 @@ struct Cli {
     /// Connect/disconnect cycles per second (churn).
     #[arg(long, env = "LT_CHURN_RATE", default_value_t = 100.0)]
     churn_rate: f64,
+    /// Churn through presence rooms: every cycle is a member joining and leaving.
+    #[arg(long, env = "LT_CHURN_PRESENCE")]
+    churn_presence: bool,
     /// Longest wait for in-flight deliveries after publishing stops, in seconds.
     #[arg(long, env = "LT_DRAIN", default_value_t = 10.0)]
     drain: f64,
@@ -124,6 +127,7 @@ async fn main() -> Result<()> {
         source_ips: cli.source_ips,
         connect_concurrency: cli.connect_concurrency,
         churn_rate: cli.churn_rate,
+        churn_presence: cli.churn_presence,
         drain: Duration::from_secs_f64(cli.drain),
         stalled: cli.stalled,
         webhook: cli.webhook,

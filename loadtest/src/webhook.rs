@@ -76,11 +76,13 @@ impl Sink {
         crate::Latency::of(&seen.latency_us)
     }
 
-    /// Registers this receiver as a webhook of the target's app for the load-test event.
+    /// Registers this receiver as a webhook of the target's app for the load-test event, on
+    /// the node that publishes: it matches broadcasts against its own cache of webhooks, which
+    /// another node's registration reaches a moment later.
     pub async fn register(&self, target: &Target) -> Result<()> {
         let res = crate::http()
             .build()?
-            .post(format!("{}/api/webhooks", target.base))
+            .post(format!("{}/api/webhooks", target.publish_base))
             .header("X-APP-API-KEY", &target.key)
             .json(&json!({"url": format!("http://{}/lt", self.addr), "events": ["lt"]}))
             .send()

@@ -28,6 +28,7 @@ async fn smoke_with(scenario: Scenario, connections: usize, rooms: usize, webhoo
         source_ips: 4,
         connect_concurrency: 32,
         churn_rate: 50.0,
+        churn_presence: scenario == Scenario::Churn,
         drain: Duration::from_secs(20),
         stalled: 0,
         webhook,
