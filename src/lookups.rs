@@ -103,6 +103,27 @@ impl Lookups {
         asked
     }
 
+    /// [`Lookups::ask`] with a `read` of one record, which `keep` puts into the cache when the
+    /// store has it.
+    pub async fn fetch<T, F, Fut>(
+        &self,
+        kind: Kind,
+        id: &str,
+        read: F,
+        keep: impl FnOnce(T),
+    ) -> Result<(), StoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, StoreError>>,
+    {
+        self.ask(kind, id, || async move {
+            let Some(record) = read().await? else { return Ok(false) };
+            keep(record);
+            Ok(true)
+        })
+        .await
+    }
+
     async fn ask_in_turn<F, Fut>(&self, id: &Id, read: F) -> Result<(), StoreError>
     where
         F: FnOnce() -> Fut,

@@ -130,10 +130,7 @@ impl AppState {
 
     async fn key_from_store(&self, key_id: &str) -> Result<Option<Arc<CachedKey>>, ApiError> {
         self.lookups
-            .ask(Kind::Key, key_id, || async {
-                let found = self.store.key(key_id).await?;
-                Ok(found.map(|k| self.keys.put_if_absent(k)).is_some())
-            })
+            .fetch(Kind::Key, key_id, || self.store.key(key_id), |k| self.keys.put_if_absent(k))
             .await?;
         Ok(self.keys.get(key_id))
     }
@@ -153,10 +150,7 @@ impl AppState {
     pub async fn app_from_store(&self, app_id: &str) -> Result<Option<Arc<AppRecord>>, ApiError> {
         if crate::apps::check_app_id(app_id).is_ok() {
             self.lookups
-                .ask(Kind::App, app_id, || async {
-                    let found = self.store.app(app_id).await?;
-                    Ok(found.map(|a| self.apps.put_newer(a)).is_some())
-                })
+                .fetch(Kind::App, app_id, || self.store.app(app_id), |a| self.apps.put_newer(a))
                 .await?;
         }
         Ok(self.apps.get(app_id))
@@ -168,11 +162,9 @@ impl AppState {
             return Ok(Some(webhook));
         }
         if crate::webhooks::is_webhook_id(webhook_id) {
+            let (store, webhooks) = (&self.store, &self.webhooks);
             self.lookups
-                .ask(Kind::Webhook, webhook_id, || async {
-                    let found = self.store.webhook(webhook_id).await?;
-                    Ok(found.map(|w| self.webhooks.put_newer(w)).is_some())
-                })
+                .fetch(Kind::Webhook, webhook_id, || store.webhook(webhook_id), |w| webhooks.put_newer(w))
                 .await?;
         }
         Ok(self.webhooks.get(webhook_id))

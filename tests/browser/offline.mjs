@@ -4,20 +4,11 @@
 // Protocol with the Rust test on stdout: "BLOCKED <url>" for each request to another host, then
 // "SHOWN" once every text is on the page, then "SHOT <path>".
 // Usage: node offline.mjs <page-url> <screenshot-path> <text>...
-import { chromium } from "playwright-core";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { launch } from "./chromium.mjs";
 
 const [pageUrl, shot, ...texts] = process.argv.slice(2);
 const hubHost = new URL(pageUrl).host;
-const profile = mkdtempSync(join(tmpdir(), "roomcast-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const context = await launch();
 const timer = setTimeout(() => { console.log("TIMEOUT"); process.exit(2); }, 30000);
 try {
   await context.route("**/*", (route) => {

@@ -10,6 +10,23 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::{WAIT, spawn_hub};
 
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Runs `tests/browser/<script>` with `args` in Node; returns it and its output lines.
+fn node_script(script: &str, args: &[&str]) -> (tokio::process::Child, Lines) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let mut child = tokio::process::Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed (scripts/test.sh installs the browser tooling)");
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
 #[tokio::test]
 async fn the_browser_example_prints_broadcast_events() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -22,16 +39,7 @@ async fn the_browser_example_prints_broadcast_events() {
         hub.addr
     );
     let shot = hub.dir.path().join("browser.png");
-    let mut child = tokio::process::Command::new("node")
-        .arg(root.join("tests/browser/browser.mjs"))
-        .arg(&page)
-        .arg(&shot)
-        .current_dir(root.join("tests/browser"))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node is installed (scripts/test.sh installs the browser tooling)");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = node_script("browser.mjs", &[page.as_str(), &shot.to_string_lossy()]);
     let mut next = async || tokio::time::timeout(WAIT * 3, lines.next_line()).await.unwrap().unwrap();
 
     assert_eq!(next().await.as_deref(), Some("READY"));
@@ -40,28 +48,17 @@ async fn the_browser_example_prints_broadcast_events() {
     assert_eq!(next().await.as_deref(), Some(r#"EVENT #1 chat new-message {"text":"hello browser"}"#));
     assert!(next().await.is_some_and(|l| l.starts_with("SHOT ")));
     assert!(child.wait().await.unwrap().success());
-    assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "a real screenshot was taken");
-    if let Ok(dir) = std::env::var("ROOMCAST_KEEP_SCREENSHOT") {
-        std::fs::copy(&shot, Path::new(&dir).join("browser.png")).unwrap();
-    }
+    screenshot_taken(&shot);
 }
 
 /// Opens `path` of `hub` with every request to another host blocked; returns the blocked URLs
 /// once the page shows every one of `texts`.
 async fn offline(hub: &crate::support::TestHub, path: &str, texts: &[&str]) -> Vec<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shot = hub.dir.path().join(format!("{}.png", path.trim_matches('/').replace('/', "-")));
-    let mut child = tokio::process::Command::new("node")
-        .arg(root.join("tests/browser/offline.mjs"))
-        .arg(hub.url(path))
-        .arg(&shot)
-        .args(texts)
-        .current_dir(root.join("tests/browser"))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node is installed (scripts/test.sh installs the browser tooling)");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (url, shot_path) = (hub.url(path), shot.to_string_lossy().into_owned());
+    let args: Vec<&str> =
+        [url.as_str(), shot_path.as_str()].into_iter().chain(texts.iter().copied()).collect();
+    let (mut child, mut lines) = node_script("offline.mjs", &args);
     let mut blocked = Vec::new();
     loop {
         let line = tokio::time::timeout(WAIT * 3, lines.next_line()).await.unwrap().unwrap();
@@ -73,11 +70,16 @@ async fn offline(hub: &crate::support::TestHub, path: &str, texts: &[&str]) -> V
     }
     assert!(lines.next_line().await.unwrap().is_some_and(|l| l.starts_with("SHOT ")));
     assert!(child.wait().await.unwrap().success());
-    assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "a real screenshot was taken");
-    if let Ok(dir) = std::env::var("ROOMCAST_KEEP_SCREENSHOT") {
-        std::fs::copy(&shot, Path::new(&dir).join(shot.file_name().unwrap())).unwrap();
-    }
+    screenshot_taken(&shot);
     blocked
+}
+
+/// Checks that a real screenshot was taken; copies it to `$ROOMCAST_KEEP_SCREENSHOT` if set.
+fn screenshot_taken(shot: &Path) {
+    assert!(std::fs::metadata(shot).unwrap().len() > 1000, "a real screenshot was taken");
+    if let Ok(dir) = std::env::var("ROOMCAST_KEEP_SCREENSHOT") {
+        std::fs::copy(shot, Path::new(&dir).join(shot.file_name().unwrap())).unwrap();
+    }
 }
 
 #[tokio::test]
