@@ -213,12 +213,13 @@ struct Watch {
     /// Milliseconds from `origin` to the start of the phase.
     since_ms: AtomicU64,
     origin: Instant,
-    /// The connection's place in its IP's count, held until the socket closes (a WebSocket's
-    /// too).
-    _slot: Option<IpSlot>,
 }
 
 impl Watch {
+    fn upgraded(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == UPGRADED
+    }
+
     fn enter(&self, phase: u8) {
         self.since_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.phase.store(phase, Ordering::Release);
@@ -243,10 +244,23 @@ impl Watch {
     }
 }
 
-/// A socket that tells its [`Watch`] when bytes arrive.
+/// A socket that tells its [`Watch`] when bytes arrive, until it is upgraded: then it lets the
+/// watch go (an idle WebSocket should cost no more than it must). It holds the connection's
+/// place in its IP's count until it closes, a WebSocket's too.
 struct Watched {
     inner: TcpStream,
-    watch: Arc<Watch>,
+    watch: Option<Arc<Watch>>,
+    _slot: Option<IpSlot>,
+}
+
+impl Watched {
+    /// The watch, while the connection speaks HTTP.
+    fn watch(&mut self) -> Option<&Watch> {
+        if self.watch.as_ref().is_some_and(|w| w.upgraded()) {
+            self.watch = None;
+        }
+        self.watch.as_deref()
+    }
 }
 
 impl AsyncRead for Watched {
@@ -258,8 +272,11 @@ impl AsyncRead for Watched {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.watch.on_read();
+        let arrived = buf.filled().len() > before;
+        if let Some(watch) = this.watch()
+            && arrived
+        {
+            watch.on_read();
         }
         polled
     }
@@ -267,7 +284,9 @@ impl AsyncRead for Watched {
 
 impl AsyncWrite for Watched {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        let this = self.get_mut();
+        this.watch();
+        Pin::new(&mut this.inner).poll_write(cx, data)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -372,7 +391,6 @@ impl Listener {
             phase: AtomicU8::new(HEAD),
             since_ms: AtomicU64::new(0),
             origin: Instant::now(),
-            _slot: slot,
         });
         let seen = watch.clone();
         let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -390,7 +408,7 @@ impl Listener {
                 response
             }
         });
-        let io = TokioIo::new(Watched { inner: stream, watch: watch.clone() });
+        let io = TokioIo::new(Watched { inner: stream, watch: Some(watch.clone()), _slot: slot });
         let connection = hyper::server::conn::http1::Builder::new()
             .serve_connection(io, hyper_util::service::TowerToHyperService::new(service))
             .with_upgrades();

@@ -49,6 +49,9 @@ pub struct ConnHandle {
     pub id: Arc<str>,
     pub app_id: Arc<str>,
     pub user_id: Option<Arc<str>>,
+    /// The client's address when it came through a trusted proxy: such connections are counted
+    /// per address by the hub (a direct client's are counted per TCP connection at accept).
+    pub client_ip: Option<std::net::IpAddr>,
     limits: OutboxLimits,
     outbox: Mutex<Outbox>,
     /// Frames waiting; readable without the lock.
@@ -75,6 +78,7 @@ impl ConnHandle {
         id: Arc<str>,
         app_id: Arc<str>,
         user_id: Option<Arc<str>>,
+        client_ip: Option<std::net::IpAddr>,
         limits: OutboxLimits,
         now_ms: u64,
     ) -> Self {
@@ -83,6 +87,7 @@ impl ConnHandle {
             id,
             app_id,
             user_id,
+            client_ip,
             limits,
             outbox: Mutex::new(Outbox::default()),
             queued: AtomicU64::new(0),
@@ -195,7 +200,7 @@ mod tests {
     use super::*;
 
     fn handle(messages: usize, bytes: usize) -> ConnHandle {
-        ConnHandle::new(1, "c_1".into(), "app".into(), None, OutboxLimits { messages, bytes }, 0)
+        ConnHandle::new(1, "c_1".into(), "app".into(), None, None, OutboxLimits { messages, bytes }, 0)
     }
 
     #[test]

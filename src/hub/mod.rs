@@ -38,6 +38,8 @@ pub struct Hub {
     connections: DashMap<Arc<str>, Arc<ConnHandle>>,
     /// Open connections per app, for `max_connections`.
     per_app: DashMap<Arc<str>, usize>,
+    /// Connections per client address, for clients behind trusted proxies.
+    per_ip: DashMap<std::net::IpAddr, usize>,
     events: EventBus,
     next_seq: AtomicU64,
     limits: OutboxLimits,
@@ -58,6 +60,7 @@ impl Hub {
             broker,
             connections: DashMap::new(),
             per_app: DashMap::new(),
+            per_ip: DashMap::new(),
             events: EventBus::default(),
             next_seq: AtomicU64::new(1),
             limits,
@@ -77,6 +80,11 @@ impl Hub {
     /// The counters sessions update too.
     pub fn metrics(&self) -> &HubMetrics {
         &self.metrics
+    }
+
+    /// Open connections of a client behind a trusted proxy, by its address.
+    pub fn connections_from(&self, ip: std::net::IpAddr) -> usize {
+        self.per_ip.get(&ip).map_or(0, |n| *n)
     }
 
     /// Open connections per app on this node.
@@ -107,17 +115,31 @@ impl Hub {
 
     /// Registers a new connection. After [`Hub::shutdown`] it is born closing (1012).
     pub fn connect(&self, app_id: &str, user_id: Option<&str>) -> Arc<ConnHandle> {
+        self.connect_from(app_id, user_id, None)
+    }
+
+    /// [`Hub::connect`] for a client behind a trusted proxy, counted under its address.
+    pub fn connect_from(
+        &self,
+        app_id: &str,
+        user_id: Option<&str>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Arc<ConnHandle> {
         let handle = Arc::new(ConnHandle::new(
             self.next_seq.fetch_add(1, Ordering::Relaxed),
             Arc::from(format!("c_{}", crate::auth::random_base62(16))),
             Arc::from(app_id),
             user_id.map(Arc::from),
+            client_ip,
             self.limits,
             self.clock_ms(),
         ));
         self.connections.insert(handle.id.clone(), handle.clone());
         self.metrics.connections_opened.increment(1);
         *self.per_app.entry(handle.app_id.clone()).or_default() += 1;
+        if let Some(ip) = client_ip {
+            *self.per_ip.entry(ip).or_default() += 1;
+        }
         if self.closing.load(Ordering::Acquire) {
             handle.close(CloseCode::ServiceRestart);
         }
@@ -136,6 +158,12 @@ impl Hub {
                 *n -= 1;
                 *n == 0
             });
+            if let Some(ip) = conn.client_ip {
+                self.per_ip.remove_if_mut(&ip, |_, n| {
+                    *n -= 1;
+                    *n == 0
+                });
+            }
         }
         self.events.emit(HubEvent::ConnectionClosed {
             app_id: conn.app_id.to_string(),

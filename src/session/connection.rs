@@ -4,7 +4,7 @@
 //! mostly this task times the number of clients: rarely used paths (handling a client frame,
 //! closing) run in boxed futures.
 
-use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +48,9 @@ struct Session {
     state: AppState,
     identity: Identity,
     conn: Arc<ConnHandle>,
-    rooms: HashSet<RoomName>,
+    /// At most `limits.max_rooms_per_connection` (100): a vector, searched in order, is smaller
+    /// than a set for the one or few rooms most connections hold.
+    rooms: Vec<RoomName>,
     limiter: FrameLimiter,
     /// Frames refused in a row by the limiter.
     refused: u32,
@@ -56,15 +58,16 @@ struct Session {
     user_info: Option<Arc<RawValue>>,
 }
 
-/// Serves one upgraded socket until it closes.
-pub async fn run(state: AppState, mut socket: WebSocket, identity: Identity) {
+/// Serves one upgraded socket until it closes; `proxied_ip` is the client's address when it
+/// came through a trusted proxy (the hub counts such connections per address).
+pub async fn run(state: AppState, mut socket: WebSocket, identity: Identity, proxied_ip: Option<IpAddr>) {
     // Held for the whole session, so shutdown waits for this connection to say goodbye.
     let _tracked = state.tracker.token();
-    let conn = state.hub.connect(&identity.app_id, identity.user_id.as_deref());
+    let conn = state.hub.connect_from(&identity.app_id, identity.user_id.as_deref(), proxied_ip);
     tracing::info!(connection_id = %conn.id, app_id = %identity.app_id, user_id = identity.user_id.as_deref().unwrap_or("-"), "connection opened");
     let limiter = frame_limiter(&state.config.limits);
     let mut session =
-        Session { state, identity, conn, rooms: HashSet::new(), limiter, refused: 0, user_info: None };
+        Session { state, identity, conn, rooms: Vec::new(), limiter, refused: 0, user_info: None };
     let end = serve(&mut session, &mut socket).await;
     Box::pin(finish(session, socket, end)).await;
 }
@@ -112,7 +115,7 @@ async fn serve(session: &mut Session, socket: &mut WebSocket) -> End {
 async fn finish(mut session: Session, mut socket: WebSocket, end: End) {
     let conn = session.conn.clone();
     // Leave rooms first so no more frames are queued for a socket that is going away.
-    let rooms: Vec<RoomName> = session.rooms.drain().collect();
+    let rooms = std::mem::take(&mut session.rooms);
     for room in &rooms {
         session.state.hub.leave(&conn, room).await;
     }
@@ -223,6 +226,13 @@ impl Session {
         }
     }
 
+    /// Forgets `room`; whether the connection was in it.
+    fn leave_room(&mut self, room: &RoomName) -> bool {
+        let Some(at) = self.rooms.iter().position(|r| r == room) else { return false };
+        self.rooms.swap_remove(at);
+        true
+    }
+
     /// The error frame for a refused client frame: the code's fixed message for the client, the
     /// detail for the log (a broker failure at warn level, the client's own mistakes at debug).
     fn refuse(&self, code: ErrorCode, detail: &str, room: Option<&RoomName>, id: Option<u64>) -> String {
@@ -251,7 +261,7 @@ impl Session {
                 Ok(None) => ServerFrame::subscribed(&room, id),
                 Err((code, detail)) => self.refuse(code, &detail, Some(&room), id),
             }),
-            ClientFrame::Unsubscribe { room, id } => Some(if self.rooms.remove(&room) {
+            ClientFrame::Unsubscribe { room, id } => Some(if self.leave_room(&room) {
                 self.state.hub.leave(&self.conn, &room).await;
                 ServerFrame::unsubscribed(&room, id)
             } else {
@@ -288,7 +298,9 @@ impl Session {
             .join(&self.conn, room, self.user_info.as_ref())
             .await
             .map_err(|e| (ErrorCode::Unavailable, format!("cannot subscribe now: {e}")))?;
-        self.rooms.insert(room.clone());
+        if !self.rooms.contains(room) {
+            self.rooms.push(room.clone());
+        }
         Ok(outcome.presence)
     }
 

@@ -39,19 +39,17 @@ pub async fn upgrade(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
-    // A client behind a trusted proxy is capped here (a direct one was at the accept); the slot
-    // is held by the session.
-    let ip_slot = match (peer, ip) {
+    // A client behind a trusted proxy is capped here (a direct one was at the accept), by the
+    // hub's count of its connections. Checked, not reserved, like the app's max_connections.
+    let proxied_ip = match (peer, ip) {
         (Some(axum::Extension(ConnectInfo(peer))), Some(client))
             if state.admission.is_trusted(peer.ip()) && client != peer.ip() =>
         {
-            match state.admission.enter(client) {
-                Some(slot) => Some(slot),
-                None => {
-                    state.metrics.listener.refused(RefusedReason::IpLimit).increment(1);
-                    return Err(ApiError::IpConnectionLimit);
-                }
+            if state.hub.connections_from(client) >= state.config.limits.connections_per_ip as usize {
+                state.metrics.listener.refused(RefusedReason::IpLimit).increment(1);
+                return Err(ApiError::IpConnectionLimit);
             }
+            Some(client)
         }
         _ => None,
     };
@@ -89,10 +87,7 @@ pub async fn upgrade(
         .max_write_buffer_size(ws.max_write_buffer_bytes)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            let _ip_slot = ip_slot;
-            connection::run(state, socket, identity).await
-        }))
+        .on_upgrade(move |socket| connection::run(state, socket, identity, proxied_ip)))
 }
 
 async fn authenticate(
