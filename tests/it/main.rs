@@ -11,6 +11,7 @@ mod binary;
 mod broadcast;
 mod browser;
 mod cluster;
+mod consistency;
 mod fanout;
 mod hostile;
 mod keys;
