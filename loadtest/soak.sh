@@ -90,14 +90,16 @@ echo "$(( SOAK_S + 60 )),$(rss_kib $a_pid),$(rss_kib $b_pid),0" >>"$OUT/rss.csv"
 grep -v '^ *["{}]' "$OUT/soak.txt" | sed 's/^/[soak] /'
 
 # Growth over the last three quarters: from the first sample at or after a quarter of the run
-# to the last one, per node.
+# to the last one taken while it ran, per node. The sample after the run (clients gone) is
+# reported beside it.
 growth() { # column
-  awk -F, -v col="$1" -v from=$((SOAK_S / 4)) 'NR > 1 && $1 >= from && $col > 0 { if (!first) first = $col; last = $col }
+  awk -F, -v col="$1" -v from=$((SOAK_S / 4)) -v to="$SOAK_S" 'NR > 1 && $1 >= from && $1 <= to && $col > 0 { if (!first) first = $col; last = $col }
     END { if (first) printf "%.1f", (last - first) * 100 / first; else print "n/a" }' "$OUT/rss.csv"
 }
 lost=$(sed -n 's/.*"lost": \([0-9]*\).*/\1/p' "$OUT/soak.json" 2>/dev/null | head -1)
 missing=$(sed -n 's/.*"missing": \([0-9]*\).*/\1/p' "$OUT/soak.json" 2>/dev/null | head -1)
 echo "[soak] RSS growth over the last three quarters: node A $(growth 2) %, node B $(growth 3) % (goal: under 5 % over the last 45 minutes of an hour)"
+echo "[soak] RSS after the run, its clients gone (KiB): node A $(tail -1 "$OUT/rss.csv" | cut -d, -f2), node B $(tail -1 "$OUT/rss.csv" | cut -d, -f3)"
 echo "[soak] deliveries lost: ${lost:-?}; webhooks missing: ${missing:-?}; samples in $OUT/rss.csv"
 if [ "$status" != 0 ] || [ "${lost:-1}" != 0 ] || [ "${missing:-1}" != 0 ]; then
   echo "soak.sh: FAILED (generator exit $status, lost ${lost:-?}, webhooks missing ${missing:-?})"
