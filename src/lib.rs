@@ -29,6 +29,7 @@ pub mod analytics;
 pub mod apps;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod hub;

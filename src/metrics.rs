@@ -7,17 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::http::AppState;
-use crate::http::error::ApiError;
 use crate::hub::events::PublishKind;
 
 const META: Metadata<'static> = Metadata::new("roomcast", Level::INFO, Some(module_path!()));
@@ -423,13 +418,13 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    /// The exposition text, with the state gauges read from `state` first.
-    pub fn render(&self, state: &AppState) -> String {
-        let hub = &state.hub;
+    /// The exposition text, with the state gauges read from `hub` first; `full` says whether
+    /// the node refuses new connections now.
+    pub fn render(&self, hub: &crate::hub::Hub, full: bool) -> String {
         self.rooms.set(hub.registry().room_count() as f64);
         self.subscriptions.set(hub.registry().subscription_count() as f64);
         self.uptime.set(self.started.elapsed().as_secs_f64().floor());
-        self.full.set(if state.capacity.full(hub.connection_count()).is_some() { 1.0 } else { 0.0 });
+        self.full.set(if full { 1.0 } else { 0.0 });
         self.events_dropped.absolute(hub.events().dropped());
         let counts: std::collections::HashMap<Arc<str>, usize> =
             hub.connections_per_app().into_iter().collect();
@@ -448,23 +443,4 @@ impl Metrics {
         }
         self.handle.render()
     }
-}
-
-/// `GET /metrics`: the Prometheus text format; with `metrics.token` set, only for
-/// `Authorization: Bearer <token>`.
-pub async fn metrics_page(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    if let Some(expected) = &state.config.metrics.token {
-        use subtle::ConstantTimeEq;
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-            return ApiError::InvalidToken("GET /metrics needs Authorization: Bearer <metrics.token>".into())
-                .into_response();
-        }
-    }
-    let body = state.metrics.render(&state);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

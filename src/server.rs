@@ -14,11 +14,12 @@ use crate::apps::AppCache;
 use crate::auth::api_key::{KeyRing, PresentedKey};
 use crate::broker::local::LocalBroker;
 use crate::broker::redis::RedisBroker;
+use crate::clock::now_ms;
 use crate::config::{Config, StoreKind};
 use crate::http::apps::RESTORE_WINDOW_MS;
 use crate::http::{AppState, Shared, router};
 use crate::hub::registry::Registry;
-use crate::hub::{Hub, OutboxLimits, now_ms};
+use crate::hub::{Hub, OutboxLimits};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{KeyKind, KeyRecord, Store, StoreError};
 
@@ -494,7 +495,7 @@ async fn heartbeat(state: AppState) {
         n += 1;
         state.hub.heartbeat(n, ping_every, idle_ms);
         state.capacity.refresh_memory();
-        state.tickets.sweep(crate::hub::now_ms());
+        state.tickets.sweep(crate::clock::now_ms());
         if n.is_multiple_of(60) {
             state.limits.sweep();
             state.lookups.sweep();

@@ -663,7 +663,7 @@ impl RedisBroker {
             self.occupy_script
                 .key(&room_list_keys(&key.app_id)[..])
                 .arg(key.room.as_str())
-                .arg(crate::hub::now_ms())
+                .arg(crate::clock::now_ms())
                 .arg(1)
                 .invoke_async::<i64>(&mut commands)
                 .await?;
@@ -1030,7 +1030,7 @@ impl Broker for RedisBroker {
                 .occupy_script
                 .key(&room_list_keys(&key.app_id)[..])
                 .arg(key.room.as_str())
-                .arg(crate::hub::now_ms())
+                .arg(crate::clock::now_ms())
                 .arg(0)
                 .invoke_async(&mut commands)
                 .await

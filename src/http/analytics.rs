@@ -12,7 +12,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Principal, Query};
 use crate::analytics::Period;
 use crate::auth::api_key::Scope;
-use crate::hub::now_ms;
+use crate::clock::now_ms;
 
 /// Routes of this area.
 pub fn router() -> Router<AppState> {

@@ -15,7 +15,7 @@ use super::{AppState, iso8601};
 use crate::apps::{check_app_id, generate_app_id};
 use crate::auth::api_key::{PresentedKey, Scope};
 use crate::auth::random_base62;
-use crate::hub::now_ms;
+use crate::clock::now_ms;
 use crate::protocol::CloseCode;
 use crate::store::{AppRecord, AppStatus, KeyKind, KeyRecord};
 

@@ -1,17 +1,20 @@
-//! `GET /health`: liveness of this node and its dependencies, for load balancers.
+//! The operator's routes: `GET /health` (liveness of this node and its dependencies, for load
+//! balancers) and `GET /metrics` (Prometheus).
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::error::ApiError;
 
 /// Routes of this area.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+    Router::new().route("/health", get(health)).route("/metrics", get(metrics_page))
 }
 
 /// Health of the node.
@@ -67,4 +70,24 @@ async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Health
     };
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body))
+}
+
+/// `GET /metrics`: the Prometheus text format; with `metrics.token` set, only for
+/// `Authorization: Bearer <token>`.
+pub async fn metrics_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.config.metrics.token {
+        use subtle::ConstantTimeEq;
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            return ApiError::InvalidToken("GET /metrics needs Authorization: Bearer <metrics.token>".into())
+                .into_response();
+        }
+    }
+    let full = state.capacity.full(state.hub.connection_count()).is_some();
+    let body = state.metrics.render(&state.hub, full);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

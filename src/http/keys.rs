@@ -12,7 +12,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Authed, Principal, opt_int};
 use super::{AppState, iso8601};
 use crate::auth::api_key::{CachedKey, PresentedKey, Scope, key_prefix};
-use crate::hub::now_ms;
+use crate::clock::now_ms;
 use crate::store::{KeyKind, KeyRecord};
 
 /// Routes of this area.

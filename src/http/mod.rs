@@ -28,8 +28,9 @@ use crate::apps::{AppCache, is_active};
 use crate::auth::api_key::{CachedKey, KeyRing, PresentedKey};
 use crate::auth::ticket::TicketBook;
 use crate::auth::token::{Identity, peek_app_id, verify};
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::hub::{Hub, now_ms};
+use crate::hub::Hub;
 use crate::lookups::Kind;
 use crate::store::{AppRecord, KeyKind, Store, WebhookRecord};
 use error::ApiError;
@@ -254,7 +255,6 @@ pub fn router(state: AppState) -> Router {
         .merge(analytics::router())
         .merge(webhooks::router())
         .route("/ws", get(crate::session::upgrade))
-        .route("/metrics", get(crate::metrics::metrics_page))
         .merge(openapi::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

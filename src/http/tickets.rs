@@ -16,7 +16,7 @@ use super::extract::{ClientIp, Json, Principal, find_key, opt_int};
 use crate::apps::is_active;
 use crate::auth::api_key::Scope;
 use crate::auth::token::{Identity, TokenError, check_payload};
-use crate::hub::now_ms;
+use crate::clock::now_ms;
 use crate::protocol::{RoomGrants, RoomPattern};
 
 /// Routes of this area.

@@ -13,7 +13,7 @@ use super::extract::{ClientIp, Json, opt_int};
 use super::{AppState, iso8601};
 use crate::apps::is_active;
 use crate::auth::token::{TokenError, check_payload, mint};
-use crate::hub::now_ms;
+use crate::clock::now_ms;
 
 /// Routes of this area.
 pub fn router() -> Router<AppState> {

@@ -16,7 +16,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Authed, Principal, Query};
 use super::{AppState, iso8601};
 use crate::auth::api_key::Scope;
-use crate::hub::now_ms;
+use crate::clock::now_ms;
 use crate::protocol::EventName;
 use crate::store::{DeliveryRecord, WebhookRecord};
 use crate::webhooks::target;

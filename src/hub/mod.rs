@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use serde_json::value::RawValue;
 
 use crate::broker::{Broker, BrokerError, Publication};
+use crate::clock::now_ms;
 use crate::metrics::{DropReason, HubMetrics};
 use crate::protocol::{CloseCode, EventName, RoomName, ServerFrame};
 pub use conn::{ConnHandle, Delivery, OutboxLimits, Wake};
@@ -507,14 +508,6 @@ fn fanout_at(registry: &Registry, publication: &Publication<'_>, offset: Option<
             publication.timestamp,
         ))
     })
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

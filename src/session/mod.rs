@@ -98,7 +98,7 @@ async fn authenticate(
     if let Some(ticket) = &params.ticket {
         return state
             .tickets
-            .redeem(ticket, crate::hub::now_ms())
+            .redeem(ticket, crate::clock::now_ms())
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?
             .ok_or(ApiError::InvalidTicket);

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Webhooks;
+use crate::clock::now_ms;
 use crate::config::WebhooksConfig;
-use crate::hub::now_ms;
 use crate::metrics::WebhookOutcome;
 use crate::store::{
     AttemptRecord, DeliveryRecord, DeliveryStatus, DueDelivery, StoreError, WebhookHealth, WebhookRecord,

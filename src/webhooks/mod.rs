@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics::Analytics;
+use crate::clock::now_ms;
 use crate::config::WebhooksConfig;
 use crate::hub::events::{HubEvent, PublishKind};
-use crate::hub::now_ms;
 use crate::metrics::{WebhookMetrics, WebhookOutcome};
 use crate::store::{AttemptRecord, DeliveryRecord, DeliveryStatus, Store, StoreError, WebhookRecord};
 

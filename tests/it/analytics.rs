@@ -105,7 +105,7 @@ async fn distinct_users_in_redis_are_counted_within_two_percent_in_fixed_memory(
     let tls = roomcast::broker::conn::TlsFiles::default();
     let (_, commands) = roomcast::broker::conn::connect(&redis.url(), false, &tls).await.unwrap();
     let shared = SharedAnalytics::new(commands, "node-x", 10_000, Arc::new(AtomicU64::new(0)));
-    let now = roomcast::hub::now_ms();
+    let now = roomcast::clock::now_ms();
     let delta = |users: std::ops::Range<u32>| AppDelta {
         app_id: Arc::from("hll-app"),
         seen: users.map(|n| (Arc::from(format!("user-{n}")), now)).collect(),

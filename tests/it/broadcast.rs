@@ -12,14 +12,14 @@ async fn broadcast_reaches_subscribers_with_the_documented_response() {
     let mut a = hub.subscriber(&app, json!({}), &["chat"]).await;
     let mut b = hub.subscriber(&app, json!({}), &["chat"]).await;
 
-    let before = roomcast::hub::now_ms();
+    let before = roomcast::clock::now_ms();
     let v = hub.broadcast(&app, "chat", "new-message", json!({"text": "hi", "n": [1, 2]})).await;
     assert_eq!(v["success"], true);
     assert_eq!(v["room"], "app-bc-app-chat");
     assert_eq!(v["event"], "new-message");
     assert_eq!(v["subscriber_count"], 2);
     let ts = v["timestamp"].as_i64().unwrap();
-    assert!(ts >= before && ts <= roomcast::hub::now_ms());
+    assert!(ts >= before && ts <= roomcast::clock::now_ms());
 
     for ws in [&mut a, &mut b] {
         let ev = ws.next_json().await;

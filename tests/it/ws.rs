@@ -44,7 +44,7 @@ async fn bad_credentials_are_refused_before_the_upgrade() {
         "cred-app",
         &other.secret,
         &Default::default(),
-        roomcast::hub::now_ms() / 1000,
+        roomcast::clock::now_ms() / 1000,
         600,
     );
     assert_eq!(refused(hub.try_connect(&forged).await).0, 401);
@@ -53,7 +53,7 @@ async fn bad_credentials_are_refused_before_the_upgrade() {
     let unsigned = format!(
         "{}.{}.",
         b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
-        b64.encode(format!(r#"{{"app_id":"cred-app","exp":{}}}"#, roomcast::hub::now_ms() / 1000 + 600))
+        b64.encode(format!(r#"{{"app_id":"cred-app","exp":{}}}"#, roomcast::clock::now_ms() / 1000 + 600))
     );
     assert_eq!(refused(hub.try_connect(&unsigned).await).0, 401);
     // Expired beyond the 30 s leeway.
@@ -61,7 +61,7 @@ async fn bad_credentials_are_refused_before_the_upgrade() {
         "cred-app",
         &app.secret,
         &Default::default(),
-        roomcast::hub::now_ms() / 1000 - 200,
+        roomcast::clock::now_ms() / 1000 - 200,
         100,
     );
     assert_eq!(refused(hub.try_connect(&expired).await).0, 401);
