@@ -251,6 +251,14 @@ impl RoomGrants {
     }
 }
 
+/// A presence member: one user, however many of its connections are in the room.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub user_id: Arc<str>,
+    /// The `user_info` of the connection that joined first, as JSON text.
+    pub user_info: Arc<RawValue>,
+}
+
 /// A frame from a client, validated.
 #[derive(Debug)]
 pub enum ClientFrame {
@@ -534,7 +542,7 @@ impl ServerFrame {
     pub fn subscribed_presence(
         room: &RoomName,
         id: Option<u64>,
-        members: &[crate::hub::registry::Member],
+        members: &[Member],
         member_count: usize,
     ) -> String {
         #[derive(Serialize)]

@@ -154,7 +154,7 @@ impl ConnectionLike for Commands {
 /// timeouts, reconnect delays up to 5 s). Shared by the broker and the store.
 pub async fn connect(url: &str, cluster: bool, tls: &TlsFiles) -> Result<(Target, Commands), String> {
     // `rediss://` is TLS through rustls, which needs the process's crypto provider.
-    crate::webhooks::install_tls_provider();
+    install_tls_provider();
     let target = Target::parse(url, cluster, tls.load()?)?;
     let connecting = async {
         match &target {
@@ -182,4 +182,16 @@ pub async fn connect(url: &str, cluster: bool, tls: &TlsFiles) -> Result<(Target
         .map_err(|_| "timed out connecting to Redis".to_owned())?
         .map_err(|e| e.to_string())?;
     Ok((target, commands))
+}
+
+/// Installs rustls' ring provider for the process, once: Redis over `rediss://` and reqwest
+/// (built without a default TLS provider, whose aws-lc one is a long C build, and panicking
+/// when a client is built before one is installed) both need it; every reqwest client in the
+/// process (tests' too) needs this first.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }

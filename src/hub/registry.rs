@@ -43,13 +43,7 @@ impl fmt::Debug for RoomKey {
     }
 }
 
-/// A presence member: one user, however many of its connections are in the room.
-#[derive(Debug, Clone)]
-pub struct Member {
-    pub user_id: Arc<str>,
-    /// The `user_info` of the connection that joined first, as JSON text.
-    pub user_info: Arc<RawValue>,
-}
+pub use crate::protocol::Member;
 
 #[derive(Debug)]
 struct MemberState {

@@ -214,6 +214,12 @@ impl DeliveryRecord {
     }
 }
 
+/// The part of a delivery id made at `t` that comes from the time: every id made before `t`
+/// sorts lower (delivery ids sort by creation, which the stores' paging and pruning rely on).
+pub fn delivery_id_prefix(t: i64) -> String {
+    format!("d{:012x}", t.max(0))
+}
+
 /// A delivery waiting for an attempt, as the scheduler needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueDelivery {

@@ -446,7 +446,7 @@ impl Store for RedisStore {
         // Only deliveries created before `before` can have been finished before it, and ids
         // sort by creation: each webhook's log is read from its oldest entry up to that bound,
         // a page at a time, never whole.
-        let bound = format!("({}", crate::webhooks::delivery_id_prefix(before));
+        let bound = format!("({}", super::delivery_id_prefix(before));
         let webhooks: Vec<String> = self.conn().hkeys(WEBHOOKS).await.map_err(unavailable)?;
         let mut pruned = 0;
         for webhook_id in webhooks {

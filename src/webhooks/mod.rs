@@ -51,16 +51,7 @@ struct Matched {
     timestamp: i64,
 }
 
-/// Installs rustls' ring provider for the process, once. reqwest is built without a default
-/// TLS provider (its aws-lc one is a long C build) and panics when a client is built before a
-/// provider is installed; every reqwest client in the process (tests' too) needs this first.
-pub fn install_tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // An error means another provider was installed first, which serves as well.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+pub use crate::broker::conn::install_tls_provider;
 
 /// `HMAC-SHA256(secret, "{timestamp}.{body}")` as lower-case hex: the `X-Roomcast-Signature`
 /// value after `sha256=`.
@@ -85,13 +76,7 @@ fn wants(webhook: &WebhookRecord, event: &str) -> bool {
 /// A new delivery id: `d`, the creation time in 12 hex digits, 10 random base62 characters, so
 /// ids sort by creation time.
 fn delivery_id(now: i64) -> String {
-    format!("{}{}", delivery_id_prefix(now), crate::auth::random_base62(10))
-}
-
-/// The part of a delivery id made at `t` that comes from the time: every id made before `t`
-/// sorts lower.
-pub(crate) fn delivery_id_prefix(t: i64) -> String {
-    format!("d{:012x}", t.max(0))
+    format!("{}{}", crate::store::delivery_id_prefix(now), crate::auth::random_base62(10))
 }
 
 /// The delivery body, serialized once; every attempt sends these exact bytes.
