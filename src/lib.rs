@@ -21,8 +21,14 @@
 //! - [`store`] keeps apps and keys durable ([`store::sqlite`]); writers update it and then the
 //!   caches.
 //!
-//! [`config`] is the typed configuration, [`protocol`] the wire (validated names, frames, close
-//! codes), [`server`] wires it all and [`shutdown`] waits for signals.
+//! Around them: [`accept`] is the listener (per-IP caps at accept, header and idle timeouts,
+//! the node's connection and memory bounds) that hands connections to [`http`]; [`lookups`]
+//! bounds the store reads a node makes for credentials its caches do not know yet (read your
+//! writes in a cluster); [`analytics`] counts per app, distinct users by HyperLogLog.
+//!
+//! [`config`] is the typed configuration, [`clock`] the wall clock, [`protocol`] the wire
+//! (validated names, frames, close codes), [`server`] wires it all and [`shutdown`] waits for
+//! signals.
 
 pub mod accept;
 pub mod analytics;
