@@ -119,7 +119,7 @@ pub struct Capacity {
 const FILES_KEPT: u64 = 512;
 
 impl Capacity {
-    /// From `limits.max_connections` (default: the open-files limit less [`FILES_KEPT`]) and
+    /// From `limits.max_connections` (default: the open-files limit less the 512 files kept for the rest) and
     /// `limits.max_memory_mb`.
     pub fn new(limits: &crate::config::LimitsConfig) -> Self {
         let max_connections = match limits.max_connections {
