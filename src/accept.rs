@@ -2,9 +2,9 @@
 //! with the protections a hub facing the internet needs before any request is read:
 //!
 //! - **per-IP caps at accept**: a direct client holds at most `limits.connections_per_ip`
-//!   connections; one more is closed as soon as it is accepted. Trusted proxies are not capped
-//!   here; the clients behind them are capped at the upgrade ([`Admission`] slots held by the
-//!   session).
+//!   connections; one more is closed as soon as it is accepted ([`Admission`]). Trusted proxies
+//!   are not capped here; the clients behind them are capped at the upgrade, by the hub's count
+//!   of their connections.
 //! - **timeouts before the upgrade**: a request's headers must arrive within
 //!   `server.header_timeout_s` of their first byte (of the accept, for a new connection), a
 //!   keep-alive connection may idle `server.http_idle_timeout_s` between requests, and a request
@@ -82,7 +82,8 @@ impl Admission {
     }
 
     /// Connections `ip` holds now.
-    pub fn count(&self, ip: IpAddr) -> u32 {
+    #[cfg(test)]
+    fn count(&self, ip: IpAddr) -> u32 {
         self.per_ip.get(&ip).map_or(0, |n| *n)
     }
 }

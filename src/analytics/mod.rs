@@ -97,8 +97,6 @@ struct AppStats {
     distinct: Distinct,
     /// Users seen since the last flush, with when (a cluster node; Redis counts them).
     seen_since_flush: HashMap<Arc<str>, i64>,
-    /// Whether this node's distinct users go to Redis rather than into `distinct`.
-    shared: bool,
     dirty_minutes: HashSet<i64>,
     /// When the users online were last marked seen, ms.
     online_seen_at: i64,
@@ -115,8 +113,10 @@ impl AppStats {
         counts
     }
 
-    fn seen(&mut self, user: &str, now: i64) {
-        if !self.shared {
+    /// Counts `user` as seen at `now`: into the sketches on a single node, into the next flush
+    /// on a `shared` (cluster) one.
+    fn seen(&mut self, user: &str, now: i64, shared: bool) {
+        if !shared {
             self.distinct.insert(user, now);
             return;
         }
@@ -196,10 +196,7 @@ impl Analytics {
         if let Some(stats) = self.apps.get(app_id) {
             return f(&mut lock(&stats));
         }
-        let stats = self
-            .apps
-            .entry(Arc::from(app_id))
-            .or_insert_with(|| Mutex::new(AppStats { shared: self.shared, ..Default::default() }));
+        let stats = self.apps.entry(Arc::from(app_id)).or_default();
         f(&mut lock(&stats))
     }
 
@@ -210,14 +207,14 @@ impl Analytics {
                 s.current += 1;
                 s.minute(now).connections_opened += 1;
                 if let Some(user) = user_id {
-                    s.seen(user, now);
+                    s.seen(user, now, self.shared);
                     *s.online.entry(Arc::from(user.as_str())).or_default() += 1;
                 }
             }),
             HubEvent::ConnectionClosed { app_id, user_id, .. } => self.with_app(app_id, |s| {
                 s.current = s.current.saturating_sub(1);
                 if let Some(user) = user_id {
-                    s.seen(user, now);
+                    s.seen(user, now, self.shared);
                     if let Some(n) = s.online.get_mut(user.as_str()) {
                         *n -= 1;
                         if *n == 0 {
@@ -269,7 +266,7 @@ impl Analytics {
                 s.online_seen_at = now;
                 let online: Vec<Arc<str>> = s.online.keys().cloned().collect();
                 for user in online {
-                    s.seen(&user, now);
+                    s.seen(&user, now, self.shared);
                 }
             }
             let cutoff = now - RETENTION_MS;

@@ -72,13 +72,8 @@ async fn create_token(
     let matches = |a: &crate::store::AppRecord| {
         a.deleted_at.is_none() && bool::from(a.secret.as_bytes().ct_eq(req.app_secret.as_bytes()))
     };
-    let app = match state.app(&req.app_id).await? {
-        Some(app) if matches(&app) => app,
-        Some(_) => {
-            state.app_from_store(&req.app_id).await?.filter(|a| matches(a)).ok_or(ApiError::InvalidKey)?
-        }
-        None => return Err(ApiError::InvalidKey),
-    };
+    let checked = state.check_app(&req.app_id, |a| if matches(a) { Ok(a.clone()) } else { Err(()) }).await?;
+    let app = checked.and_then(Result::ok).ok_or(ApiError::InvalidKey)?;
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);
     }
