@@ -28,7 +28,7 @@ fn hub() -> (Arc<Registry>, Hub) {
 }
 
 fn key(room: &str) -> RoomKey {
-    RoomKey { app_id: Arc::from("bench-app"), room: RoomName::parse(room).unwrap() }
+    RoomKey { app_id: roomcast::domain::AppId::known("bench-app"), room: RoomName::parse(room).unwrap() }
 }
 
 /// Join then leave, from 1 and 4 threads at once, into one shared room or one room per thread.

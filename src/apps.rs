@@ -7,18 +7,7 @@ use rand::Rng;
 
 use crate::store::{AppRecord, AppStatus};
 
-/// Checks an `app_id`: `[a-z0-9][a-z0-9-]{2,63}`.
-pub fn check_app_id(s: &str) -> Result<(), String> {
-    let ok_len = (3..=64).contains(&s.len());
-    let mut bytes = s.bytes();
-    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok_len && first_ok && rest_ok {
-        Ok(())
-    } else {
-        Err("must be 3 to 64 characters of a-z, 0-9 and -, starting with a letter or digit".into())
-    }
-}
+pub use crate::domain::check_app_id;
 
 /// A fresh `app_id`: `app-` and 12 random lower-case letters and digits.
 pub fn generate_app_id() -> String {

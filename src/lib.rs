@@ -37,6 +37,7 @@ pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod domain;
 pub mod http;
 pub mod hub;
 pub mod limits;
@@ -45,6 +46,7 @@ pub mod metrics;
 #[cfg(test)]
 mod props;
 pub mod protocol;
+pub mod redis_conn;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -4,7 +4,6 @@
 //! reasons; never room names or user ids. Gauges that describe the hub's state (connections,
 //! rooms, subscriptions, uptime) are set when the page is rendered.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -13,7 +12,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::hub::events::PublishKind;
+pub use crate::hub::metrics::{DropReason, HubMetrics};
 
 const META: Metadata<'static> = Metadata::new("roomcast", Level::INFO, Some(module_path!()));
 
@@ -23,17 +22,6 @@ const FANOUT_BUCKETS: &[f64] =
 /// Buckets of the HTTP histogram: 100 µs to 10 s.
 const HTTP_BUCKETS: &[f64] =
     &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
-
-/// Why a message was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// A subscriber's queue was full (it is closed with 4008).
-    SlowConsumer,
-    /// A client frame over the connection's rate limit.
-    RateLimit,
-    /// A frame or event over `limits.max_message_bytes`.
-    Oversize,
-}
 
 /// How one webhook delivery attempt (or a matched event) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,49 +163,6 @@ enum Family {
     Histogram,
 }
 
-/// The counters the hub and sessions update on every event; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct HubMetrics {
-    pub connections_opened: Counter,
-    published: [Counter; 3],
-    pub delivered: Counter,
-    dropped: [Counter; 3],
-    pub fanout_seconds: Histogram,
-}
-
-impl Default for HubMetrics {
-    /// Handles that record nothing (hubs built without a server, as in unit tests).
-    fn default() -> Self {
-        Self {
-            connections_opened: Counter::noop(),
-            published: [Counter::noop(), Counter::noop(), Counter::noop()],
-            delivered: Counter::noop(),
-            dropped: [Counter::noop(), Counter::noop(), Counter::noop()],
-            fanout_seconds: Histogram::noop(),
-        }
-    }
-}
-
-impl HubMetrics {
-    /// One publication of `kind`.
-    pub fn published(&self, kind: PublishKind) -> &Counter {
-        &self.published[match kind {
-            PublishKind::Broadcast => 0,
-            PublishKind::Client => 1,
-            PublishKind::System => 2,
-        }]
-    }
-
-    /// Messages dropped for `reason`.
-    pub fn dropped(&self, reason: DropReason) -> &Counter {
-        &self.dropped[match reason {
-            DropReason::SlowConsumer => 0,
-            DropReason::RateLimit => 1,
-            DropReason::Oversize => 2,
-        }]
-    }
-}
-
 /// The recorder, its rendering handle and the handles registered on it.
 #[derive(Debug)]
 pub struct Metrics {
@@ -228,7 +173,7 @@ pub struct Metrics {
     pub lookups: LookupMetrics,
     pub listener: ListenerMetrics,
     http: DashMap<(String, u16), Histogram>,
-    connections: DashMap<Arc<str>, Gauge>,
+    connections: DashMap<crate::domain::AppId, Gauge>,
     rooms: Gauge,
     subscriptions: Gauge,
     uptime: Gauge,
@@ -347,14 +292,13 @@ impl Metrics {
             .map(|k| counter("roomcast_messages_published_total", &[("kind", k)]));
         let dropped = ["slow_consumer", "rate_limit", "oversize"]
             .map(|r| counter("roomcast_messages_dropped_total", &[("reason", r)]));
-        let hub = HubMetrics {
-            connections_opened: counter("roomcast_connections_opened_total", &[]),
+        let hub = HubMetrics::new(
+            counter("roomcast_connections_opened_total", &[]),
             published,
-            delivered: counter("roomcast_messages_delivered_total", &[]),
+            counter("roomcast_messages_delivered_total", &[]),
             dropped,
-            fanout_seconds: recorder
-                .register_histogram(&Key::from_name("roomcast_fanout_duration_seconds"), &META),
-        };
+            recorder.register_histogram(&Key::from_name("roomcast_fanout_duration_seconds"), &META),
+        );
         let webhooks = WebhookMetrics {
             outcomes: ["succeeded", "retried", "failed", "dropped"]
                 .map(|o| counter("roomcast_webhook_deliveries_total", &[("outcome", o)])),
@@ -426,7 +370,7 @@ impl Metrics {
         self.uptime.set(self.started.elapsed().as_secs_f64().floor());
         self.full.set(if full { 1.0 } else { 0.0 });
         self.events_dropped.absolute(hub.events().dropped());
-        let counts: std::collections::HashMap<Arc<str>, usize> =
+        let counts: std::collections::HashMap<crate::domain::AppId, usize> =
             hub.connections_per_app().into_iter().collect();
         // Apps seen before and now without connections show 0 rather than a stale value.
         for entry in self.connections.iter() {

@@ -89,7 +89,7 @@ impl Server {
                 RedisBroker::connect(
                     url,
                     config.cluster.sharded_pubsub,
-                    &crate::broker::conn::TlsFiles::from_config(&config.cluster),
+                    &crate::redis_conn::TlsFiles::from_config(&config.cluster),
                     &node_id,
                     Duration::from_millis(config.cluster.node_timeout_ms),
                     registry.clone(),
@@ -242,7 +242,7 @@ impl Server {
             timeouts: crate::accept::Timeouts::new(&state.config.server),
             metrics: state.metrics.listener.clone(),
         });
-        accept.run(listener, router(state.clone()), token.clone(), tracker.clone()).await;
+        accept.run(listener, router(state.clone(), crate::session::router()), token.clone(), tracker.clone()).await;
         let closing = state.hub.shutdown();
         tracing::info!(connections = closing, "closing client connections with 1012");
         tracker.close();
@@ -276,7 +276,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
             crate::store::redis::RedisStore::connect(
                 url,
                 config.cluster.sharded_pubsub,
-                &crate::broker::conn::TlsFiles::from_config(&config.cluster),
+                &crate::redis_conn::TlsFiles::from_config(&config.cluster),
             )
             .await
             .map_err(store_err)?,

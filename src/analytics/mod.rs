@@ -429,7 +429,7 @@ mod tests {
 
     fn published(app: &str, kind: PublishKind, delivered: usize) -> HubEvent {
         HubEvent::Published {
-            room: RoomKey { app_id: Arc::from(app), room: RoomName::parse("r").unwrap() },
+            room: RoomKey { app_id: crate::domain::AppId::known(app), room: RoomName::parse("r").unwrap() },
             event: EventName::parse("e").unwrap(),
             kind,
             data: None,

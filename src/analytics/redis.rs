@@ -132,7 +132,7 @@ type Written = HashMap<Arc<str>, HashSet<Arc<str>>>;
 
 /// The cluster's analytics buckets in Redis.
 pub struct SharedAnalytics {
-    commands: crate::broker::conn::Commands,
+    commands: crate::redis_conn::Commands,
     node_id: String,
     /// A node's online set outlives it by at most this (its liveness timeout).
     online_ttl_ms: u64,
@@ -158,7 +158,7 @@ impl SharedAnalytics {
     /// Shares analytics through `commands` as node `node_id`, whose liveness timeout is
     /// `node_timeout_ms`; `epoch` counts the broker's (re)connections.
     pub fn new(
-        commands: crate::broker::conn::Commands,
+        commands: crate::redis_conn::Commands,
         node_id: &str,
         node_timeout_ms: u64,
         epoch: Arc<AtomicU64>,

@@ -71,7 +71,7 @@ struct Ticket {
 #[derive(Default)]
 pub struct TicketBook {
     tickets: DashMap<[u8; 32], Ticket>,
-    redis: Option<crate::broker::conn::Commands>,
+    redis: Option<crate::redis_conn::Commands>,
 }
 
 impl std::fmt::Debug for TicketBook {
@@ -91,7 +91,7 @@ fn digest(ticket: &str) -> [u8; 32] {
 
 impl TicketBook {
     /// A book kept in Redis, shared by every node of a cluster.
-    pub fn in_redis(commands: crate::broker::conn::Commands) -> Self {
+    pub fn in_redis(commands: crate::redis_conn::Commands) -> Self {
         Self { tickets: DashMap::new(), redis: Some(commands) }
     }
 

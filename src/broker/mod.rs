@@ -1,7 +1,6 @@
 //! The seam between the hub and the transport of publications between nodes. A node subscribes
 //! to a room when its first local subscriber joins and unsubscribes after the last one leaves.
 
-pub mod conn;
 pub mod local;
 pub mod redis;
 

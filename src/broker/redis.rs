@@ -17,8 +17,9 @@ use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{COMMAND_TIMEOUT, Commands, MAX_BACKOFF, Target};
+use crate::redis_conn::{COMMAND_TIMEOUT, Commands, MAX_BACKOFF, Target};
 use super::{Broker, BrokerError, Publication};
+use crate::domain::AppId;
 use crate::hub::Hub;
 use crate::hub::registry::{FanoutOutcome, Member, Registry, RoomInfo, RoomKey};
 use crate::protocol::{EventName, RoomName};
@@ -187,7 +188,7 @@ fn room_list_keys(app_id: &str) -> [String; 2] {
 
 fn room_from_id(id: &str) -> Option<RoomKey> {
     let (app_id, room) = id.split_once(':')?;
-    Some(RoomKey { app_id: Arc::from(app_id), room: RoomName::parse(room).ok()? })
+    Some(RoomKey { app_id: AppId::known(app_id), room: RoomName::parse(room).ok()? })
 }
 
 /// Runs `f` for every room in `rooms`, up to 32 at once (rooms live in different Redis Cluster
@@ -348,14 +349,14 @@ impl RedisBroker {
     pub async fn connect(
         url: &str,
         sharded: bool,
-        tls: &super::conn::TlsFiles,
+        tls: &crate::redis_conn::TlsFiles,
         node_id: &str,
         node_timeout: Duration,
         registry: Arc<Registry>,
         tracker: tokio_util::task::TaskTracker,
     ) -> Result<Self, BrokerError> {
         let (target, commands) =
-            super::conn::connect(url, sharded, tls).await.map_err(BrokerError::Unavailable)?;
+            crate::redis_conn::connect(url, sharded, tls).await.map_err(BrokerError::Unavailable)?;
         Ok(Self {
             registry,
             node_id: node_id.to_owned(),
@@ -1140,7 +1141,7 @@ impl Broker for RedisBroker {
                     let mut commands = self.commands.clone();
                     async move {
                         let Ok(room) = RoomName::parse(&name) else { return Ok(None) };
-                        let key = RoomKey { app_id, room };
+                        let key = RoomKey { app_id: AppId::known(&app_id), room };
                         let total = self.total(&key).await?;
                         let users = match key.room.is_presence() {
                             true => Some(
@@ -1197,7 +1198,7 @@ mod tests {
     fn publications_survive_the_wire_format() {
         let data = RawValue::from_string(r#"{"text":"a\nb","n":[1,2]}"#.into()).unwrap();
         let publication = Publication {
-            key: RoomKey { app_id: Arc::from("my-app"), room: RoomName::parse("chat:1").unwrap() },
+            key: RoomKey { app_id: AppId::known("my-app"), room: RoomName::parse("chat:1").unwrap() },
             event: EventName::parse("new message").unwrap(),
             data: &data,
             exclude: Some(42),

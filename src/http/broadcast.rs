@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Authed, Principal};
+use crate::domain::AppId;
 use crate::apps::is_active;
 use crate::auth::api_key::Scope;
 use crate::hub::events::PublishKind;
@@ -136,7 +137,7 @@ async fn publish(state: &AppState, checked: Checked<'_>) -> Result<BroadcastResu
             PublishKind::Broadcast,
         )
         .await?;
-    let key = RoomKey { app_id: checked.app_id.as_str().into(), room: req.room.clone() };
+    let key = RoomKey { app_id: AppId::known(&checked.app_id), room: req.room.clone() };
     Ok(BroadcastResult {
         success: true,
         room: key.namespaced(),

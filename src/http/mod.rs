@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -259,8 +258,9 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP surface: the API areas' routes and `edges` (the WebSocket endpoints, which
+/// sit beside this module, not below it).
+pub fn router(state: AppState, edges: Router<AppState>) -> Router {
     Router::new()
         .merge(health::router())
         .merge(keys::router())
@@ -271,7 +271,7 @@ pub fn router(state: AppState) -> Router {
         .merge(rooms::router())
         .merge(analytics::router())
         .merge(webhooks::router())
-        .route("/ws", get(crate::session::upgrade))
+        .merge(edges)
         .merge(openapi::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Principal, Query};
 use super::{AppState, iso8601};
+use crate::domain::AppId;
 use crate::auth::api_key::Scope;
 use crate::hub::registry::{RoomInfo, RoomKey};
 use crate::protocol::RoomName;
@@ -179,7 +180,7 @@ async fn get_room(
     let room = room_name("room", &room)?;
     // Over the whole cluster in cluster mode; the rest of the view is this node's.
     let total = state.hub.room_subscribers(&app_id, &room).await?;
-    let key = RoomKey { app_id, room };
+    let key = RoomKey { app_id: AppId::known(&app_id), room };
     let view = match state.hub.registry().room_info(&key) {
         Some(info) => RoomView { subscriber_count: total, ..RoomView::from(&info) },
         None => RoomView {
@@ -210,7 +211,7 @@ async fn presence(
         return Err(ApiError::field("room", "is not a presence- room"));
     }
     let limit = page_size(params.limit)?;
-    let key = RoomKey { app_id, room };
+    let key = RoomKey { app_id: AppId::known(&app_id), room };
     // One more than the page, under one lock: whether it comes back says whether more follow.
     let (mut members, member_count) =
         state.hub.presence_page(&key, params.cursor.as_deref(), limit + 1).await?.unwrap_or_default();

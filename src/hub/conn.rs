@@ -12,6 +12,7 @@ use std::task::Poll;
 use futures_util::task::AtomicWaker;
 
 use super::Frame;
+use crate::domain::{AppId, ConnectionId};
 use crate::protocol::CloseCode;
 
 /// Result of offering a frame to one connection.
@@ -46,8 +47,8 @@ pub struct ConnHandle {
     /// Process-unique number; registry maps key on it.
     pub seq: u64,
     /// `c_…`, the id clients see (and `exclude_connection_id` names).
-    pub id: Arc<str>,
-    pub app_id: Arc<str>,
+    pub id: ConnectionId,
+    pub app_id: AppId,
     pub user_id: Option<Arc<str>>,
     /// The client's address when it came through a trusted proxy: such connections are counted
     /// per address by the hub (a direct client's are counted per TCP connection at accept).
@@ -75,8 +76,8 @@ pub enum Wake {
 impl ConnHandle {
     pub(super) fn new(
         seq: u64,
-        id: Arc<str>,
-        app_id: Arc<str>,
+        id: ConnectionId,
+        app_id: AppId,
         user_id: Option<Arc<str>>,
         client_ip: Option<std::net::IpAddr>,
         limits: OutboxLimits,
@@ -200,7 +201,7 @@ mod tests {
     use super::*;
 
     fn handle(messages: usize, bytes: usize) -> ConnHandle {
-        ConnHandle::new(1, "c_1".into(), "app".into(), None, None, OutboxLimits { messages, bytes }, 0)
+        ConnHandle::new(1, ConnectionId::generate(), AppId::known("app"), None, None, OutboxLimits { messages, bytes }, 0)
     }
 
     #[test]

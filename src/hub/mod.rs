@@ -2,6 +2,7 @@
 
 pub mod conn;
 pub mod events;
+pub mod metrics;
 pub mod registry;
 
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use serde_json::value::RawValue;
 
 use crate::broker::{Broker, BrokerError, Publication};
 use crate::clock::now_ms;
-use crate::metrics::{DropReason, HubMetrics};
+use crate::domain::{AppId, ConnectionId};
+use self::metrics::{DropReason, HubMetrics};
 use crate::protocol::{CloseCode, EventName, RoomName, ServerFrame};
 pub use conn::{ConnHandle, Delivery, OutboxLimits, Wake};
 use events::{EventBus, HubEvent, PublishKind};
@@ -36,9 +38,9 @@ pub struct BroadcastOutcome {
 pub struct Hub {
     registry: Arc<Registry>,
     broker: Arc<dyn Broker>,
-    connections: DashMap<Arc<str>, Arc<ConnHandle>>,
+    connections: DashMap<ConnectionId, Arc<ConnHandle>>,
     /// Open connections per app, for `max_connections`.
-    per_app: DashMap<Arc<str>, usize>,
+    per_app: DashMap<AppId, usize>,
     /// Connections per client address, for clients behind trusted proxies.
     per_ip: DashMap<std::net::IpAddr, usize>,
     events: EventBus,
@@ -89,7 +91,7 @@ impl Hub {
     }
 
     /// Open connections per app on this node.
-    pub fn connections_per_app(&self) -> Vec<(Arc<str>, usize)> {
+    pub fn connections_per_app(&self) -> Vec<(AppId, usize)> {
         self.per_app.iter().map(|e| (e.key().clone(), *e.value())).collect()
     }
 
@@ -128,8 +130,8 @@ impl Hub {
     ) -> Arc<ConnHandle> {
         let handle = Arc::new(ConnHandle::new(
             self.next_seq.fetch_add(1, Ordering::Relaxed),
-            Arc::from(format!("c_{}", crate::auth::random_base62(16))),
-            Arc::from(app_id),
+            ConnectionId::generate(),
+            AppId::known(app_id),
             user_id.map(Arc::from),
             client_ip,
             self.limits,
@@ -332,7 +334,7 @@ impl Hub {
     /// Subscribers of one room: over the whole cluster in cluster mode (failing when Redis
     /// cannot be asked), else on this node.
     pub async fn room_subscribers(&self, app_id: &str, room: &RoomName) -> Result<usize, BrokerError> {
-        let key = RoomKey { app_id: Arc::from(app_id), room: room.clone() };
+        let key = RoomKey { app_id: AppId::known(app_id), room: room.clone() };
         match self.broker.subscriber_total(&key).await? {
             Some(total) => Ok(total),
             None => Ok(self.registry.subscriber_count(&key)),
@@ -393,7 +395,7 @@ impl Hub {
         exclude: Option<&str>,
         kind: PublishKind,
     ) -> Result<BroadcastOutcome, BrokerError> {
-        let key = RoomKey { app_id: Arc::from(app_id), room: room.clone() };
+        let key = RoomKey { app_id: AppId::known(app_id), room: room.clone() };
         // An unknown or foreign connection id excludes nobody.
         let exclude =
             exclude.and_then(|id| self.connections.get(id)).filter(|c| *c.app_id == *app_id).map(|c| c.seq);
@@ -444,7 +446,7 @@ impl Hub {
 
     /// Subscribers of one room of one app on this node.
     pub fn subscriber_count(&self, app_id: &str, room: &RoomName) -> usize {
-        self.registry.subscriber_count(&RoomKey { app_id: Arc::from(app_id), room: room.clone() })
+        self.registry.subscriber_count(&RoomKey { app_id: AppId::known(app_id), room: room.clone() })
     }
 
     /// Asks every connection of `app_id` (or all connections) to close with `code`.

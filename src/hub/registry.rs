@@ -3,8 +3,6 @@
 //! beyond their map shard.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,34 +14,7 @@ use serde_json::value::RawValue;
 use super::{ConnHandle, Delivery, Frame};
 use crate::protocol::RoomName;
 
-/// A room inside one app. Rooms of different apps never compare equal, whatever their names.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RoomKey {
-    pub app_id: Arc<str>,
-    pub room: RoomName,
-}
-
-impl Hash for RoomKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.app_id.hash(state);
-        self.room.hash(state);
-    }
-}
-
-impl RoomKey {
-    /// The namespaced name `app-{app_id}-{room}` that broadcast results report.
-    pub fn namespaced(&self) -> String {
-        format!("app-{}-{}", self.app_id, self.room)
-    }
-}
-
-impl fmt::Debug for RoomKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.app_id, self.room)
-    }
-}
-
-pub use crate::protocol::Member;
+pub use crate::domain::{Member, RoomKey};
 
 #[derive(Debug)]
 struct MemberState {

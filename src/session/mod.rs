@@ -28,6 +28,11 @@ pub struct WsParams {
     pub ticket: Option<String>,
 }
 
+/// The WebSocket endpoint, `GET /ws`, for the HTTP router.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/ws", axum::routing::get(upgrade))
+}
+
 /// The upgrade handler.
 pub async fn upgrade(
     State(state): State<AppState>,

@@ -72,7 +72,7 @@ fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
 
 /// Redis-backed [`Store`].
 pub struct RedisStore {
-    conn: crate::broker::conn::Commands,
+    conn: crate::redis_conn::Commands,
     insert: redis::Script,
     update: redis::Script,
 }
@@ -85,14 +85,14 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects to `url`; with `sharded`, the seeds of a Redis Cluster; `tls` as for
-    /// [`crate::broker::conn::connect`].
+    /// [`crate::redis_conn::connect`].
     pub async fn connect(
         url: &str,
         sharded: bool,
-        tls: &crate::broker::conn::TlsFiles,
+        tls: &crate::redis_conn::TlsFiles,
     ) -> Result<Self, StoreError> {
         let (_, conn) =
-            crate::broker::conn::connect(url, sharded, tls).await.map_err(StoreError::Unavailable)?;
+            crate::redis_conn::connect(url, sharded, tls).await.map_err(StoreError::Unavailable)?;
         Ok(Self {
             conn,
             insert: redis::Script::new(INSERT_SCRIPT),
@@ -100,7 +100,7 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> crate::broker::conn::Commands {
+    fn conn(&self) -> crate::redis_conn::Commands {
         self.conn.clone()
     }
 

@@ -44,14 +44,14 @@ const INTAKE_BATCH: usize = 256;
 /// An event that matched at least one webhook, waiting to become deliveries.
 #[derive(Debug)]
 struct Matched {
-    app_id: Arc<str>,
+    app_id: crate::domain::AppId,
     event: String,
     room: Option<String>,
     data: Arc<RawValue>,
     timestamp: i64,
 }
 
-pub use crate::broker::conn::install_tls_provider;
+pub use crate::redis_conn::install_tls_provider;
 
 /// `HMAC-SHA256(secret, "{timestamp}.{body}")` as lower-case hex: the `X-Roomcast-Signature`
 /// value after `sha256=`.
@@ -144,7 +144,7 @@ pub struct Webhooks {
     writes_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<dispatch::PendingWrite>>,
     /// In a cluster: Redis, where a node takes a short lease on a delivery before an attempt, so
     /// one node at a time makes it, and from which overdue deliveries are claimed.
-    leases: Option<crate::broker::conn::Commands>,
+    leases: Option<crate::redis_conn::Commands>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -162,7 +162,7 @@ impl Webhooks {
         metrics: WebhookMetrics,
         analytics: Arc<Analytics>,
         writes: Arc<tokio::sync::Mutex<()>>,
-        leases: Option<crate::broker::conn::Commands>,
+        leases: Option<crate::redis_conn::Commands>,
     ) -> Result<Self, String> {
         let (intake, intake_rx) = mpsc::channel(config.queue_capacity);
         let dispatch = dispatch::Dispatcher::new(&config)?;
@@ -255,7 +255,7 @@ impl Webhooks {
     /// Inline on every hub event: a map lookup, and on a match a non-blocking offer to the
     /// intake queue.
     pub fn observe(&self, event: &HubEvent) {
-        let (app_id, name, room): (&Arc<str>, &str, _) = match event {
+        let (app_id, name, room): (&crate::domain::AppId, &str, _) = match event {
             HubEvent::Published {
                 room, event, kind: PublishKind::Broadcast | PublishKind::Client, ..
             } => (&room.app_id, event.as_str(), room),

@@ -102,8 +102,8 @@ async fn distinct_users_in_redis_are_counted_within_two_percent_in_fixed_memory(
     use roomcast::analytics::{AppDelta, Period, Report};
 
     let redis = crate::support::RedisServer::start().await;
-    let tls = roomcast::broker::conn::TlsFiles::default();
-    let (_, commands) = roomcast::broker::conn::connect(&redis.url(), false, &tls).await.unwrap();
+    let tls = roomcast::redis_conn::TlsFiles::default();
+    let (_, commands) = roomcast::redis_conn::connect(&redis.url(), false, &tls).await.unwrap();
     let shared = SharedAnalytics::new(commands, "node-x", 10_000, Arc::new(AtomicU64::new(0)));
     let now = roomcast::clock::now_ms();
     let delta = |users: std::ops::Range<u32>| AppDelta {

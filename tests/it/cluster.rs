@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::support::receiver::Receiver;
 use crate::support::{RedisCluster, RedisServer, TestApp, TestHub, WAIT, Ws, assert_error, spawn_hub_in};
 use roomcast::auth::api_key::PresentedKey;
-use roomcast::broker::conn::TlsFiles;
+use roomcast::redis_conn::TlsFiles;
 use roomcast::store::KeyKind;
 
 /// Two nodes on `redis` with their records in Redis too (`store.kind = "redis"`), each with
