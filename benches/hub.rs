@@ -9,22 +9,16 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use roomcast::auth::api_key::{CachedKey, PresentedKey};
 use roomcast::auth::token;
-use roomcast::broker::Publication;
-use roomcast::broker::local::LocalBroker;
+use roomcast::hub::metrics::HubMetrics;
 use roomcast::hub::registry::{Registry, RoomKey};
-use roomcast::hub::{ConnHandle, Hub, OutboxLimits, fanout};
+use roomcast::hub::{ConnHandle, Fanout, Hub, Inbox, OutboxLimits, Publication};
 use roomcast::protocol::{EventName, RoomGrants, RoomName, RoomPattern, ServerFrame};
 use roomcast::store::{KeyKind, KeyRecord};
 use serde_json::value::RawValue;
 
 fn hub() -> (Arc<Registry>, Hub) {
-    let registry = Arc::new(Registry::default());
-    let hub = Hub::new(
-        registry.clone(),
-        Arc::new(LocalBroker::new(registry.clone())),
-        OutboxLimits { messages: 1 << 20, bytes: 1 << 30 },
-    );
-    (registry, hub)
+    let hub = Hub::single_node(OutboxLimits { messages: 1 << 20, bytes: 1 << 30 }, HubMetrics::default());
+    (hub.registry_handle(), hub)
 }
 
 fn key(room: &str) -> RoomKey {
@@ -75,6 +69,7 @@ fn fanout_enqueue(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::new("enqueue", n), |b| {
             let (registry, hub) = hub();
+            let fanout = Fanout::new(registry.clone(), HubMetrics::default());
             let room = key("fan");
             let conns: Vec<Arc<ConnHandle>> = (0..n).map(|_| hub.connect("bench-app", None)).collect();
             for c in &conns {
@@ -91,7 +86,7 @@ fn fanout_enqueue(c: &mut Criterion) {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
-                    black_box(fanout(&registry, &publication));
+                    black_box(fanout.deliver(&publication, None));
                     spent += start.elapsed();
                     // Empty the outboxes outside the measurement, as writers would.
                     for c in &conns {

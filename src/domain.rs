@@ -207,7 +207,6 @@ pub struct Member {
     pub user_info: Arc<RawValue>,
 }
 
-
 /// A room inside one app. Rooms of different apps never compare equal, whatever their names.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RoomKey {
@@ -234,7 +233,6 @@ impl fmt::Debug for RoomKey {
         write!(f, "{}/{}", self.app_id, self.room)
     }
 }
-
 
 /// An app's id: `[a-z0-9][a-z0-9-]{2,63}` (checked by [`AppId::parse`] where it enters).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -333,7 +331,6 @@ pub fn check_app_id(s: &str) -> Result<(), String> {
         Err("must be 3 to 64 characters of a-z, 0-9 and -, starting with a letter or digit".into())
     }
 }
-
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 

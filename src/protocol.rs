@@ -1,11 +1,12 @@
 //! The wire: validated names, client frames, server frames and close codes (DESIGN §4, §10).
 //! Names are checked once here, where bytes enter; inner code takes the newtypes.
 
-
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub use crate::domain::{EventName, MAX_EVENT_LEN, MAX_ROOM_LEN, Member, RESERVED_EVENT_PREFIX, RoomGrants, RoomName, RoomPattern};
+pub use crate::domain::{
+    EventName, MAX_EVENT_LEN, MAX_ROOM_LEN, Member, RESERVED_EVENT_PREFIX, RoomGrants, RoomName, RoomPattern,
+};
 
 /// Deepest nesting of arrays and objects accepted in event `data`: what common JSON parsers
 /// (serde_json, Python's `json`) handle without hitting their recursion limits, so no

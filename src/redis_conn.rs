@@ -195,3 +195,62 @@ pub fn install_tls_provider() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
 }
+
+/// The state of a node's subscription connection, shared by what depends on it: the broker
+/// sets it; the cluster state, analytics and `/health` read it.
+#[derive(Debug)]
+pub struct Link {
+    /// Whether the connection is up.
+    up: tokio::sync::watch::Sender<bool>,
+    /// Since when it is up.
+    up_since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// How many times it came up: what was written to Redis before a change may be gone (a
+    /// restarted Redis).
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            up: tokio::sync::watch::Sender::new(false),
+            up_since: std::sync::Mutex::new(None),
+            epoch: Default::default(),
+        }
+    }
+}
+
+impl Link {
+    /// The connection came up (`true`) or went down.
+    pub fn set_up(&self, up: bool) -> bool {
+        let was = self.up.send_replace(up);
+        let mut since = self.up_since.lock().unwrap_or_else(|p| p.into_inner());
+        if up {
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *since = Some(std::time::Instant::now());
+        } else {
+            *since = None;
+        }
+        was
+    }
+
+    /// Whether the connection is up.
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// Since when the connection is up.
+    pub fn up_since(&self) -> Option<std::time::Instant> {
+        *self.up_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The count of times the connection came up.
+    pub fn epoch(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.epoch.clone()
+    }
+
+    /// Waits until the connection is up, at most `within`; returns whether it is.
+    pub async fn wait_up(&self, within: Duration) -> bool {
+        let mut up = self.up.subscribe();
+        tokio::time::timeout(within, up.wait_for(|up| *up)).await.is_ok_and(|r| r.is_ok())
+    }
+}

@@ -12,14 +12,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::apps::AppCache;
 use crate::auth::api_key::{KeyRing, PresentedKey};
-use crate::broker::local::LocalBroker;
-use crate::broker::redis::RedisBroker;
 use crate::clock::now_ms;
 use crate::config::{Config, StoreKind};
 use crate::http::apps::RESTORE_WINDOW_MS;
 use crate::http::{AppState, Shared, router};
+use crate::hub::local::{LocalBroker, LocalCluster};
 use crate::hub::registry::Registry;
-use crate::hub::{Hub, OutboxLimits};
+use crate::hub::{Broker, BrokerError, ClusterState, Fanout, Hub, OutboxLimits};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{KeyKind, KeyRecord, Store, StoreError};
 
@@ -39,7 +38,7 @@ pub enum StartError {
     Store { path: String, source: StoreError },
     /// Cluster mode: Redis cannot be reached at start.
     #[error("cannot reach Redis at {url}: {source}")]
-    Redis { url: String, source: crate::broker::BrokerError },
+    Redis { url: String, source: BrokerError },
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -52,6 +51,8 @@ pub struct Server {
     state: AppState,
     bootstrap_key: Option<String>,
     marker: u64,
+    /// What the cluster state tells the hub, in cluster mode.
+    news: Option<tokio::sync::mpsc::Receiver<crate::hub::ClusterNews>>,
 }
 
 impl Server {
@@ -84,34 +85,34 @@ impl Server {
         };
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let tracker = TaskTracker::new();
-        let redis = match &config.cluster.redis_url {
-            Some(url) => Some(Arc::new(
-                RedisBroker::connect(
+        let fanout = Arc::new(Fanout::new(registry.clone(), metrics.hub.clone()));
+        let (redis, news) = match &config.cluster.redis_url {
+            Some(url) => {
+                let (node, news) = crate::cluster::Node::connect(
                     url,
                     config.cluster.sharded_pubsub,
                     &crate::redis_conn::TlsFiles::from_config(&config.cluster),
                     &node_id,
                     Duration::from_millis(config.cluster.node_timeout_ms),
+                    fanout.clone(),
                     registry.clone(),
-                    tracker.clone(),
                 )
                 .await
-                .map_err(|e| StartError::Redis { url: redact(url), source: e })?,
-            )),
-            None => None,
+                .map_err(|e| StartError::Redis { url: redact(url), source: e })?;
+                (Some(Arc::new(node)), Some(news))
+            }
+            None => (None, None),
         };
-        let broker: Arc<dyn crate::broker::Broker> = match &redis {
-            Some(redis) => redis.clone(),
-            None => Arc::new(LocalBroker::new(registry.clone())),
+        let (broker, cluster): (Arc<dyn Broker>, Arc<dyn ClusterState>) = match &redis {
+            Some(node) => (node.broker.clone(), node.state.clone()),
+            None => (Arc::new(LocalBroker::new(fanout.clone())), Arc::new(LocalCluster::new(registry))),
         };
         let hub = Arc::new(
-            Hub::new(registry, broker, limits)
-                .with_presence_list_max(config.limits.presence_members_listed)
-                .with_metrics(metrics.hub.clone()),
+            Hub::new(fanout, broker, cluster, limits)
+                .with_presence_list_max(config.limits.presence_members_listed),
         );
-        if let Some(redis) = &redis {
-            redis.attach(&hub);
-        }
+        let store_changes =
+            redis.as_ref().map(|node| node.broker.notify_on(crate::store::redis::CHANGED_CHANNEL));
         let api_limits = crate::limits::ApiLimits::new(&config.limits);
         let analytics = Arc::new(match &redis {
             Some(_) => crate::analytics::Analytics::shared(),
@@ -120,10 +121,10 @@ impl Server {
         // A cluster's analytics live in Redis; a single node's in the store.
         let shared_analytics = redis.as_ref().map(|r| {
             Arc::new(crate::analytics::redis::SharedAnalytics::new(
-                r.commands(),
+                r.commands.clone(),
                 &node_id,
                 config.cluster.node_timeout_ms,
-                r.epoch(),
+                r.link.epoch(),
             ))
         });
         if shared_analytics.is_none() {
@@ -142,7 +143,7 @@ impl Server {
                 metrics.webhooks.clone(),
                 analytics.clone(),
                 writes.clone(),
-                redis.as_ref().map(|r| r.commands()),
+                redis.as_ref().map(|r| r.commands.clone()),
             )
             .map_err(StartError::Config)?,
         );
@@ -161,7 +162,7 @@ impl Server {
             apps,
             keys,
             tickets: match &redis {
-                Some(redis) => crate::auth::ticket::TicketBook::in_redis(redis.commands()),
+                Some(redis) => crate::auth::ticket::TicketBook::in_redis(redis.commands.clone()),
                 None => Default::default(),
             },
             limits: api_limits,
@@ -176,11 +177,12 @@ impl Server {
             writes,
             webhooks,
             redis,
+            store_changes,
             lookups: crate::lookups::Lookups::new(config_lookups, metrics_lookups),
             admission,
             capacity,
         });
-        Ok(Self { listener, state, bootstrap_key, marker })
+        Ok(Self { listener, state, bootstrap_key, marker, news })
     }
 
     /// The bound address (useful with port 0).
@@ -207,7 +209,7 @@ impl Server {
     /// 1012 and waits for tasks within `server.shutdown_grace_s`. Returns whether the drain
     /// finished in time.
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> bool {
-        let Server { listener, state, marker, .. } = self;
+        let Server { listener, state, marker, news, .. } = self;
         let token = state.shutdown.clone();
         let tracker = state.tracker.clone();
         tracker.spawn({
@@ -226,11 +228,19 @@ impl Server {
         tracker.spawn(flush_analytics(state.clone()));
         state.webhooks.start(token.clone(), tracker.clone()).await;
         if let Some(redis) = &state.redis {
-            tracker.spawn(redis.clone().run(token.clone()));
-            tracker.spawn(redis.clone().keep_alive(token.clone()));
+            redis.start(&token, &tracker);
+            if let Some(news) = news {
+                let (hub, token) = (state.hub.clone(), token.clone());
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = hub.follow(news) => {}
+                        _ = token.cancelled() => {}
+                    }
+                });
+            }
             // Clients may already be queued on the bound socket: serving them before the node
             // is subscribed in Redis would refuse their first subscribe and broadcast.
-            if !redis.wait_up(STARTUP_REDIS_WAIT).await {
+            if !redis.link.wait_up(STARTUP_REDIS_WAIT).await {
                 tracing::warn!("Redis subscription not up yet; serving anyway, /health reports it");
             }
         }
@@ -242,7 +252,9 @@ impl Server {
             timeouts: crate::accept::Timeouts::new(&state.config.server),
             metrics: state.metrics.listener.clone(),
         });
-        accept.run(listener, router(state.clone(), crate::session::router()), token.clone(), tracker.clone()).await;
+        accept
+            .run(listener, router(state.clone(), crate::session::router()), token.clone(), tracker.clone())
+            .await;
         let closing = state.hub.shutdown();
         tracing::info!(connections = closing, "closing client connections with 1012");
         tracker.close();
@@ -250,7 +262,7 @@ impl Server {
         save_analytics(&state).await;
         state.webhooks.flush_intake().await;
         if let Some(redis) = &state.redis {
-            redis.deregister().await;
+            redis.state.deregister().await;
         }
         if let Err(e) = state.store.touch_keys(&state.keys.unflushed_uses()).await {
             tracing::warn!(error = %e, "could not record key use times at shutdown");
@@ -394,7 +406,7 @@ pub fn admin_record(presented: &PresentedKey, name: &str) -> KeyRecord {
 async fn reload_caches(state: AppState, mut marker: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(state.config.store.reload_interval_ms));
     // In a cluster a write on any node is announced, so the reload follows at once.
-    let announced = state.redis.as_ref().map(|r| r.store_changes());
+    let announced = state.store_changes.clone();
     let announcement = async || match &announced {
         Some(n) => n.notified().await,
         None => std::future::pending().await,

@@ -223,14 +223,13 @@ impl Analytics {
                     }
                 }
             }),
-            HubEvent::Published { room, kind, delivered, .. } => self.with_app(&room.app_id, |s| {
+            HubEvent::Published { room, kind, .. } => self.with_app(&room.app_id, |s| {
                 let m = s.minute(now);
                 match kind {
                     PublishKind::Broadcast => m.broadcasts += 1,
                     PublishKind::Client => m.client_events += 1,
                     PublishKind::System => {}
                 }
-                m.delivered += *delivered as u64;
             }),
             HubEvent::Delivered { room, delivered, .. } => {
                 self.with_app(&room.app_id, |s| s.minute(now).delivered += *delivered as u64)
@@ -427,16 +426,13 @@ mod tests {
         }
     }
 
-    fn published(app: &str, kind: PublishKind, delivered: usize) -> HubEvent {
-        HubEvent::Published {
-            room: RoomKey { app_id: crate::domain::AppId::known(app), room: RoomName::parse("r").unwrap() },
-            event: EventName::parse("e").unwrap(),
-            kind,
-            data: None,
-            timestamp: 0,
-            delivered,
-            dropped: 0,
-        }
+    /// A publication of `app` that reached `delivered` queues, recorded at `now`: the hub's
+    /// fan-out reports the deliveries, then the publisher the publication.
+    fn publish(a: &Analytics, app: &str, kind: PublishKind, delivered: usize, now: i64) {
+        let room = RoomKey { app_id: crate::domain::AppId::known(app), room: RoomName::parse("r").unwrap() };
+        a.record(&HubEvent::Delivered { room: room.clone(), delivered, dropped: 0 }, now);
+        let event = EventName::parse("e").unwrap();
+        a.record(&HubEvent::Published { room, event, kind, data: None, timestamp: 0 }, now);
     }
 
     #[test]
@@ -446,9 +442,9 @@ mod tests {
         a.record(&opened("x", Some("u1")), t0);
         a.record(&opened("x", Some("u1")), t0 + 1);
         a.record(&opened("x", Some("u2")), t0 + 2);
-        a.record(&published("x", PublishKind::Broadcast, 3), t0 + 3);
-        a.record(&published("x", PublishKind::Client, 2), t0 + 5 * MINUTE_MS);
-        a.record(&published("x", PublishKind::System, 2), t0 + 5 * MINUTE_MS);
+        publish(&a, "x", PublishKind::Broadcast, 3, t0 + 3);
+        publish(&a, "x", PublishKind::Client, 2, t0 + 5 * MINUTE_MS);
+        publish(&a, "x", PublishKind::System, 2, t0 + 5 * MINUTE_MS);
         a.record(&closed("x", Some("u2")), t0 + 6 * MINUTE_MS);
         a.record(&opened("other", None), t0);
         let now = t0 + 10 * MINUTE_MS;
@@ -509,7 +505,7 @@ mod tests {
     fn deltas_leave_only_what_counting_needs_and_come_back_when_unsent() {
         let a = Analytics::shared();
         a.record(&opened("x", Some("u1")), 120_000);
-        a.record(&published("x", PublishKind::Broadcast, 1), 125_000);
+        publish(&a, "x", PublishKind::Broadcast, 1, 125_000);
         let first = a.take_deltas();
         assert_eq!(first.len(), 1);
         let d = &first[0];
@@ -522,7 +518,7 @@ mod tests {
         assert!(again[0].minutes.is_empty() && again[0].seen.is_empty(), "taken once");
         assert_eq!((again[0].online.len(), again[0].current), (1, 1), "still connected");
         // A failed flush puts them back, added to what was counted since.
-        a.record(&published("x", PublishKind::Broadcast, 2), 126_000);
+        publish(&a, "x", PublishKind::Broadcast, 2, 126_000);
         a.restore(first);
         let merged = a.take_deltas();
         let counts = merged[0].minutes[0].1;

@@ -30,7 +30,7 @@ use futures_util::StreamExt;
 
 use super::distinct::Level;
 use super::{AppDelta, Period, RETENTION_MS, Report};
-use crate::broker::redis::NODES;
+use crate::cluster::NODES;
 use crate::store::MinuteCounts;
 
 const MINUTE_MS: i64 = 60_000;

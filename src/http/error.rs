@@ -7,7 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::api_key::Scope;
-use crate::broker::BrokerError;
+use crate::hub::BrokerError;
 use crate::store::StoreError;
 
 /// The body of every error answer.

@@ -51,7 +51,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Health
     };
     let redis = match &state.redis {
         None => "disabled",
-        Some(r) if r.is_up() => "ok",
+        Some(r) if r.link.is_up() => "ok",
         Some(_) => "down",
     };
     let connections = state.hub.connection_count();

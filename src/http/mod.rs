@@ -63,8 +63,10 @@ pub struct Shared {
     /// reload can never put back a snapshot older than a write. Only admin paths take it.
     pub writes: Arc<tokio::sync::Mutex<()>>,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
-    /// The cluster broker, in cluster mode.
-    pub redis: Option<Arc<crate::broker::redis::RedisBroker>>,
+    /// The cluster parts, in cluster mode.
+    pub redis: Option<Arc<crate::cluster::Node>>,
+    /// Woken when a write to the store is announced (cluster mode).
+    pub store_changes: Option<Arc<tokio::sync::Notify>>,
     /// Bounded store reads for credentials the caches do not know yet.
     pub lookups: crate::lookups::Lookups,
     /// Open connections per client IP.

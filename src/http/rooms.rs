@@ -12,8 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Principal, Query};
 use super::{AppState, iso8601};
-use crate::domain::AppId;
 use crate::auth::api_key::Scope;
+use crate::domain::AppId;
 use crate::hub::registry::{RoomInfo, RoomKey};
 use crate::protocol::RoomName;
 

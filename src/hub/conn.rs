@@ -201,7 +201,15 @@ mod tests {
     use super::*;
 
     fn handle(messages: usize, bytes: usize) -> ConnHandle {
-        ConnHandle::new(1, ConnectionId::generate(), AppId::known("app"), None, None, OutboxLimits { messages, bytes }, 0)
+        ConnHandle::new(
+            1,
+            ConnectionId::generate(),
+            AppId::known("app"),
+            None,
+            None,
+            OutboxLimits { messages, bytes },
+            0,
+        )
     }
 
     #[test]

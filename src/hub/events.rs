@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use super::registry::RoomKey;
+use crate::domain::RoomKey;
 use crate::protocol::EventName;
 
 /// Who published an event.
@@ -53,8 +53,8 @@ pub enum HubEvent {
         room: RoomKey,
         user_id: String,
     },
-    /// Frames of a publication that came through the cluster broker, placed in this node's
-    /// queues. On a single node deliveries are counted in [`HubEvent::Published`] instead.
+    /// Frames of a publication placed in this node's queues (on every node that has
+    /// subscribers of the room, whichever node published it).
     Delivered {
         room: RoomKey,
         delivered: usize,
@@ -70,8 +70,6 @@ pub enum HubEvent {
         data: Option<Arc<serde_json::value::RawValue>>,
         /// When it was published (ms).
         timestamp: i64,
-        delivered: usize,
-        dropped: usize,
     },
 }
 

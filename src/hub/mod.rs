@@ -2,7 +2,9 @@
 
 pub mod conn;
 pub mod events;
+pub mod local;
 pub mod metrics;
+pub mod ports;
 pub mod registry;
 
 use std::sync::Arc;
@@ -13,13 +15,13 @@ use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use serde_json::value::RawValue;
 
-use crate::broker::{Broker, BrokerError, Publication};
+use self::metrics::{DropReason, HubMetrics};
 use crate::clock::now_ms;
 use crate::domain::{AppId, ConnectionId};
-use self::metrics::{DropReason, HubMetrics};
 use crate::protocol::{CloseCode, EventName, RoomName, ServerFrame};
 pub use conn::{ConnHandle, Delivery, OutboxLimits, Wake};
 use events::{EventBus, HubEvent, PublishKind};
+pub use ports::{Broker, BrokerError, ClusterNews, ClusterState, Inbox, Publication, Published};
 use registry::{FanoutOutcome, JoinOutcome, Member, PresenceRequest, Registry, RoomInfo, RoomKey};
 
 /// One encoded server frame; clones share the bytes.
@@ -33,17 +35,65 @@ pub struct BroadcastOutcome {
     pub timestamp: i64,
 }
 
+/// This node's fan-out: the registry, the counters and the event stream. It is the hub's
+/// [`Inbox`]: every broker hands it the publications for this node's subscribers.
+#[derive(Debug)]
+pub struct Fanout {
+    registry: Arc<Registry>,
+    events: EventBus,
+    metrics: HubMetrics,
+}
+
+impl Fanout {
+    /// A fan-out over `registry`, counting into `metrics`.
+    pub fn new(registry: Arc<Registry>, metrics: HubMetrics) -> Self {
+        Self { registry, events: EventBus::default(), metrics }
+    }
+
+    /// The room registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}
+
+impl Inbox for Fanout {
+    fn deliver(&self, publication: &Publication<'_>, offset: Option<u64>) -> FanoutOutcome {
+        let outcome = self.registry.publish_at(&publication.key, publication.exclude, offset, |offset| {
+            Frame::from(ServerFrame::event(
+                &publication.key.room,
+                &publication.event,
+                publication.data,
+                offset,
+                publication.timestamp,
+            ))
+        });
+        if outcome.subscribers == 0 {
+            return outcome;
+        }
+        self.metrics.delivered.increment(outcome.delivered as u64);
+        if outcome.dropped > 0 {
+            self.metrics.dropped(DropReason::SlowConsumer).increment(outcome.dropped as u64);
+        }
+        self.events.emit(HubEvent::Delivered {
+            room: publication.key.clone(),
+            delivered: outcome.delivered,
+            dropped: outcome.dropped,
+        });
+        outcome
+    }
+}
+
 /// Rooms, connections and the way publications reach them.
 #[derive(Debug)]
 pub struct Hub {
-    registry: Arc<Registry>,
+    fanout: Arc<Fanout>,
     broker: Arc<dyn Broker>,
+    cluster: Arc<dyn ClusterState>,
     connections: DashMap<ConnectionId, Arc<ConnHandle>>,
     /// Open connections per app, for `max_connections`.
     per_app: DashMap<AppId, usize>,
     /// Connections per client address, for clients behind trusted proxies.
     per_ip: DashMap<std::net::IpAddr, usize>,
-    events: EventBus,
     next_seq: AtomicU64,
     limits: OutboxLimits,
     /// Origin of the hub clock that connections' `last_seen` is measured on.
@@ -52,37 +102,43 @@ pub struct Hub {
     closing: AtomicBool,
     /// Most presence members listed in a `subscribed` frame.
     presence_list_max: usize,
-    metrics: HubMetrics,
 }
 
 impl Hub {
-    /// A hub over `registry`, publishing through `broker`, with outboxes bounded by `limits`.
-    pub fn new(registry: Arc<Registry>, broker: Arc<dyn Broker>, limits: OutboxLimits) -> Self {
+    /// A hub delivering through `fanout`, publishing through `broker`, with the rooms' state
+    /// over all nodes in `cluster`, and outboxes bounded by `limits`.
+    pub fn new(
+        fanout: Arc<Fanout>,
+        broker: Arc<dyn Broker>,
+        cluster: Arc<dyn ClusterState>,
+        limits: OutboxLimits,
+    ) -> Self {
         Self {
-            registry,
+            fanout,
             broker,
+            cluster,
             connections: DashMap::new(),
             per_app: DashMap::new(),
             per_ip: DashMap::new(),
-            events: EventBus::default(),
             next_seq: AtomicU64::new(1),
             limits,
             started: Instant::now(),
             closing: AtomicBool::new(false),
             presence_list_max: 1000,
-            metrics: HubMetrics::default(),
         }
     }
 
-    /// Records into `metrics` (Prometheus counters of the server).
-    pub fn with_metrics(mut self, metrics: HubMetrics) -> Self {
-        self.metrics = metrics;
-        self
+    /// A hub of one node, counting into `metrics`.
+    pub fn single_node(limits: OutboxLimits, metrics: HubMetrics) -> Self {
+        let fanout = Arc::new(Fanout::new(Arc::new(Registry::default()), metrics));
+        let broker = Arc::new(local::LocalBroker::new(fanout.clone()));
+        let cluster = Arc::new(local::LocalCluster::new(fanout.registry().clone()));
+        Self::new(fanout, broker, cluster, limits)
     }
 
     /// The counters sessions update too.
     pub fn metrics(&self) -> &HubMetrics {
-        &self.metrics
+        &self.fanout.metrics
     }
 
     /// Open connections of a client behind a trusted proxy, by its address.
@@ -103,7 +159,12 @@ impl Hub {
 
     /// The room registry (for introspection).
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.fanout.registry
+    }
+
+    /// A handle on the room registry, shared with the cluster state.
+    pub fn registry_handle(&self) -> Arc<Registry> {
+        self.fanout.registry.clone()
     }
 
     /// Milliseconds since the hub started: the clock of connections' `last_seen`.
@@ -113,7 +174,7 @@ impl Hub {
 
     /// The stream listeners subscribe to.
     pub fn events(&self) -> &EventBus {
-        &self.events
+        &self.fanout.events
     }
 
     /// Registers a new connection. After [`Hub::shutdown`] it is born closing (1012).
@@ -138,7 +199,7 @@ impl Hub {
             self.clock_ms(),
         ));
         self.connections.insert(handle.id.clone(), handle.clone());
-        self.metrics.connections_opened.increment(1);
+        self.metrics().connections_opened.increment(1);
         *self.per_app.entry(handle.app_id.clone()).or_default() += 1;
         if let Some(ip) = client_ip {
             *self.per_ip.entry(ip).or_default() += 1;
@@ -146,7 +207,7 @@ impl Hub {
         if self.closing.load(Ordering::Acquire) {
             handle.close(CloseCode::ServiceRestart);
         }
-        self.events.emit(HubEvent::ConnectionOpened {
+        self.events().emit(HubEvent::ConnectionOpened {
             app_id: app_id.to_owned(),
             connection_id: handle.id.to_string(),
             user_id: user_id.map(str::to_owned),
@@ -168,7 +229,7 @@ impl Hub {
                 });
             }
         }
-        self.events.emit(HubEvent::ConnectionClosed {
+        self.events().emit(HubEvent::ConnectionClosed {
             app_id: conn.app_id.to_string(),
             connection_id: conn.id.to_string(),
             user_id: conn.user_id.as_deref().map(str::to_owned),
@@ -178,6 +239,7 @@ impl Hub {
     /// Subscribes `conn` to `room` of its app. Returns once events published afterwards reach
     /// it, with the member list for a presence room. `user_info` is the connection's, as JSON
     /// text; a presence room needs the connection to have a user id (checked by the caller).
+    /// When the broker or the cluster state fails midway, whatever was done is undone.
     pub async fn join(
         &self,
         conn: &Arc<ConnHandle>,
@@ -200,149 +262,138 @@ impl Hub {
             }
             _ => None,
         };
-        let mut outcome = self.registry.join(&key, conn, presence, now_ms());
-        if outcome.occupied
-            && let Err(e) = self.broker.subscribe(&key).await
-        {
-            self.leave_uncounted(conn, room).await;
-            return Err(e);
-        }
-        // In a cluster the room is occupied when its first subscriber anywhere joins.
-        let occupied = match self.broker.count_subscribers(&key, 1).await {
-            Ok(Some(total)) => total == 1,
-            Ok(None) => outcome.occupied,
+        let mut outcome = self.registry().join(&key, conn, presence, now_ms());
+        let mut done = JoinStep::Registered;
+        match self.join_cluster(conn, &key, &mut outcome, &mut done).await {
+            Ok(()) => Ok(outcome),
             Err(e) => {
-                self.leave_uncounted(conn, room).await;
-                return Err(e);
-            }
-        };
-        if occupied {
-            self.events.emit(HubEvent::RoomOccupied { room: key.clone() });
-        }
-        if let Some(presence) = outcome.presence.as_mut() {
-            let joined = match &presence.joined {
-                Some(member) => {
-                    match self.broker.presence_join(&key, &member.user_id, &member.user_info).await {
-                        Ok(Some(first_anywhere)) => first_anywhere,
-                        Ok(None) => true,
-                        Err(e) => {
-                            self.leave(conn, room).await;
-                            return Err(e);
-                        }
-                    }
-                }
-                None => false,
-            };
-            // In a cluster the list comes from Redis: members of every node.
-            match self.broker.presence_members(&key, None, self.presence_list_max).await {
-                Ok(Some((members, count))) => (presence.members, presence.member_count) = (members, count),
-                Ok(None) => {}
-                Err(e) => {
-                    self.leave(conn, room).await;
-                    return Err(e);
-                }
-            }
-            if let (true, Some(member)) = (joined, &presence.joined) {
-                self.announce(&key, "user-joined", member, Some(conn.seq)).await;
-                self.events.emit(HubEvent::MemberJoined { room: key, user_id: member.user_id.to_string() });
+                // The one rollback: a join not yet counted in the cluster leaves uncounted.
+                self.leave_key(conn, &key, done == JoinStep::Counted).await;
+                Err(e)
             }
         }
-        Ok(outcome)
     }
 
-    /// Members of a presence room by user id after `after`: the cluster's in cluster mode, else
-    /// this node's; `None` when the room is empty here and not in a cluster.
+    /// The steps of a join after the registry's, each noted in `done` once it succeeded.
+    async fn join_cluster(
+        &self,
+        conn: &Arc<ConnHandle>,
+        key: &RoomKey,
+        outcome: &mut JoinOutcome,
+        done: &mut JoinStep,
+    ) -> Result<(), BrokerError> {
+        if outcome.occupied {
+            self.broker.subscribe(key).await?;
+        }
+        // The room is occupied when its first subscriber anywhere joins.
+        let total = self.cluster.count(key, 1, outcome.subscribers).await?;
+        *done = JoinStep::Counted;
+        if total == 1 {
+            self.events().emit(HubEvent::RoomOccupied { room: key.clone() });
+        }
+        let Some(presence) = outcome.presence.as_mut() else { return Ok(()) };
+        let first_anywhere = match &presence.joined {
+            Some(member) => self.cluster.member_joined(key, member).await?,
+            None => false,
+        };
+        let here = (std::mem::take(&mut presence.members), presence.member_count);
+        (presence.members, presence.member_count) =
+            self.cluster.members_on_join(key, here, self.presence_list_max).await?;
+        if let (true, Some(member)) = (first_anywhere, &presence.joined) {
+            self.announce(key, "user-joined", member, Some(conn.seq)).await;
+            self.events()
+                .emit(HubEvent::MemberJoined { room: key.clone(), user_id: member.user_id.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Members of a presence room by user id after `after`, over the cluster; `None` when
+    /// nobody is in it.
     pub async fn presence_page(
         &self,
         key: &RoomKey,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Option<(Vec<Member>, usize)>, BrokerError> {
-        match self.broker.presence_members(key, after, limit).await? {
-            Some(page) => Ok(Some(page)),
-            None => Ok(self.registry.members(key, after, limit)),
-        }
+        self.cluster.members(key, after, limit).await
     }
 
-    /// A member whose last connection was on a dead node: the others learn `user-left`.
-    pub async fn member_left_elsewhere(&self, key: RoomKey, user_id: &str) {
-        let member = Member { user_id: Arc::from(user_id), user_info: Arc::from(RawValue::NULL.to_owned()) };
-        self.announce(&key, "user-left", &member, None).await;
-        self.events.emit(HubEvent::MemberLeft { room: key, user_id: user_id.to_owned() });
+    /// What the cluster state learned on its own: rooms left empty and members gone with a
+    /// dead node, or while Redis was away. Runs until the cluster state drops its sender.
+    pub async fn follow(&self, mut news: tokio::sync::mpsc::Receiver<ClusterNews>) {
+        while let Some(news) = news.recv().await {
+            match news {
+                ClusterNews::RoomVacated(key) => self.events().emit(HubEvent::RoomVacated { room: key }),
+                ClusterNews::MemberGone(key, user_id) => {
+                    let member = Member {
+                        user_id: Arc::from(user_id.as_str()),
+                        user_info: Arc::from(RawValue::NULL.to_owned()),
+                    };
+                    self.announce(&key, "user-left", &member, None).await;
+                    self.events().emit(HubEvent::MemberLeft { room: key, user_id });
+                }
+            }
+        }
     }
 
     /// Unsubscribes `conn` from `room`; `false` when it was not subscribed.
     pub async fn leave(&self, conn: &ConnHandle, room: &RoomName) -> bool {
-        self.leave_counted(conn, room, true).await
-    }
-
-    /// [`Hub::leave`] for a join whose cluster count failed (it was never counted).
-    async fn leave_uncounted(&self, conn: &ConnHandle, room: &RoomName) -> bool {
-        self.leave_counted(conn, room, false).await
-    }
-
-    async fn leave_counted(&self, conn: &ConnHandle, room: &RoomName, counted: bool) -> bool {
         let key = RoomKey { app_id: conn.app_id.clone(), room: room.clone() };
-        let Some(outcome) = self.registry.leave(&key, conn) else {
+        self.leave_key(conn, &key, true).await
+    }
+
+    /// [`Hub::leave`]; `counted` says whether the cluster counted this subscriber (a join that
+    /// failed before was not).
+    async fn leave_key(&self, conn: &ConnHandle, key: &RoomKey, counted: bool) -> bool {
+        let Some(outcome) = self.registry().leave(key, conn) else {
             return false;
         };
-        let cluster_total = match counted {
-            true => self.broker.count_subscribers(&key, -1).await.unwrap_or_else(|e| {
-                tracing::warn!(room = ?key, error = %e, "cannot update the cluster's subscriber count");
-                None
-            }),
+        let total = match counted {
+            true => match self.cluster.count(key, -1, outcome.subscribers).await {
+                Ok(total) => Some(total),
+                Err(e) => {
+                    tracing::warn!(room = ?key, error = %e, "cannot update the cluster's subscriber count");
+                    None
+                }
+            },
             false => None,
         };
-        // In a cluster the room is vacated when its last subscriber anywhere leaves. A join
-        // that failed before it was counted did not make the room occupied either.
-        let vacated_cluster = counted && cluster_total.map_or(outcome.vacated, |total| total == 0);
+        // The room is vacated when its last subscriber anywhere leaves. A join that failed
+        // before it was counted did not make the room occupied either.
+        let vacated_everywhere = counted && total.map_or(outcome.vacated, |total| total == 0);
         if let Some(member) = &outcome.left {
-            let left_cluster = match self.broker.presence_leave(&key, &member.user_id).await {
-                Ok(cluster) => cluster,
-                Err(e) => {
-                    tracing::warn!(room = ?key, error = %e, "cannot record a presence leave in Redis");
-                    Some(false)
+            let gone = self.cluster.member_left(key, &member.user_id).await.unwrap_or_else(|e| {
+                tracing::warn!(room = ?key, error = %e, "cannot record a presence leave in the cluster");
+                false
+            });
+            if gone {
+                // Nobody is left to hear it when the room emptied.
+                if total.map_or(!outcome.vacated, |total| total > 0) {
+                    self.announce(key, "user-left", member, None).await;
                 }
-            };
-            match left_cluster {
-                // One node: nobody here is left to hear it when the room emptied.
-                None if outcome.vacated => {}
-                None | Some(true) => self.announce(&key, "user-left", member, None).await,
-                Some(false) => {}
-            }
-            if left_cluster != Some(false) {
-                self.events
+                self.events()
                     .emit(HubEvent::MemberLeft { room: key.clone(), user_id: member.user_id.to_string() });
             }
         }
         if outcome.vacated
-            && let Err(e) = self.broker.unsubscribe(&key).await
+            && let Err(e) = self.broker.unsubscribe(key).await
         {
             tracing::warn!(room = ?key, error = %e, "broker unsubscribe failed");
         }
-        if vacated_cluster {
-            self.events.emit(HubEvent::RoomVacated { room: key });
+        if vacated_everywhere {
+            self.events().emit(HubEvent::RoomVacated { room: key.clone() });
         }
         true
     }
 
-    /// A room vacated by a dead node of the cluster (its entries were removed here).
-    pub fn room_vacated_elsewhere(&self, key: RoomKey) {
-        self.events.emit(HubEvent::RoomVacated { room: key });
-    }
-
-    /// Subscribers of one room: over the whole cluster in cluster mode (failing when Redis
-    /// cannot be asked), else on this node.
+    /// Subscribers of one room over the cluster (failing when the cluster cannot be asked).
     pub async fn room_subscribers(&self, app_id: &str, room: &RoomName) -> Result<usize, BrokerError> {
         let key = RoomKey { app_id: AppId::known(app_id), room: room.clone() };
-        match self.broker.subscriber_total(&key).await? {
-            Some(total) => Ok(total),
-            None => Ok(self.registry.subscriber_count(&key)),
-        }
+        self.cluster.subscribers(&key).await
     }
 
     /// Occupied rooms of `app_id` whose names start with `prefix`, in name order after `after`:
-    /// at most `limit`, and whether more follow. Over the whole cluster in cluster mode.
+    /// at most `limit`, and whether more follow; over the cluster.
     pub async fn rooms_page(
         &self,
         app_id: &str,
@@ -350,10 +401,7 @@ impl Hub {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<RoomInfo>, bool), BrokerError> {
-        match self.broker.rooms_page(app_id, prefix, after, limit).await? {
-            Some(page) => Ok(page),
-            None => Ok(self.registry.rooms_of(app_id, prefix, after, limit)),
-        }
+        self.cluster.rooms_page(app_id, prefix, after, limit).await
     }
 
     /// Tells a presence room's other subscribers that a member joined or left.
@@ -368,16 +416,14 @@ impl Hub {
             timestamp: now_ms(),
         };
         match self.broker.publish(&publication).await {
-            Ok(outcome) => {
-                self.count(PublishKind::System, &outcome);
-                self.events.emit(HubEvent::Published {
+            Ok(_) => {
+                self.metrics().published(PublishKind::System).increment(1);
+                self.events().emit(HubEvent::Published {
                     room: publication.key,
                     event: publication.event,
                     kind: PublishKind::System,
                     data: None,
                     timestamp: publication.timestamp,
-                    delivered: outcome.delivered,
-                    dropped: outcome.dropped,
                 });
             }
             Err(e) => tracing::warn!(room = ?key, event, error = %e, "presence announcement failed"),
@@ -385,7 +431,8 @@ impl Hub {
     }
 
     /// Publishes one event to a room of `app_id`, skipping the connection `exclude` (a `c_…` id)
-    /// when given. Returns after the frame is in every subscriber's queue, not after it is written.
+    /// when given. Returns after the frame is in every subscriber's queue on this node (on
+    /// other nodes it follows through the broker), not after it is written.
     pub async fn broadcast(
         &self,
         app_id: &str,
@@ -402,51 +449,23 @@ impl Hub {
         let timestamp = now_ms();
         let publication = Publication { key, event: event.clone(), data, exclude, timestamp };
         let started = Instant::now();
-        let outcome = self.broker.publish(&publication).await?;
-        self.metrics.fanout_seconds.record(started.elapsed().as_secs_f64());
-        self.count(kind, &outcome);
-        let data = self.events.wants_payload(app_id).then(|| Arc::from(data.to_owned()));
-        self.events.emit(HubEvent::Published {
+        let published = self.broker.publish(&publication).await?;
+        self.metrics().fanout_seconds.record(started.elapsed().as_secs_f64());
+        self.metrics().published(kind).increment(1);
+        let data = self.events().wants_payload(app_id).then(|| Arc::from(data.to_owned()));
+        self.events().emit(HubEvent::Published {
             room: publication.key,
             event: event.clone(),
             kind,
             data,
             timestamp,
-            delivered: outcome.delivered,
-            dropped: outcome.dropped,
         });
-        Ok(BroadcastOutcome { subscriber_count: outcome.subscribers, offset: outcome.offset, timestamp })
-    }
-
-    /// Fans out a publication that came back from the cluster broker (published on any node,
-    /// this one included), counting its deliveries here.
-    pub fn deliver_received(&self, publication: &Publication<'_>, offset: u64) {
-        let outcome = fanout_at(&self.registry, publication, Some(offset));
-        if outcome.subscribers == 0 {
-            return;
-        }
-        self.metrics.delivered.increment(outcome.delivered as u64);
-        if outcome.dropped > 0 {
-            self.metrics.dropped(DropReason::SlowConsumer).increment(outcome.dropped as u64);
-        }
-        self.events.emit(HubEvent::Delivered {
-            room: publication.key.clone(),
-            delivered: outcome.delivered,
-            dropped: outcome.dropped,
-        });
-    }
-
-    fn count(&self, kind: PublishKind, outcome: &FanoutOutcome) {
-        self.metrics.published(kind).increment(1);
-        self.metrics.delivered.increment(outcome.delivered as u64);
-        if outcome.dropped > 0 {
-            self.metrics.dropped(DropReason::SlowConsumer).increment(outcome.dropped as u64);
-        }
+        Ok(BroadcastOutcome { subscriber_count: published.subscribers, offset: published.offset, timestamp })
     }
 
     /// Subscribers of one room of one app on this node.
     pub fn subscriber_count(&self, app_id: &str, room: &RoomName) -> usize {
-        self.registry.subscriber_count(&RoomKey { app_id: AppId::known(app_id), room: room.clone() })
+        self.registry().subscriber_count(&RoomKey { app_id: AppId::known(app_id), room: room.clone() })
     }
 
     /// Asks every connection of `app_id` (or all connections) to close with `code`.
@@ -494,36 +513,21 @@ impl Hub {
     }
 }
 
-/// Delivers a publication to this node's subscribers: the last step of every broker.
-pub fn fanout(registry: &Registry, publication: &Publication<'_>) -> FanoutOutcome {
-    fanout_at(registry, publication, None)
-}
-
-/// [`fanout`] with the offset a cluster broker assigned.
-fn fanout_at(registry: &Registry, publication: &Publication<'_>, offset: Option<u64>) -> FanoutOutcome {
-    registry.publish_at(&publication.key, publication.exclude, offset, |offset| {
-        Frame::from(ServerFrame::event(
-            &publication.key.room,
-            &publication.event,
-            publication.data,
-            offset,
-            publication.timestamp,
-        ))
-    })
+/// How far a join got: what its rollback must undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JoinStep {
+    /// In this node's registry (and subscribed through the broker if it was the first).
+    Registered,
+    /// Counted in the cluster's subscriber count too.
+    Counted,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::local::LocalBroker;
 
     fn hub_with(messages: usize) -> Hub {
-        let registry = Arc::new(Registry::default());
-        Hub::new(
-            registry.clone(),
-            Arc::new(LocalBroker::new(registry)),
-            OutboxLimits { messages, bytes: 1 << 20 },
-        )
+        Hub::single_node(OutboxLimits { messages, bytes: 1 << 20 }, HubMetrics::default())
     }
 
     fn hub() -> Hub {

@@ -51,6 +51,8 @@ pub struct PresenceJoin {
 pub struct JoinOutcome {
     /// The connection was the room's first subscriber.
     pub occupied: bool,
+    /// The room's subscribers on this node right after the join.
+    pub subscribers: usize,
     /// Set for presence joins.
     pub presence: Option<PresenceJoin>,
 }
@@ -60,6 +62,8 @@ pub struct JoinOutcome {
 pub struct LeaveOutcome {
     /// The room has no subscribers left.
     pub vacated: bool,
+    /// The room's subscribers on this node right after the leave.
+    pub subscribers: usize,
     /// The user's last connection left a presence room (others learn `user-left`).
     pub left: Option<Member>,
 }
@@ -149,7 +153,7 @@ impl Registry {
             }
             PresenceJoin { joined, members: list(members, None, p.list_at_most), member_count: members.len() }
         });
-        JoinOutcome { occupied, presence }
+        JoinOutcome { occupied, subscribers: room.subscribers.len(), presence }
     }
 
     /// Removes `conn` from the room; `None` when it was not in it.
@@ -166,7 +170,7 @@ impl Registry {
                     (Some(members), Some(user_id)) => leave_member(members, user_id),
                     _ => None,
                 };
-                outcome = Some(LeaveOutcome { vacated: false, left });
+                outcome = Some(LeaveOutcome { vacated: false, subscribers: room.subscribers.len(), left });
                 room.subscribers.is_empty()
             })
             .is_some();

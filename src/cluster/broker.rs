@@ -1,0 +1,422 @@
+//! The cluster [`Broker`]: publications go through Redis pub/sub, one channel per room, and
+//! come back to every node subscribed to the room, the publishing node included, so each
+//! subscriber gets each event exactly once, through the hub's [`Inbox`]. A Lua script
+//! increments the room's offset and publishes in one step, so offsets are cluster-wide and
+//! every node sees the same order.
+//!
+//! A node subscribes to a room's channel when the room gets its first local subscriber (the
+//! `subscribed` frame waits for Redis to confirm) and unsubscribes after the last one leaves.
+//! When the subscription connection drops, the node reconnects with backoff, subscribes again
+//! to every room it still has and has the cluster state recount; publications made meanwhile
+//! fail with `unavailable`. Other channels can be watched on the same connection
+//! ([`RedisBroker::notify_on`]).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{COUNT_PREFIX, RedisCluster, room_from_id, room_id, room_key, unavailable};
+use crate::domain::RoomKey;
+use crate::hub::ports::{Broker, BrokerError, Inbox, Publication, Published};
+use crate::protocol::EventName;
+use crate::redis_conn::{COMMAND_TIMEOUT, Commands, Link, MAX_BACKOFF, Target};
+
+/// Prefix of room channels: `rc:room:{app_id:room}` (app ids have no `:`).
+const CHANNEL_PREFIX: &str = "rc:room:";
+/// Prefix of the per-room offset counters.
+const OFFSET_PREFIX: &str = "rc:offset:";
+/// A room's offset counter is forgotten after a day without publications.
+const OFFSET_TTL_MS: u64 = 86_400_000;
+
+/// Increments the room's offset (KEYS[1]) and publishes `offset \n message` on KEYS[2] with
+/// ARGV[3] (PUBLISH or SPUBLISH); returns the offset and the room's subscribers over the
+/// cluster (KEYS[3]).
+const PUBLISH_SCRIPT: &str = r"
+local offset = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call(ARGV[3], KEYS[2], offset .. '\n' .. ARGV[1])
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[3])) do total = total + tonumber(v) end
+return {offset, total}
+";
+
+fn channel(key: &RoomKey) -> String {
+    format!("{CHANNEL_PREFIX}{{{}}}", room_id(key))
+}
+
+fn room_of(channel: &str) -> Option<RoomKey> {
+    room_from_id(channel.strip_prefix(CHANNEL_PREFIX)?.strip_prefix('{')?.strip_suffix('}')?)
+}
+
+/// A publication as it travels through Redis: `offset`, then (from the publisher)
+/// `node`, `exclude` (a connection sequence number of that node, or `-`), `timestamp`, `event`,
+/// `data`, separated by newlines. Names and node ids cannot hold a newline; `data` may, and is
+/// last.
+#[derive(Debug, PartialEq)]
+struct Wire<'a> {
+    offset: u64,
+    node: &'a str,
+    exclude: Option<u64>,
+    timestamp: i64,
+    event: &'a str,
+    data: &'a str,
+}
+
+fn encode(node: &str, publication: &Publication<'_>) -> String {
+    let exclude = publication.exclude.map_or_else(|| "-".to_owned(), |s| s.to_string());
+    format!(
+        "{node}\n{exclude}\n{}\n{}\n{}",
+        publication.timestamp,
+        publication.event.as_str(),
+        publication.data.get()
+    )
+}
+
+fn decode(message: &str) -> Option<Wire<'_>> {
+    let mut parts = message.splitn(6, '\n');
+    let offset = parts.next()?.parse().ok()?;
+    let node = parts.next()?;
+    let exclude = match parts.next()? {
+        "-" => None,
+        n => Some(n.parse().ok()?),
+    };
+    let timestamp = parts.next()?.parse().ok()?;
+    let event = parts.next()?;
+    let data = parts.next()?;
+    Some(Wire { offset, node, exclude, timestamp, event, data })
+}
+
+/// (Un)subscribes sharded `channels` on a cluster connection, one by one (they belong to
+/// different slots).
+async fn sharded_sub(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    channels: Vec<String>,
+    on: bool,
+) -> redis::RedisResult<()> {
+    for ch in channels {
+        if on {
+            conn.ssubscribe(ch).await?;
+        } else {
+            conn.sunsubscribe(ch).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The command half of the subscription connection.
+enum Subscriptions {
+    Single(redis::aio::PubSubSink),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// What arrives on the subscription connection.
+enum Incoming {
+    Single(std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg> + Send>>),
+    Cluster(tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>),
+}
+
+/// [`Broker`] over Redis pub/sub.
+pub struct RedisBroker {
+    node_id: String,
+    /// One server (PUBLISH/SUBSCRIBE), or a Redis Cluster (SPUBLISH/SSUBSCRIBE).
+    target: Target,
+    commands: Commands,
+    script: redis::Script,
+    /// Where received publications go: the hub's fan-out.
+    inbox: Arc<dyn Inbox>,
+    /// The subscription connection's command half; `None` while disconnected.
+    subscriptions: tokio::sync::Mutex<Option<Subscriptions>>,
+    /// The rooms subscribed to, subscribed again after a reconnect; changed under
+    /// `subscriptions`' lock.
+    rooms: Mutex<HashSet<RoomKey>>,
+    /// Whether the subscription connection is up, for everyone who depends on it.
+    link: Arc<Link>,
+    /// Other channels watched on the subscription connection, and whom each wakes.
+    watched: Mutex<Vec<(String, Arc<Notify>)>>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// The broker of node `node_id` on `target` (commands through `commands`), handing
+    /// received publications to `inbox`. The subscription connection is made by
+    /// [`RedisBroker::run`] and reported in `link`.
+    pub fn new(
+        target: Target,
+        commands: Commands,
+        link: Arc<Link>,
+        node_id: &str,
+        inbox: Arc<dyn Inbox>,
+    ) -> Self {
+        Self {
+            node_id: node_id.to_owned(),
+            target,
+            commands,
+            script: redis::Script::new(PUBLISH_SCRIPT),
+            inbox,
+            subscriptions: tokio::sync::Mutex::new(None),
+            rooms: Mutex::new(HashSet::new()),
+            link,
+            watched: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Wakes the returned [`Notify`] whenever something is published on `channel` (also each
+    /// time the connection comes back: what was published meanwhile was missed). Call before
+    /// [`RedisBroker::run`].
+    pub fn notify_on(&self, channel: &str) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.watched.lock().unwrap_or_else(|p| p.into_inner()).push((channel.to_owned(), notify.clone()));
+        notify
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashSet<RoomKey>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the subscription connection: connects, subscribes every room again, has `cluster`
+    /// recount, delivers what arrives; after a drop, waits (100 ms doubling to 5 s) and starts
+    /// again. Ends on `shutdown`.
+    pub async fn run(self: Arc<Self>, cluster: Arc<RedisCluster>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let session = async {
+                let channels: Vec<String> = self.rooms().iter().map(channel).collect();
+                let rooms = channels.len();
+                let mut incoming = self.subscribe_all(channels).await?;
+                // Whatever changed while disconnected is read now.
+                for (_, notify) in self.watched.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    notify.notify_one();
+                }
+                self.refresh_commands().await;
+                let news = cluster.recount().await?;
+                self.link.set_up(true);
+                // Announced once publications flow again; before, they would be refused.
+                cluster.tell(news).await;
+                tracing::info!(rooms, "Redis subscription connection up");
+                match &mut incoming {
+                    Incoming::Single(stream) => {
+                        while let Some(msg) = stream.next().await {
+                            self.receive(msg.get_channel_name(), msg.get_payload_bytes());
+                        }
+                    }
+                    Incoming::Cluster(pushes) => {
+                        while let Some(push) = pushes.recv().await {
+                            match push.kind {
+                                // A connection to one of the cluster's nodes dropped: start over,
+                                // as with a single server, so counts and presence are rewritten.
+                                redis::PushKind::Disconnection => break,
+                                redis::PushKind::Message | redis::PushKind::SMessage => {
+                                    if let [
+                                        redis::Value::BulkString(channel),
+                                        redis::Value::BulkString(payload),
+                                    ] = push.data.as_slice()
+                                    {
+                                        self.receive(&String::from_utf8_lossy(channel), payload);
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                redis::RedisResult::Ok(())
+            };
+            let ended = tokio::select! {
+                r = session => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let was_up = self.link.set_up(false);
+            *self.subscriptions.lock().await = None;
+            match ended {
+                Ok(()) => tracing::warn!("Redis subscription connection lost; reconnecting"),
+                Err(e) => tracing::warn!(error = %e, "cannot reach Redis; retrying"),
+            }
+            if was_up {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// After Redis came back: the command connection notices a dead connection only on the
+    /// command that fails on it, so PING until one answers, before the node reports `ok` and
+    /// publications flow again.
+    async fn refresh_commands(&self) {
+        for _ in 0..3 {
+            let ping: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut self.commands.clone()).await;
+            if ping.is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// Opens the subscription connection, subscribed to `channels` and the watched ones; sets
+    /// it as the one rooms are subscribed on.
+    async fn subscribe_all(&self, channels: Vec<String>) -> redis::RedisResult<Incoming> {
+        let watched: Vec<String> =
+            self.watched.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(c, _)| c.clone()).collect();
+        let (subscriptions, incoming) = match &self.target {
+            Target::Single(client) => {
+                let (mut sink, stream) = client.get_async_pubsub().await?.split();
+                sink.subscribe(channels.iter().chain(&watched).map(String::as_str).collect::<Vec<_>>())
+                    .await?;
+                (Subscriptions::Single(sink), Incoming::Single(Box::pin(stream)))
+            }
+            Target::Cluster(seeds, certs) => {
+                // Unbounded because that is what the client offers; it is drained at once by
+                // the loop in `run`, which only hands each message to the hub.
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let mut conn =
+                    Target::cluster_client(seeds, certs.as_ref(), Some(tx))?.get_async_connection().await?;
+                for ch in watched {
+                    conn.subscribe(ch).await?;
+                }
+                sharded_sub(&mut conn, channels, true).await?;
+                (Subscriptions::Cluster(conn), Incoming::Cluster(rx))
+            }
+        };
+        *self.subscriptions.lock().await = Some(subscriptions);
+        Ok(incoming)
+    }
+
+    /// Subscribes (`on`) or unsubscribes a room's channel, waiting for Redis to confirm.
+    async fn set_subscribed(
+        &self,
+        subscriptions: &mut Subscriptions,
+        key: &RoomKey,
+        on: bool,
+    ) -> Result<(), BrokerError> {
+        let ch = channel(key);
+        let confirmed = match subscriptions {
+            Subscriptions::Single(sink) => {
+                let change = async { if on { sink.subscribe(ch).await } else { sink.unsubscribe(ch).await } };
+                tokio::time::timeout(COMMAND_TIMEOUT, change).await
+            }
+            Subscriptions::Cluster(conn) => {
+                tokio::time::timeout(COMMAND_TIMEOUT, sharded_sub(conn, vec![ch], on)).await
+            }
+        };
+        confirmed
+            .map_err(|_| unavailable("Redis did not confirm the (un)subscription in time"))?
+            .map_err(unavailable)
+    }
+
+    /// Delivers one message from Redis to this node's subscribers of its room.
+    fn receive(&self, channel: &str, payload: &[u8]) {
+        if let Some((_, notify)) =
+            self.watched.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(c, _)| c == channel)
+        {
+            notify.notify_one();
+            return;
+        }
+        let Some(key) = room_of(channel) else { return };
+        let Ok(payload) = std::str::from_utf8(payload) else { return };
+        let Some(wire) = decode(payload) else {
+            tracing::warn!(channel, "unreadable publication in Redis; skipped");
+            return;
+        };
+        let (Ok(event), Ok(data)) =
+            (EventName::parse(wire.event), serde_json::from_str::<&RawValue>(wire.data))
+        else {
+            tracing::warn!(channel, "publication with a bad event name or data in Redis; skipped");
+            return;
+        };
+        let exclude = if wire.node == self.node_id { wire.exclude } else { None };
+        let publication = Publication { key, event, data, exclude, timestamp: wire.timestamp };
+        self.inbox.deliver(&publication, Some(wire.offset));
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, publication: &Publication<'_>) -> Result<Published, BrokerError> {
+        // Without the subscription connection this node's own subscribers would miss it.
+        if !self.link.is_up() {
+            return Err(unavailable("Redis is not connected"));
+        }
+        let key = &publication.key;
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(room_key(OFFSET_PREFIX, &room_id(key)))
+            .key(channel(key))
+            .key(room_key(COUNT_PREFIX, &room_id(key)))
+            .arg(encode(&self.node_id, publication))
+            .arg(OFFSET_TTL_MS)
+            .arg(if matches!(self.target, Target::Cluster(..)) { "SPUBLISH" } else { "PUBLISH" });
+        // Not retried: a connection lost while the script ran leaves unknown whether it
+        // published, and a retry could deliver twice. The caller gets 503 and may retry.
+        let (offset, subscribers): (u64, usize) =
+            invocation.invoke_async(&mut self.commands.clone()).await.map_err(unavailable)?;
+        // This node's subscribers get it when it comes back from Redis, like everyone else's.
+        Ok(Published { offset, subscribers })
+    }
+
+    async fn subscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
+        let mut guard = self.subscriptions.lock().await;
+        let subscriptions = guard.as_mut().ok_or_else(|| unavailable("Redis is not connected"))?;
+        self.set_subscribed(subscriptions, key, true).await?;
+        self.rooms().insert(key.clone());
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
+        let mut guard = self.subscriptions.lock().await;
+        self.rooms().remove(key);
+        // Disconnected: nothing to undo; the reconnect subscribes only to the rooms left.
+        let Some(subscriptions) = guard.as_mut() else { return Ok(()) };
+        self.set_subscribed(subscriptions, key, false).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AppId;
+    use crate::protocol::RoomName;
+
+    #[test]
+    fn publications_survive_the_wire_format() {
+        let data = RawValue::from_string(r#"{"text":"a\nb","n":[1,2]}"#.into()).unwrap();
+        let publication = Publication {
+            key: RoomKey { app_id: AppId::known("my-app"), room: RoomName::parse("chat:1").unwrap() },
+            event: EventName::parse("new message").unwrap(),
+            data: &data,
+            exclude: Some(42),
+            timestamp: 1_700_000_000_123,
+        };
+        let message = format!("7\n{}", encode("n_abc", &publication));
+        let wire = decode(&message).unwrap();
+        assert_eq!(
+            wire,
+            Wire {
+                offset: 7,
+                node: "n_abc",
+                exclude: Some(42),
+                timestamp: 1_700_000_000_123,
+                event: "new message",
+                data: r#"{"text":"a\nb","n":[1,2]}"#,
+            }
+        );
+        let key = room_of(&channel(&publication.key)).unwrap();
+        assert_eq!((&*key.app_id, key.room.as_str()), ("my-app", "chat:1"));
+        assert!(decode("x\nn\n-\n1\ne\n{}").is_none());
+        assert!(decode("1\nn\n-\n1\ne").is_none());
+        assert!(room_of("other:my-app:chat").is_none());
+    }
+}
