@@ -148,7 +148,24 @@ impl Capacity {
         }
     }
 
-    /// Reads the process's resident memory (the heartbeat does, every second); logs when the
+    /// Starts the memory job: [`Capacity::refresh_memory`] every second, until `shutdown`.
+    pub fn start(
+        self: &Arc<Self>,
+        shutdown: &tokio_util::sync::CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) {
+        let capacity = self.clone();
+        tracker.spawn(crate::shutdown::every(
+            std::time::Duration::from_secs(1),
+            shutdown.clone(),
+            move || {
+                capacity.refresh_memory();
+                std::future::ready(())
+            },
+        ));
+    }
+
+    /// Reads the process's resident memory (its job does, every second); logs when the
     /// node crosses its memory bound, either way.
     pub fn refresh_memory(&self) {
         let Some(max) = self.max_memory_bytes else { return };

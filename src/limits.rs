@@ -104,6 +104,23 @@ pub struct ApiLimits {
 }
 
 impl ApiLimits {
+    /// Starts the sweep job: idle buckets are forgotten every minute, until `shutdown`.
+    pub fn start(
+        self: &Arc<Self>,
+        shutdown: &tokio_util::sync::CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) {
+        let limits = self.clone();
+        tracker.spawn(crate::shutdown::every(
+            std::time::Duration::from_secs(60),
+            shutdown.clone(),
+            move || {
+                limits.sweep();
+                std::future::ready(())
+            },
+        ));
+    }
+
     /// Buckets of the configured sizes.
     pub fn new(limits: &crate::config::LimitsConfig) -> Self {
         Self {

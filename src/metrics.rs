@@ -4,6 +4,7 @@
 //! reasons; never room names or user ids. Gauges that describe the hub's state (connections,
 //! rooms, subscriptions, uptime) are set when the page is rendered.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -355,6 +356,19 @@ impl Metrics {
             })
             .clone();
         histogram.record(took.as_secs_f64());
+    }
+
+    /// Starts the upkeep job: [`Metrics::upkeep`] every 5 s until `shutdown`.
+    pub fn start(
+        self: &Arc<Self>,
+        shutdown: &tokio_util::sync::CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) {
+        let metrics = self.clone();
+        tracker.spawn(crate::shutdown::every(Duration::from_secs(5), shutdown.clone(), move || {
+            metrics.upkeep();
+            std::future::ready(())
+        }));
     }
 
     /// Keeps histogram storage bounded between scrapes.

@@ -10,20 +10,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::apps::AppCache;
+use crate::apps::{AppCache, RESTORE_WINDOW_MS};
 use crate::auth::api_key::{KeyRing, PresentedKey};
 use crate::clock::now_ms;
 use crate::config::{Config, StoreKind};
-use crate::http::apps::RESTORE_WINDOW_MS;
-use crate::http::{AppState, Shared, router};
+use crate::http::{AppState, Guards, NodeInfo, Shared, router};
 use crate::hub::local::{LocalBroker, LocalCluster};
 use crate::hub::registry::Registry;
 use crate::hub::{Broker, BrokerError, ClusterState, Fanout, Hub, OutboxLimits};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{KeyKind, KeyRecord, Store, StoreError};
 
-/// How often key `last_used_at` times are written to the store.
-const KEY_USE_FLUSH: Duration = Duration::from_secs(10);
 /// How long a cluster node waits, before serving, for its Redis subscription to come up.
 const STARTUP_REDIS_WAIT: Duration = Duration::from_secs(10);
 
@@ -70,23 +67,23 @@ impl Server {
             tracing::info!(apps = ?purged, "purged apps deleted more than 30 days ago");
         }
         let snapshot = store.snapshot().await.map_err(store_err)?;
-        let apps = AppCache::default();
-        apps.replace_all(snapshot.apps);
+        let app_cache = AppCache::default();
+        app_cache.replace_all(snapshot.apps);
         let keys = KeyRing::default();
         keys.replace_all(snapshot.keys);
         let bootstrap_key = bootstrap_admin(&config, store.as_ref(), &keys).await?;
 
         let listener = bind(config.server.listen)
             .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
-        let registry = Arc::new(Registry::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let limits = OutboxLimits {
             messages: config.websocket.outbound_queue_messages,
             bytes: config.websocket.outbound_queue_bytes,
         };
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let tracker = TaskTracker::new();
+        // The hub, over the local or the Redis implementations of its ports.
+        let registry = Arc::new(Registry::default());
         let fanout = Arc::new(Fanout::new(registry.clone(), metrics.hub.clone()));
-        let (redis, news) = match &config.cluster.redis_url {
+        let (cluster, news) = match &config.cluster.redis_url {
             Some(url) => {
                 let (node, news) = crate::cluster::Node::connect(
                     url,
@@ -103,36 +100,30 @@ impl Server {
             }
             None => (None, None),
         };
-        let (broker, cluster): (Arc<dyn Broker>, Arc<dyn ClusterState>) = match &redis {
+        let (broker, cluster_state): (Arc<dyn Broker>, Arc<dyn ClusterState>) = match &cluster {
             Some(node) => (node.broker.clone(), node.state.clone()),
             None => (Arc::new(LocalBroker::new(fanout.clone())), Arc::new(LocalCluster::new(registry))),
         };
         let hub = Arc::new(
-            Hub::new(fanout, broker, cluster, limits)
+            Hub::new(fanout, broker, cluster_state, limits)
                 .with_presence_list_max(config.limits.presence_members_listed),
         );
-        let store_changes =
-            redis.as_ref().map(|node| node.broker.notify_on(crate::store::redis::CHANGED_CHANNEL));
-        let api_limits = crate::limits::ApiLimits::new(&config.limits);
-        let analytics = Arc::new(match &redis {
-            Some(_) => crate::analytics::Analytics::shared(),
-            None => crate::analytics::Analytics::default(),
+        // The services.
+        let commands = cluster.as_ref().map(|c| c.commands.clone());
+        let stats = Arc::new(match &cluster {
+            // A cluster's analytics live in Redis; a single node's in the store.
+            Some(c) => crate::analytics::Stats::clustered(
+                store.clone(),
+                crate::analytics::redis::SharedAnalytics::new(
+                    c.commands.clone(),
+                    &node_id,
+                    config.cluster.node_timeout_ms,
+                    c.link.epoch(),
+                ),
+            ),
+            None => crate::analytics::Stats::single(store.clone()).await.map_err(store_err)?,
         });
-        // A cluster's analytics live in Redis; a single node's in the store.
-        let shared_analytics = redis.as_ref().map(|r| {
-            Arc::new(crate::analytics::redis::SharedAnalytics::new(
-                r.commands.clone(),
-                &node_id,
-                config.cluster.node_timeout_ms,
-                r.link.epoch(),
-            ))
-        });
-        if shared_analytics.is_none() {
-            let saved =
-                store.load_analytics(now_ms() - crate::analytics::RETENTION_MS).await.map_err(store_err)?;
-            analytics.load(saved);
-        }
-        let sink = analytics.clone();
+        let sink = stats.counts().clone();
         hub.events().add_sink(Arc::new(move |event| sink.record(event, now_ms())));
         let writes = Arc::new(tokio::sync::Mutex::new(()));
         let webhooks = Arc::new(
@@ -141,47 +132,46 @@ impl Server {
                 store.clone(),
                 snapshot.webhooks,
                 metrics.webhooks.clone(),
-                analytics.clone(),
+                stats.counts().clone(),
                 writes.clone(),
-                redis.as_ref().map(|r| r.commands.clone()),
+                commands.clone(),
             )
             .map_err(StartError::Config)?,
         );
         let (filter, sink) = (webhooks.clone(), webhooks.clone());
         hub.events().set_payload_filter(Arc::new(move |app_id| filter.app_has_webhooks(app_id)));
         hub.events().add_sink(Arc::new(move |event| sink.observe(event)));
-        let (config_lookups, metrics_lookups) = (config.limits.store_lookups_per_s, metrics.lookups.clone());
-        let admission = Arc::new(crate::accept::Admission::new(
-            config.limits.connections_per_ip,
-            config.server.trusted_proxies.clone(),
-        ));
-        let capacity = crate::accept::Capacity::new(&config.limits);
-        let state = AppState::new(Shared {
-            config,
+        let tickets = match commands {
+            Some(commands) => crate::auth::ticket::TicketBook::in_redis(commands),
+            None => Default::default(),
+        };
+        let auth = Arc::new(crate::auth::Auth::new(keys, tickets, store.clone()));
+        let apps = Arc::new(crate::apps::Apps::new(crate::apps::Parts {
             store,
-            apps,
-            keys,
-            tickets: match &redis {
-                Some(redis) => crate::auth::ticket::TicketBook::in_redis(redis.commands.clone()),
-                None => Default::default(),
-            },
-            limits: api_limits,
-            metrics,
-            analytics,
-            shared_analytics,
-            hub,
-            node_id,
+            cache: app_cache,
+            auth: auth.clone(),
+            webhooks: webhooks.clone(),
+            stats: stats.clone(),
+            hub: hub.clone(),
+            lookups: crate::lookups::Lookups::new(config.limits.store_lookups_per_s, metrics.lookups.clone()),
+            writes,
+        }));
+        let guards = Guards {
+            limits: Arc::new(crate::limits::ApiLimits::new(&config.limits)),
+            admission: Arc::new(crate::accept::Admission::new(
+                config.limits.connections_per_ip,
+                config.server.trusted_proxies.clone(),
+            )),
+            capacity: Arc::new(crate::accept::Capacity::new(&config.limits)),
+        };
+        let node = NodeInfo {
+            id: node_id,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
-            tracker,
-            writes,
-            webhooks,
-            redis,
-            store_changes,
-            lookups: crate::lookups::Lookups::new(config_lookups, metrics_lookups),
-            admission,
-            capacity,
-        });
+            tracker: TaskTracker::new(),
+            cluster,
+        };
+        let state = AppState::new(Shared { config, hub, apps, auth, webhooks, stats, metrics, guards, node });
         Ok(Self { listener, state, bootstrap_key, marker, news })
     }
 
@@ -197,7 +187,7 @@ impl Server {
 
     /// Cancelling this token shuts the server down like a signal does.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.state.shutdown.clone()
+        self.state.node.shutdown.clone()
     }
 
     /// The shared state (for tests and embedding).
@@ -210,8 +200,7 @@ impl Server {
     /// finished in time.
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> bool {
         let Server { listener, state, marker, news, .. } = self;
-        let token = state.shutdown.clone();
-        let tracker = state.tracker.clone();
+        let (token, tracker) = (state.node.shutdown.clone(), state.node.tracker.clone());
         tracker.spawn({
             let token = token.clone();
             async move {
@@ -221,34 +210,35 @@ impl Server {
                 }
             }
         });
-        tracker.spawn(reload_caches(state.clone(), marker));
-        tracker.spawn(flush_key_uses(state.clone()));
-        tracker.spawn(heartbeat(state.clone()));
-        tracker.spawn(purge_deleted_apps(state.clone()));
-        tracker.spawn(flush_analytics(state.clone()));
+        // Each owner starts its background jobs; all stop on the token.
+        let ws = &state.config.websocket;
+        state.hub.start_heartbeats(ws.heartbeat_s, ws.idle_timeout_s * 1000, &token, &tracker);
+        state.auth.start(&token, &tracker);
+        state.stats.start(&token, &tracker);
+        state.metrics.start(&token, &tracker);
+        state.guards.limits.start(&token, &tracker);
+        state.guards.capacity.start(&token, &tracker);
         state.webhooks.start(token.clone(), tracker.clone()).await;
-        if let Some(redis) = &state.redis {
-            redis.start(&token, &tracker);
+        let reload_every = Duration::from_millis(state.config.store.reload_interval_ms);
+        let announced =
+            state.node.cluster.as_ref().map(|c| c.broker.notify_on(crate::store::redis::CHANGED_CHANNEL));
+        state.apps.start(marker, reload_every, announced, &token, &tracker);
+        if let Some(cluster) = &state.node.cluster {
+            cluster.start(&token, &tracker);
             if let Some(news) = news {
-                let (hub, token) = (state.hub.clone(), token.clone());
-                tracker.spawn(async move {
-                    tokio::select! {
-                        _ = hub.follow(news) => {}
-                        _ = token.cancelled() => {}
-                    }
-                });
+                tracker.spawn(state.hub.clone().follow(news, token.clone()));
             }
             // Clients may already be queued on the bound socket: serving them before the node
             // is subscribed in Redis would refuse their first subscribe and broadcast.
-            if !redis.link.wait_up(STARTUP_REDIS_WAIT).await {
+            if !cluster.link.wait_up(STARTUP_REDIS_WAIT).await {
                 tracing::warn!("Redis subscription not up yet; serving anyway, /health reports it");
             }
         }
 
         let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = %state.node_id, "roomcast listening");
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = %state.node.id, "roomcast listening");
         let accept = Arc::new(crate::accept::Listener {
-            admission: state.admission.clone(),
+            admission: state.guards.admission.clone(),
             timeouts: crate::accept::Timeouts::new(&state.config.server),
             metrics: state.metrics.listener.clone(),
         });
@@ -259,14 +249,12 @@ impl Server {
         tracing::info!(connections = closing, "closing client connections with 1012");
         tracker.close();
         let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
-        save_analytics(&state).await;
+        state.stats.save().await;
         state.webhooks.flush_intake().await;
-        if let Some(redis) = &state.redis {
-            redis.state.deregister().await;
+        if let Some(cluster) = &state.node.cluster {
+            cluster.state.deregister().await;
         }
-        if let Err(e) = state.store.touch_keys(&state.keys.unflushed_uses()).await {
-            tracing::warn!(error = %e, "could not record key use times at shutdown");
-        }
+        state.auth.flush_key_uses().await;
         if drained {
             tracing::info!("shutdown complete");
         } else {
@@ -398,181 +386,5 @@ pub fn admin_record(presented: &PresentedKey, name: &str) -> KeyRecord {
         expires_at: None,
         last_used_at: None,
         revoked_at: None,
-    }
-}
-
-/// Reloads the caches when another process (such as `roomcast admin create-key`) changed the
-/// store.
-async fn reload_caches(state: AppState, mut marker: u64) {
-    let mut tick = tokio::time::interval(Duration::from_millis(state.config.store.reload_interval_ms));
-    // In a cluster a write on any node is announced, so the reload follows at once.
-    let announced = state.store_changes.clone();
-    let announcement = async || match &announced {
-        Some(n) => n.notified().await,
-        None => std::future::pending().await,
-    };
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = announcement() => state.lookups.changed(),
-        }
-        let current = match state.store.change_marker().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot poll the store for changes");
-                continue;
-            }
-        };
-        if marker != current {
-            // Held so that no API write lands between the snapshot and the cache replacement.
-            let _writes = state.writes.lock().await;
-            if let Err(e) = refill_caches(&state).await {
-                tracing::warn!(error = %e, "cannot reload the store");
-                continue;
-            }
-            tracing::info!("reloaded apps and keys after an outside change to the store");
-        }
-        marker = current;
-    }
-}
-
-/// Replaces the app and key caches with the store's contents, and closes with 4003 the
-/// connections of apps another node (or process) disabled or deleted; the caller holds
-/// `state.writes`.
-async fn refill_caches(state: &AppState) -> Result<(), StoreError> {
-    let snapshot = state.store.snapshot().await?;
-    let stopped = state.apps.replace_all(snapshot.apps);
-    state.keys.replace_all(snapshot.keys);
-    state.webhooks.replace_all(snapshot.webhooks);
-    state.lookups.changed();
-    for app_id in stopped {
-        let closed = state.hub.close_connections(Some(&app_id), crate::protocol::CloseCode::AppDisabled);
-        tracing::info!(app_id = %app_id, connections = closed, "app disabled or deleted elsewhere; its connections are closed");
-    }
-    Ok(())
-}
-
-/// How often apps past their restore window are looked for (also once in [`Server::build`]).
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
-
-/// Erases apps soft-deleted more than 30 days ago, with their keys, and drops them from the
-/// caches; their ids can then be taken again.
-async fn purge_deleted_apps(state: AppState) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PURGE_EVERY, PURGE_EVERY);
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let _writes = state.writes.lock().await;
-        let cutoff = now_ms() - RESTORE_WINDOW_MS;
-        let purged = match state.store.purge_deleted(cutoff).await {
-            Ok(purged) if purged.is_empty() => continue,
-            Ok(purged) => purged,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot purge deleted apps");
-                continue;
-            }
-        };
-        if let Err(e) = refill_caches(&state).await {
-            tracing::warn!(error = %e, "cannot reload the store after a purge");
-        }
-        for app_id in &purged {
-            state.analytics.forget(app_id);
-            if let Some(shared) = &state.shared_analytics
-                && let Err(e) = shared.forget(app_id, now_ms()).await
-            {
-                tracing::warn!(error = %e, app_id = %app_id, "cannot erase a purged app's analytics in Redis");
-            }
-        }
-        tracing::info!(apps = ?purged, "purged apps deleted more than 30 days ago");
-    }
-}
-
-/// Drives heartbeats: once a second, closes connections silent for `idle_timeout_s` and pings
-/// the connections whose turn it is, so each is pinged every `heartbeat_s` without a timer per
-/// connection.
-async fn heartbeat(state: AppState) {
-    let ws = &state.config.websocket;
-    let (ping_every, idle_ms) = (ws.heartbeat_s, ws.idle_timeout_s * 1000);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n = 0u64;
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        n += 1;
-        state.hub.heartbeat(n, ping_every, idle_ms);
-        state.capacity.refresh_memory();
-        state.tickets.sweep(crate::clock::now_ms());
-        if n.is_multiple_of(60) {
-            state.limits.sweep();
-            state.lookups.sweep();
-        }
-        if n.is_multiple_of(5) {
-            state.metrics.upkeep();
-        }
-    }
-}
-
-/// How often analytics are written to the store: a crash loses at most this much.
-const ANALYTICS_FLUSH: Duration = Duration::from_secs(10);
-/// How often a cluster node adds its counts to the shared buckets: other nodes report them
-/// this much later.
-const SHARED_ANALYTICS_FLUSH: Duration = Duration::from_secs(1);
-
-/// Writes analytics minutes and user sightings that changed, every [`ANALYTICS_FLUSH`] (every
-/// [`SHARED_ANALYTICS_FLUSH`] in a cluster).
-async fn flush_analytics(state: AppState) {
-    let every = if state.shared_analytics.is_some() { SHARED_ANALYTICS_FLUSH } else { ANALYTICS_FLUSH };
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        save_analytics(&state).await;
-    }
-}
-
-async fn save_analytics(state: &AppState) {
-    let now = now_ms();
-    state.analytics.tick(now);
-    if let Some(shared) = &state.shared_analytics {
-        let deltas = state.analytics.take_deltas();
-        if let Err(e) = shared.flush(&deltas).await {
-            tracing::warn!(error = %e, "cannot add analytics to Redis; will retry");
-            state.analytics.restore(deltas);
-        }
-        return;
-    }
-    let rows = state.analytics.take_dirty();
-    if rows.minutes.is_empty() && rows.sketches.is_empty() {
-        return;
-    }
-    if let Err(e) = state.store.save_analytics(rows.clone(), now - crate::analytics::RETENTION_MS, now).await
-    {
-        tracing::warn!(error = %e, "cannot save analytics; will retry");
-        state.analytics.mark_dirty(&rows);
-    }
-}
-
-/// Persists key `last_used_at` times in batches, off the request path.
-async fn flush_key_uses(state: AppState) {
-    let mut tick = tokio::time::interval(KEY_USE_FLUSH);
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let used = state.keys.unflushed_uses();
-        if !used.is_empty()
-            && let Err(e) = state.store.touch_keys(&used).await
-        {
-            tracing::warn!(error = %e, "cannot record key use times");
-        }
     }
 }

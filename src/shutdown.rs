@@ -1,4 +1,4 @@
-//! Process signals that start a graceful shutdown.
+//! Process signals that start a graceful shutdown, and the loop background jobs run in until it.
 
 /// Resolves on SIGINT (Ctrl-C, an operator at a terminal) or SIGTERM (what init systems and
 /// orchestrators send before killing), whichever comes first.
@@ -26,5 +26,26 @@ pub async fn signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
         _ = term => tracing::info!("SIGTERM received; shutting down"),
+    }
+}
+
+/// Runs `tick` at once and then every `period`, until `shutdown` fires: the loop of every
+/// background job, each owned by its service. A late tick is delayed, never bunched up.
+pub async fn every<F, Fut>(
+    period: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut tick: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        tick().await;
     }
 }

@@ -10,6 +10,9 @@
 
 pub mod distinct;
 pub mod redis;
+mod service;
+
+pub use service::Stats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};

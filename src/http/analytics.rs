@@ -113,13 +113,11 @@ async fn analytics(
         Some(p) => Period::parse(p).ok_or_else(|| ApiError::field("period", "must be 1h, 24h, 7d or 30d"))?,
     };
     let now = now_ms();
-    let mut r = state.analytics.report(&app.app_id, period, now);
-    if let Some(shared) = &state.shared_analytics {
-        r = shared
-            .report(&app.app_id, period, now, &r)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("analytics in Redis: {e}")))?;
-    }
+    let r = state
+        .stats
+        .report(&app.app_id, period, now)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("analytics in Redis: {e}")))?;
     let current = r.current;
     let t = r.totals;
     Ok(axum::Json(AnalyticsReport {

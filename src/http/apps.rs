@@ -16,7 +16,6 @@ use crate::apps::{check_app_id, generate_app_id};
 use crate::auth::api_key::{PresentedKey, Scope};
 use crate::auth::random_base62;
 use crate::clock::now_ms;
-use crate::protocol::CloseCode;
 use crate::store::{AppRecord, AppStatus, KeyKind, KeyRecord};
 
 /// Routes of this area.
@@ -333,24 +332,6 @@ pub fn new_primary_key(app_id: &str, now: i64) -> (PresentedKey, KeyRecord) {
     (key, record)
 }
 
-/// Writes a changed copy of `current` to the store, then to the cache, and returns it. `change`
-/// may refuse, in which case nothing is written. Callers hold `state.writes`.
-async fn save_app(
-    state: &AppState,
-    current: &AppRecord,
-    change: impl FnOnce(&mut AppRecord) -> Result<(), ApiError>,
-) -> Result<AppRecord, ApiError> {
-    // Changed from the store's version, not the cache's: another node may have changed the app
-    // a moment ago, and this write must not undo that.
-    let stored = state.store.app(&current.app_id).await?;
-    let mut app = stored.unwrap_or_else(|| current.clone());
-    change(&mut app)?;
-    app.updated_at = now_ms().max(current.updated_at).max(app.updated_at);
-    state.store.update_app(&app).await?;
-    state.apps.put(app.clone());
-    Ok(app)
-}
-
 /// The app the caller may act on, refusing other tenants and unknown or deleted apps.
 pub(super) async fn visible_app(
     state: &AppState,
@@ -369,7 +350,7 @@ async fn create_app(
     call: Authed<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
     call.principal.require_admin()?;
-    let _writes = state.writes.lock().await;
+    let _writes = state.apps.writing().await;
     let mut body = call.body;
     let app_id = match body.remove("app_id") {
         Some(serde_json::Value::String(id)) => {
@@ -395,21 +376,15 @@ async fn create_app(
         deleted_at: None,
     };
     settings.apply(&mut app)?;
-    if state.apps.get(&app_id).is_some() {
-        return Err(ApiError::Conflict(format!("app_id {app_id:?} is already taken")));
-    }
     let (key, record) = new_primary_key(&app_id, now);
-    state.store.insert_app(&app, &record).await.map_err(|e| match e {
+    let view = AppView::from(&app);
+    let secret = app.secret.clone();
+    state.apps.create(app, record).await.map_err(|e| match e {
         crate::store::StoreError::Conflict => {
             ApiError::Conflict(format!("app_id {app_id:?} is already taken"))
         }
         other => other.into(),
     })?;
-    let view = AppView::from(&app);
-    let secret = app.secret.clone();
-    state.apps.put(app);
-    state.keys.put(record);
-    tracing::info!(app_id, "app created");
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedApp { success: true, app: view, app_secret: secret, api_key: key.plaintext() }),
@@ -439,7 +414,7 @@ async fn list_apps(
         return Ok(axum::Json(AppList { success: true, applications, next_cursor: None }));
     }
     let (apps, more) =
-        state.apps.page(params.cursor.as_deref(), limit, params.include_deleted.unwrap_or(false));
+        state.apps.cache().page(params.cursor.as_deref(), limit, params.include_deleted.unwrap_or(false));
     let next_cursor = if more { apps.last().map(|a| a.app_id.clone()) } else { None };
     let applications = apps.iter().map(|a| AppView::from(&**a)).collect();
     Ok(axum::Json(AppList { success: true, applications, next_cursor }))
@@ -484,17 +459,11 @@ async fn delete_app(
     Path(app_id): Path<String>,
 ) -> Result<axum::Json<AppResponse>, ApiError> {
     principal.require_admin()?;
-    let _writes = state.writes.lock().await;
+    let _writes = state.apps.writing().await;
     let current = visible_app(&state, &principal, &app_id).await?;
-    let now = now_ms();
-    let app = save_app(&state, &current, |app| {
-        app.deleted_at = Some(now);
-        Ok(())
-    })
-    .await?;
+    let app = state.apps.delete(&current).await?;
     let view = AppView::from(&app);
-    let closed = state.hub.close_connections(Some(&app_id), CloseCode::AppDisabled);
-    tracing::info!(app_id, closed, "app soft-deleted; restorable for 30 days");
+    tracing::info!(app_id, "app soft-deleted; restorable for 30 days");
     Ok(axum::Json(AppResponse { success: true, app: view }))
 }
 
@@ -509,22 +478,12 @@ async fn restore_app(
     Path(app_id): Path<String>,
 ) -> Result<axum::Json<AppResponse>, ApiError> {
     principal.require_admin()?;
-    let _writes = state.writes.lock().await;
-    let now = now_ms();
-    // From the store: the app may have been deleted through another node a moment ago.
-    let current = state
-        .store
-        .app(&app_id)
-        .await?
-        .filter(|a| a.deleted_at.is_some_and(|at| now - at <= RESTORE_WINDOW_MS))
-        .ok_or_else(|| ApiError::NotFound(format!("no deleted app {app_id:?} within the 30-day window")))?;
-    let app = save_app(&state, &current, |app| {
-        app.deleted_at = None;
-        Ok(())
-    })
-    .await?;
+    let _writes = state.apps.writing().await;
+    let app =
+        state.apps.restore(&app_id).await?.ok_or_else(|| {
+            ApiError::NotFound(format!("no deleted app {app_id:?} within the 30-day window"))
+        })?;
     let view = AppView::from(&app);
-    tracing::info!(app_id, "app restored");
     Ok(axum::Json(AppResponse { success: true, app: view }))
 }
 
@@ -539,15 +498,10 @@ async fn update_app(
     call: Authed<AppSettings>,
 ) -> Result<axum::Json<AppResponse>, ApiError> {
     call.principal.require(Scope::AppsWrite)?;
-    let _writes = state.writes.lock().await;
+    let _writes = state.apps.writing().await;
     let current = visible_app(&state, &call.principal, &app_id).await?;
-    let app = save_app(&state, &current, |app| call.body.apply(app)).await?;
-    let disabled = current.status == AppStatus::Enabled && app.status == AppStatus::Disabled;
+    let app = state.apps.update(&current, |app| call.body.apply(app)).await?;
     let view = AppView::from(&app);
-    if disabled {
-        let closed = state.hub.close_connections(Some(&app_id), CloseCode::AppDisabled);
-        tracing::info!(app_id, closed, "app disabled; its connections are closing");
-    }
     Ok(axum::Json(AppResponse { success: true, app: view }))
 }
 
@@ -563,7 +517,7 @@ async fn regenerate_api_key(
     call: Authed<RegenerateKey>,
 ) -> Result<axum::Json<RegeneratedKey>, ApiError> {
     call.principal.require(Scope::KeysWrite)?;
-    let _writes = state.writes.lock().await;
+    let _writes = state.apps.writing().await;
     let app = visible_app(&state, &call.principal, &app_id).await?;
     let grace = call.body.grace_seconds.unwrap_or(0);
     if grace > MAX_GRACE_S {
@@ -571,6 +525,7 @@ async fn regenerate_api_key(
     }
     let now = now_ms();
     let mut changed: Vec<KeyRecord> = state
+        .auth
         .keys
         .of_app(&app.app_id)
         .into_iter()
@@ -589,11 +544,9 @@ async fn regenerate_api_key(
         .collect();
     let (key, record) = new_primary_key(&app.app_id, now);
     changed.push(record.clone());
-    state.store.save_keys(&changed).await?;
-    for k in changed {
-        state.keys.put(k);
-    }
+    state.apps.save_keys(changed).await?;
     let view = state
+        .auth
         .keys
         .get(&record.key_id)
         .map(|k| KeyView::from(&*k))
@@ -613,13 +566,15 @@ async fn regenerate_secret(
     call: Authed<Empty>,
 ) -> Result<axum::Json<RegeneratedSecret>, ApiError> {
     call.principal.require(Scope::KeysWrite)?;
-    let _writes = state.writes.lock().await;
+    let _writes = state.apps.writing().await;
     let current = visible_app(&state, &call.principal, &app_id).await?;
-    let app = save_app(&state, &current, |app| {
-        app.secret = random_base62(SECRET_LEN);
-        Ok(())
-    })
-    .await?;
+    let app = state
+        .apps
+        .update(&current, |app| {
+            app.secret = random_base62(SECRET_LEN);
+            Ok::<_, ApiError>(())
+        })
+        .await?;
     let secret = app.secret;
     tracing::info!(app_id, "app secret regenerated");
     Ok(axum::Json(RegeneratedSecret { success: true, app_secret: secret }))

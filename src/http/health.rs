@@ -41,31 +41,32 @@ pub struct Health {
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
-    let store_ok = match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "store health check failed");
-            false
-        }
-        Err(_) => false,
-    };
-    let redis = match &state.redis {
+    let store_ok =
+        match tokio::time::timeout(std::time::Duration::from_secs(2), state.apps.store().ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "store health check failed");
+                false
+            }
+            Err(_) => false,
+        };
+    let redis = match &state.node.cluster {
         None => "disabled",
         Some(r) if r.link.is_up() => "ok",
         Some(_) => "down",
     };
     let connections = state.hub.connection_count();
-    let full = state.capacity.full(connections).map(crate::accept::Full::as_str);
+    let full = state.guards.capacity.full(connections).map(crate::accept::Full::as_str);
     let ok = store_ok && redis != "down" && full.is_none();
     let body = Health {
         ok,
         version: env!("CARGO_PKG_VERSION"),
-        node_id: state.node_id.clone(),
-        uptime_s: state.started.elapsed().as_secs(),
+        node_id: state.node.id.clone(),
+        uptime_s: state.node.started.elapsed().as_secs(),
         store: if store_ok { "ok" } else { "down" },
         redis,
         connections,
-        max_connections: state.capacity.max_connections,
+        max_connections: state.guards.capacity.max_connections,
         full,
     };
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -87,7 +88,7 @@ pub async fn metrics_page(State(state): State<AppState>, headers: HeaderMap) -> 
                 .into_response();
         }
     }
-    let full = state.capacity.full(state.hub.connection_count()).is_some();
+    let full = state.guards.capacity.full(state.hub.connection_count()).is_some();
     let body = state.metrics.render(&state.hub, full);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

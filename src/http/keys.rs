@@ -81,6 +81,7 @@ async fn list_keys(
 ) -> Result<axum::Json<KeyList>, ApiError> {
     let app_id = key_app(&state, &principal, &app_id).await?;
     let keys = state
+        .auth
         .keys
         .of_app(&app_id)
         .iter()
@@ -140,10 +141,9 @@ async fn create_key(
         last_used_at: None,
         revoked_at: None,
     };
-    let _writes = state.writes.lock().await;
-    state.store.insert_key(&record).await?;
+    let _writes = state.apps.writing().await;
     let view = CachedKey::new(record.clone()).map(|k| KeyView::from(&k));
-    state.keys.put(record);
+    state.apps.insert_key(record).await?;
     let view = view.ok_or_else(|| ApiError::Internal("new key has a malformed hash".into()))?;
     Ok((StatusCode::CREATED, axum::Json(CreatedKey { success: true, key: view, api_key: key.plaintext() })))
 }
@@ -159,16 +159,16 @@ async fn revoke_key(
     Path((app_id, key_id)): Path<(String, String)>,
 ) -> Result<axum::Json<Done>, ApiError> {
     let app_id = key_app(&state, &principal, &app_id).await?;
-    let _writes = state.writes.lock().await;
+    let _writes = state.apps.writing().await;
     let key = state
+        .auth
         .keys
         .get(&key_id)
         .filter(|k| k.record.app_id.as_deref() == Some(app_id.as_str()) && k.record.revoked_at.is_none())
         .ok_or_else(|| ApiError::NotFound(format!("no key {key_id:?} in app {app_id:?}")))?;
     let mut record = key.record.clone();
     record.revoked_at = Some(now_ms());
-    state.store.save_keys(std::slice::from_ref(&record)).await?;
-    state.keys.put(record);
+    state.apps.save_keys(vec![record]).await?;
     tracing::info!(app_id, key_id, "API key revoked");
     Ok(axum::Json(Done { success: true }))
 }

@@ -23,15 +23,14 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::apps::{AppCache, is_active};
-use crate::auth::api_key::{CachedKey, KeyRing, PresentedKey};
-use crate::auth::ticket::TicketBook;
+use crate::apps::{Apps, is_active};
+use crate::auth::Auth;
+use crate::auth::api_key::PresentedKey;
 use crate::auth::token::{Identity, peek_app_id, verify};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::lookups::Kind;
-use crate::store::{AppRecord, KeyKind, Store, WebhookRecord};
+use crate::store::{AppRecord, KeyKind, WebhookRecord};
 use error::ApiError;
 use extract::{KeySource, Principal};
 
@@ -39,40 +38,44 @@ use extract::{KeySource, Principal};
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Shared>);
 
-/// The parts of [`AppState`].
+/// The parts of [`AppState`]: the configuration, the hub, the services, and the edge's own.
 #[derive(Debug)]
 pub struct Shared {
     pub config: Config,
-    pub store: Arc<dyn Store>,
-    pub apps: AppCache,
-    pub keys: KeyRing,
-    pub tickets: TicketBook,
-    pub limits: crate::limits::ApiLimits,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub analytics: Arc<crate::analytics::Analytics>,
-    /// The cluster's analytics buckets, in cluster mode.
-    pub shared_analytics: Option<Arc<crate::analytics::redis::SharedAnalytics>>,
     pub hub: Arc<Hub>,
-    pub node_id: String,
+    /// Apps and keys: writes, caches, lifecycle.
+    pub apps: Arc<Apps>,
+    /// Key cache and tickets.
+    pub auth: Arc<Auth>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
+    pub stats: Arc<crate::analytics::Stats>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Rate limits and connection bounds.
+    pub guards: Guards,
+    /// This process: its id, its tasks, its cluster parts.
+    pub node: NodeInfo,
+}
+
+/// What protects the edge: rate limits per app and per IP, connections per IP, the node's
+/// bounds on connections and memory.
+#[derive(Debug)]
+pub struct Guards {
+    pub limits: Arc<crate::limits::ApiLimits>,
+    pub admission: Arc<crate::accept::Admission>,
+    pub capacity: Arc<crate::accept::Capacity>,
+}
+
+/// This node of the cluster (or the only one).
+#[derive(Debug)]
+pub struct NodeInfo {
+    pub id: String,
     pub started: Instant,
     /// Fires when the server begins to shut down.
     pub shutdown: CancellationToken,
     /// Every task and session; shutdown waits on it.
     pub tracker: TaskTracker,
-    /// Held across "write the store, then update the caches" and across cache reloads, so a
-    /// reload can never put back a snapshot older than a write. Only admin paths take it.
-    pub writes: Arc<tokio::sync::Mutex<()>>,
-    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The cluster parts, in cluster mode.
-    pub redis: Option<Arc<crate::cluster::Node>>,
-    /// Woken when a write to the store is announced (cluster mode).
-    pub store_changes: Option<Arc<tokio::sync::Notify>>,
-    /// Bounded store reads for credentials the caches do not know yet.
-    pub lookups: crate::lookups::Lookups,
-    /// Open connections per client IP.
-    pub admission: Arc<crate::accept::Admission>,
-    /// The node's bounds on WebSockets and memory.
-    pub capacity: crate::accept::Capacity,
+    pub cluster: Option<Arc<crate::cluster::Node>>,
 }
 
 impl Deref for AppState {
@@ -97,10 +100,7 @@ impl AppState {
         if source == KeySource::AdminHeader && presented.kind != KeyKind::Admin {
             return Err(ApiError::InvalidKey);
         }
-        let key = match self.keys.get(&presented.key_id) {
-            Some(key) => key,
-            None => self.key_from_store(&presented.key_id).await?.ok_or(ApiError::InvalidKey)?,
-        };
+        let key = self.apps.key(&presented.key_id).await?.ok_or(ApiError::InvalidKey)?;
         if key.record.kind != presented.kind
             || !key.secret_matches(&presented)
             || key.record.revoked_at.is_some()
@@ -112,7 +112,7 @@ impl AppState {
             return Err(ApiError::KeyExpired);
         }
         if let Some(app_id) = &key.record.app_id {
-            let app = self.app(app_id).await?.ok_or(ApiError::InvalidKey)?;
+            let app = self.apps.app(app_id).await?.ok_or(ApiError::InvalidKey)?;
             if app.deleted_at.is_some() {
                 return Err(ApiError::AppDeleted(app_id.clone()));
             }
@@ -130,65 +130,14 @@ impl AppState {
         })
     }
 
-    async fn key_from_store(&self, key_id: &str) -> Result<Option<Arc<CachedKey>>, ApiError> {
-        self.lookups
-            .fetch(Kind::Key, key_id, || self.store.key(key_id), |k| self.keys.put_if_absent(k))
-            .await?;
-        Ok(self.keys.get(key_id))
-    }
-
-    /// The app, deleted or not. One this node does not know, or knows as disabled or deleted,
-    /// is asked of the store first: it may have been created, enabled or restored through
-    /// another node a moment ago.
+    /// The app, deleted or not, asking the store when this node does not know it as active.
     pub async fn app(&self, app_id: &str) -> Result<Option<Arc<AppRecord>>, ApiError> {
-        let cached = self.apps.get(app_id);
-        if cached.as_ref().is_some_and(|a| is_active(a)) {
-            return Ok(cached);
-        }
-        self.app_from_store(app_id).await
-    }
-
-    /// Asks the store for the app (within the lookup bounds), then answers from the cache.
-    async fn app_from_store(&self, app_id: &str) -> Result<Option<Arc<AppRecord>>, ApiError> {
-        if crate::apps::check_app_id(app_id).is_ok() {
-            self.lookups
-                .fetch(Kind::App, app_id, || self.store.app(app_id), |a| self.apps.put_newer(a))
-                .await?;
-        }
-        Ok(self.apps.get(app_id))
-    }
-
-    /// `check` run on the app as this node knows it, and once more on the store's record when the
-    /// cached one fails it and the store holds another version (a secret regenerated through
-    /// another node a moment ago). `None` when there is no such app.
-    pub async fn check_app<T, E>(
-        &self,
-        app_id: &str,
-        check: impl Fn(&Arc<AppRecord>) -> Result<T, E>,
-    ) -> Result<Option<Result<T, E>>, ApiError> {
-        let Some(app) = self.app(app_id).await? else { return Ok(None) };
-        let refused = match check(&app) {
-            Ok(passed) => return Ok(Some(Ok(passed))),
-            Err(e) => e,
-        };
-        Ok(Some(match self.app_from_store(app_id).await? {
-            Some(fresh) if !Arc::ptr_eq(&fresh, &app) => check(&fresh),
-            _ => Err(refused),
-        }))
+        Ok(self.apps.app(app_id).await?)
     }
 
     /// The webhook, asking the store first when this node does not know it.
     pub async fn webhook(&self, webhook_id: &str) -> Result<Option<Arc<WebhookRecord>>, ApiError> {
-        if let Some(webhook) = self.webhooks.get(webhook_id) {
-            return Ok(Some(webhook));
-        }
-        if crate::webhooks::is_webhook_id(webhook_id) {
-            let (store, webhooks) = (&self.store, &self.webhooks);
-            self.lookups
-                .fetch(Kind::Webhook, webhook_id, || store.webhook(webhook_id), |w| webhooks.put_newer(w))
-                .await?;
-        }
-        Ok(self.webhooks.get(webhook_id))
+        Ok(self.apps.webhook(webhook_id).await?)
     }
 }
 
@@ -202,10 +151,10 @@ impl AppState {
     ) -> Result<(), ApiError> {
         let info = match &principal.app_id {
             Some(app_id) => {
-                let per_minute = self.apps.get(app_id).map_or(1, |a| a.rate_limit);
-                self.limits.charge_app(app_id, per_minute)
+                let per_minute = self.apps.cache().get(app_id).map_or(1, |a| a.rate_limit);
+                self.guards.limits.charge_app(app_id, per_minute)
             }
-            None => self.limits.charge_admin(),
+            None => self.guards.limits.charge_admin(),
         };
         Self::report(info, slot)
     }
@@ -249,7 +198,7 @@ impl AppState {
         let invalid = || ApiError::InvalidToken("invalid token".into());
         let app_id = peek_app_id(token).ok_or_else(invalid)?;
         let leeway = self.config.tokens.leeway_s;
-        match self.check_app(&app_id, |app| verify(token, &app.secret, leeway)).await? {
+        match self.apps.check_app(&app_id, |app| verify(token, &app.secret, leeway)).await? {
             Some(Ok(identity)) => Ok(identity),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "token refused");

@@ -76,7 +76,7 @@ impl FromRequestParts<AppState> for Buyer {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
-        AppState::charge_ip(&state.limits.ips, ip, parts.extensions.get::<crate::limits::RateSlot>())?;
+        AppState::charge_ip(&state.guards.limits.ips, ip, parts.extensions.get::<crate::limits::RateSlot>())?;
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -156,6 +156,7 @@ async fn create_ticket(
     }
     let now = now_ms();
     let ticket = state
+        .auth
         .tickets
         .issue(identity, now + ttl as i64 * 1000, now)
         .await

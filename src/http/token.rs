@@ -57,7 +57,7 @@ async fn create_token(
     slot: Option<axum::Extension<crate::limits::RateSlot>>,
     Json(req): Json<TokenRequest>,
 ) -> Result<axum::Json<TokenResponse>, ApiError> {
-    AppState::charge_ip(&state.limits.ips, ip, slot.as_deref())?;
+    AppState::charge_ip(&state.guards.limits.ips, ip, slot.as_deref())?;
     let ttl = req.expires_in.unwrap_or(state.config.tokens.default_ttl_s);
     if !TTL_RANGE.contains(&ttl) {
         return Err(ApiError::field("expires_in", "must be between 60 and 2592000 seconds"));
@@ -72,7 +72,8 @@ async fn create_token(
     let matches = |a: &crate::store::AppRecord| {
         a.deleted_at.is_none() && bool::from(a.secret.as_bytes().ct_eq(req.app_secret.as_bytes()))
     };
-    let checked = state.check_app(&req.app_id, |a| if matches(a) { Ok(a.clone()) } else { Err(()) }).await?;
+    let checked =
+        state.apps.check_app(&req.app_id, |a| if matches(a) { Ok(a.clone()) } else { Err(()) }).await?;
     let app = checked.and_then(Result::ok).ok_or(ApiError::InvalidKey)?;
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);

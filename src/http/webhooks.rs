@@ -302,7 +302,7 @@ async fn create_webhook(
     target::check_resolved(&url, state.webhooks.config().allow_private_targets)
         .await
         .map_err(|e| ApiError::field("url", e))?;
-    let _writes = state.writes.lock().await;
+    let _writes = state.webhooks.writing().await;
     let max = state.webhooks.config().max_per_app;
     if state.webhooks.of_app(&app_id).len() >= max {
         return Err(ApiError::field(
@@ -324,9 +324,7 @@ async fn create_webhook(
         created_at: now,
         updated_at: now,
     };
-    state.store.insert_webhook(&record).await?;
-    state.webhooks.put(record.clone());
-    tracing::info!(app_id = %record.app_id, webhook_id = %record.webhook_id, "webhook registered");
+    state.webhooks.create(record.clone()).await?;
     let secret = generated.then(|| record.secret.clone());
     Ok((
         StatusCode::CREATED,
@@ -387,11 +385,11 @@ async fn update_webhook(
             .await
             .map_err(|e| ApiError::field("url", e))?;
     }
-    let _writes = state.writes.lock().await;
+    let _writes = state.webhooks.writing().await;
     // Read again under the lock: an attempt may have changed its health meanwhile, here or
     // (the store has it) on another node.
     let current = visible_webhook(&state, &principal, &id).await?;
-    let mut next = state.store.webhook(&id).await?.unwrap_or_else(|| (*current).clone());
+    let mut next = state.webhooks.stored(&id).await?.unwrap_or_else(|| (*current).clone());
     if let Some(url) = url {
         next.url = url.to_string();
     }
@@ -410,11 +408,7 @@ async fn update_webhook(
         }
     }
     next.updated_at = now_ms().max(current.updated_at).max(next.updated_at);
-    state.store.update_webhook(&next).await?;
-    state.webhooks.put(next.clone());
-    if enabling {
-        state.webhooks.resume(&next.webhook_id).await?;
-    }
+    state.webhooks.update(next.clone(), enabling).await?;
     Ok(axum::Json(WebhookShown { success: true, webhook: WebhookView::from(&next), secret: None }))
 }
 
@@ -429,11 +423,9 @@ async fn delete_webhook(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Done>, ApiError> {
     principal.require(Scope::WebhooksWrite)?;
-    let _writes = state.writes.lock().await;
+    let _writes = state.webhooks.writing().await;
     let webhook = visible_webhook(&state, &principal, &id).await?;
-    state.store.delete_webhook(&webhook.webhook_id).await?;
-    state.webhooks.remove(&webhook.webhook_id);
-    tracing::info!(app_id = %webhook.app_id, webhook_id = %webhook.webhook_id, "webhook deleted");
+    state.webhooks.delete(&webhook).await?;
     Ok(axum::Json(Done { success: true }))
 }
 
@@ -459,7 +451,8 @@ async fn list_deliveries(
     {
         return Err(ApiError::field("cursor", "is not a cursor this API returned"));
     }
-    let mut page = state.store.deliveries(&webhook.webhook_id, params.cursor.as_deref(), limit + 1).await?;
+    let mut page =
+        state.webhooks.deliveries(&webhook.webhook_id, params.cursor.as_deref(), limit + 1).await?;
     let more = page.len() > limit;
     page.truncate(limit);
     let next_cursor = if more { page.last().map(|d| d.delivery_id.clone()) } else { None };
@@ -511,7 +504,7 @@ async fn retry_delivery(
         return Err(not_found());
     }
     let delivery = state
-        .store
+        .webhooks
         .delivery(&delivery_id)
         .await?
         .filter(|d| d.webhook_id == webhook.webhook_id)

@@ -319,9 +319,20 @@ impl Hub {
     }
 
     /// What the cluster state learned on its own: rooms left empty and members gone with a
-    /// dead node, or while Redis was away. Runs until the cluster state drops its sender.
-    pub async fn follow(&self, mut news: tokio::sync::mpsc::Receiver<ClusterNews>) {
-        while let Some(news) = news.recv().await {
+    /// dead node, or while Redis was away. Runs until `shutdown`.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut from_cluster: tokio::sync::mpsc::Receiver<ClusterNews>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let news = tokio::select! {
+                news = from_cluster.recv() => match news {
+                    Some(news) => news,
+                    None => return,
+                },
+                _ = shutdown.cancelled() => return,
+            };
             match news {
                 ClusterNews::RoomVacated(key) => self.events().emit(HubEvent::RoomVacated { room: key }),
                 ClusterNews::MemberGone(key, user_id) => {
@@ -496,7 +507,29 @@ impl Hub {
         self.close_connections(None, CloseCode::ServiceRestart)
     }
 
-    /// One heartbeat tick (the sweeper calls it every second): closes connections silent for
+    /// Starts the heartbeat job: every second, [`Hub::heartbeat`] with connections pinged every
+    /// `ping_every_s` and closed after `idle_ms` of silence, until `shutdown`.
+    pub fn start_heartbeats(
+        self: &Arc<Self>,
+        ping_every_s: u64,
+        idle_ms: u64,
+        shutdown: &tokio_util::sync::CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) {
+        let hub = self.clone();
+        let mut tick = 0;
+        tracker.spawn(crate::shutdown::every(
+            std::time::Duration::from_secs(1),
+            shutdown.clone(),
+            move || {
+                tick += 1;
+                hub.heartbeat(tick, ping_every_s, idle_ms);
+                std::future::ready(())
+            },
+        ));
+    }
+
+    /// One heartbeat tick (the job calls it every second): closes connections silent for
     /// `idle_ms` with 4000, and asks the connections whose turn it is to ping. Each connection's
     /// turn comes once every `ping_every` ticks, so pings are spread over the period instead of
     /// all firing at once.

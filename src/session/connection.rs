@@ -62,7 +62,7 @@ struct Session {
 /// came through a trusted proxy (the hub counts such connections per address).
 pub async fn run(state: AppState, mut socket: WebSocket, identity: Identity, proxied_ip: Option<IpAddr>) {
     // Held for the whole session, so shutdown waits for this connection to say goodbye.
-    let _tracked = state.tracker.token();
+    let _tracked = state.node.tracker.token();
     let conn = state.hub.connect_from(&identity.app_id, identity.user_id.as_deref(), proxied_ip);
     tracing::info!(connection_id = %conn.id, app_id = %identity.app_id, user_id = identity.user_id.as_deref().unwrap_or("-"), "connection opened");
     let limiter = frame_limiter(&state.config.limits);
@@ -310,8 +310,12 @@ impl Session {
         event: &crate::protocol::EventName,
         data: &RawValue,
     ) -> Result<(), (ErrorCode, String)> {
-        let app_allows =
-            self.state.apps.get(&self.identity.app_id).is_some_and(|a| is_active(&a) && a.client_events);
+        let app_allows = self
+            .state
+            .apps
+            .cache()
+            .get(&self.identity.app_id)
+            .is_some_and(|a| is_active(&a) && a.client_events);
         if !app_allows || !self.identity.can_publish {
             return Err((
                 ErrorCode::ClientEventsDisabled,

@@ -48,7 +48,7 @@ pub async fn upgrade(
     // hub's count of its connections. Checked, not reserved, like the app's max_connections.
     let proxied_ip = match (peer, ip) {
         (Some(axum::Extension(ConnectInfo(peer))), Some(client))
-            if state.admission.is_trusted(peer.ip()) && client != peer.ip() =>
+            if state.guards.admission.is_trusted(peer.ip()) && client != peer.ip() =>
         {
             if state.hub.connections_from(client) >= state.config.limits.connections_per_ip as usize {
                 state.metrics.listener.refused(RefusedReason::IpLimit).increment(1);
@@ -60,13 +60,13 @@ pub async fn upgrade(
     };
     // The node's own bound comes before any work: a full node answers at once, so a load
     // balancer (or the client) tries another.
-    if let Some(full) = state.capacity.full(state.hub.connection_count()) {
+    if let Some(full) = state.guards.capacity.full(state.hub.connection_count()) {
         state.metrics.listener.refused(RefusedReason::NodeFull).increment(1);
         tracing::debug!(reason = full.as_str(), "upgrade refused: node full");
         return Err(ApiError::NodeFull { retry_after: NODE_FULL_RETRY_S });
     }
     // Charged before any check, so a flood of bad credentials is limited too.
-    AppState::charge_ip(&state.limits.upgrades, ip, slot.as_deref())?;
+    AppState::charge_ip(&state.guards.limits.upgrades, ip, slot.as_deref())?;
     let identity = authenticate(&state, &params, &headers).await?;
     let app =
         state.app(&identity.app_id).await?.ok_or_else(|| ApiError::InvalidToken("unknown app".into()))?;
@@ -102,6 +102,7 @@ async fn authenticate(
 ) -> Result<Identity, ApiError> {
     if let Some(ticket) = &params.ticket {
         return state
+            .auth
             .tickets
             .redeem(ticket, crate::clock::now_ms())
             .await

@@ -223,6 +223,60 @@ impl Webhooks {
         }
     }
 
+    /// The write lock shared with apps and keys: held by a caller that reads, checks and then
+    /// writes.
+    pub async fn writing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
+    }
+
+    /// Registers a webhook. The caller holds [`Webhooks::writing`].
+    pub async fn create(&self, record: WebhookRecord) -> Result<(), StoreError> {
+        self.store.insert_webhook(&record).await?;
+        tracing::info!(app_id = %record.app_id, webhook_id = %record.webhook_id, "webhook registered");
+        self.put(record);
+        Ok(())
+    }
+
+    /// The webhook as the store has it (another node may have changed it a moment ago).
+    pub async fn stored(&self, webhook_id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        self.store.webhook(webhook_id).await
+    }
+
+    /// Writes a changed webhook; one being enabled again gets its waiting deliveries resumed.
+    /// The caller holds [`Webhooks::writing`].
+    pub async fn update(&self, next: WebhookRecord, enabling: bool) -> Result<(), StoreError> {
+        self.store.update_webhook(&next).await?;
+        let id = next.webhook_id.clone();
+        self.put(next);
+        if enabling {
+            self.resume(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a webhook. The caller holds [`Webhooks::writing`].
+    pub async fn delete(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
+        self.store.delete_webhook(&webhook.webhook_id).await?;
+        self.remove(&webhook.webhook_id);
+        tracing::info!(app_id = %webhook.app_id, webhook_id = %webhook.webhook_id, "webhook deleted");
+        Ok(())
+    }
+
+    /// A page of a webhook's deliveries, newest first, after the delivery `cursor`.
+    pub async fn deliveries(
+        &self,
+        webhook_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.store.deliveries(webhook_id, cursor, limit).await
+    }
+
+    /// One delivery.
+    pub async fn delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        self.store.delivery(delivery_id).await
+    }
+
     /// Replaces the cache with the store's contents.
     pub fn replace_all(&self, webhooks: Vec<WebhookRecord>) {
         self.by_id.clear();

@@ -1,4 +1,9 @@
-//! Apps (tenants) and the in-memory [`AppCache`] that the hot path reads instead of the store.
+//! Apps (tenants): the in-memory [`AppCache`] that the hot path reads instead of the store,
+//! and [`Apps`], the service that owns their writes, rules and jobs.
+
+mod service;
+
+pub use service::{Apps, Parts, RESTORE_WINDOW_MS};
 
 use std::sync::Arc;
 
