@@ -78,7 +78,7 @@ async fn deliveries_made_before_the_attempt_log_start_it_with_their_last_attempt
     {
         let mut conn = Connection::open(&path).unwrap();
         let tx = conn.transaction().unwrap();
-        for sql in &MIGRATIONS[..3] {
+        for sql in &super::schema::MIGRATIONS[..3] {
             tx.execute_batch(sql).unwrap();
         }
         tx.pragma_update(None, "user_version", 3).unwrap();
