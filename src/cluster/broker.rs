@@ -274,8 +274,11 @@ impl RedisBroker {
         let (subscriptions, incoming) = match &self.target {
             Target::Single(client) => {
                 let (mut sink, stream) = client.get_async_pubsub().await?.split();
-                sink.subscribe(channels.iter().chain(&watched).map(String::as_str).collect::<Vec<_>>())
-                    .await?;
+                let all: Vec<&str> = channels.iter().chain(&watched).map(String::as_str).collect();
+                // SUBSCRIBE needs at least one channel.
+                if !all.is_empty() {
+                    sink.subscribe(all).await?;
+                }
                 (Subscriptions::Single(sink), Incoming::Single(Box::pin(stream)))
             }
             Target::Cluster(seeds, certs) => {

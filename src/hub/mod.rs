@@ -676,4 +676,75 @@ mod tests {
         assert!(a.next_frame().is_none());
         assert!(b.next_frame().is_some());
     }
+
+    /// The event names of the frames waiting for `conn`.
+    fn frames(conn: &ConnHandle) -> Vec<String> {
+        std::iter::from_fn(|| conn.next_frame())
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                format!(
+                    "{} {}",
+                    v["event"].as_str().unwrap_or("?"),
+                    v["data"]["user_id"].as_str().unwrap_or("-")
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn presence_is_announced_per_user_through_the_local_cluster_state() {
+        let hub = hub();
+        let mut rx = hub.events().subscribe(32);
+        let room = RoomName::parse("presence-team").unwrap();
+        let ann1 = hub.connect("app-a", Some("ann"));
+        let ann2 = hub.connect("app-a", Some("ann"));
+        let bob = hub.connect("app-a", Some("bob"));
+        let first = hub.join(&ann1, &room, None).await.unwrap();
+        assert_eq!(first.presence.unwrap().member_count, 1);
+        hub.join(&bob, &room, None).await.unwrap();
+        let again = hub.join(&ann2, &room, None).await.unwrap().presence.unwrap();
+        assert!(again.joined.is_none());
+        assert_eq!(again.member_count, 2, "the list the registry took at the join");
+        assert_eq!(frames(&ann1), ["user-joined bob"], "the joiner itself is not told");
+        assert!(frames(&bob).is_empty() && frames(&ann2).is_empty());
+        hub.leave(&ann1, &room).await;
+        assert!(frames(&bob).is_empty(), "ann is still here on another connection");
+        hub.leave(&ann2, &room).await;
+        assert_eq!(frames(&bob), ["user-left ann"]);
+        let key = RoomKey { app_id: AppId::known("app-a"), room: room.clone() };
+        assert_eq!(hub.presence_page(&key, None, 10).await.unwrap().unwrap().1, 1);
+        hub.leave(&bob, &room).await;
+        let mut kinds = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                HubEvent::MemberJoined { user_id, .. } => kinds.push(format!("joined {user_id}")),
+                HubEvent::MemberLeft { user_id, .. } => kinds.push(format!("left {user_id}")),
+                HubEvent::RoomOccupied { .. } => kinds.push("occupied".into()),
+                HubEvent::RoomVacated { .. } => kinds.push("vacated".into()),
+                _ => {}
+            }
+        }
+        assert_eq!(kinds, ["occupied", "joined ann", "joined bob", "left ann", "left bob", "vacated"]);
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_counted_by_the_inbox_once_per_publication() {
+        let hub = hub();
+        let mut rx = hub.events().subscribe(32);
+        let room = RoomName::parse("r").unwrap();
+        let (a, b) = (hub.connect("app-a", None), hub.connect("app-a", None));
+        hub.join(&a, &room, None).await.unwrap();
+        hub.join(&b, &room, None).await.unwrap();
+        let ev = EventName::parse("m").unwrap();
+        hub.broadcast("app-a", &room, &ev, &raw("1"), Some(&a.id), PublishKind::Broadcast).await.unwrap();
+        let (mut delivered, mut published) = (Vec::new(), 0);
+        while let Ok(event) = rx.try_recv() {
+            match event {
+                HubEvent::Delivered { delivered: n, dropped, .. } => delivered.push((n, dropped)),
+                HubEvent::Published { .. } => published += 1,
+                _ => {}
+            }
+        }
+        assert_eq!((delivered, published), (vec![(1, 0)], 1), "b got it; a was excluded");
+    }
 }

@@ -331,3 +331,113 @@ fn leave_member(members: &mut BTreeMap<Arc<str>, MemberState>, user_id: &Arc<str
     let (user_id, state) = members.remove_entry(user_id)?;
     Some(Member { user_id, user_info: state.user_info })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AppId, ConnectionId};
+    use crate::hub::OutboxLimits;
+
+    fn conn(seq: u64, app: &str, user: Option<&str>) -> Arc<ConnHandle> {
+        Arc::new(ConnHandle::new(
+            seq,
+            ConnectionId::generate(),
+            AppId::known(app),
+            user.map(Arc::from),
+            None,
+            OutboxLimits { messages: 16, bytes: 1 << 20 },
+            0,
+        ))
+    }
+
+    fn key(app: &str, room: &str) -> RoomKey {
+        RoomKey { app_id: AppId::known(app), room: RoomName::parse(room).unwrap() }
+    }
+
+    fn presence<'a>(user: &'a Arc<str>, info: &'a Arc<RawValue>) -> Option<PresenceRequest<'a>> {
+        Some(PresenceRequest { user_id: user, user_info: info, list_at_most: 10 })
+    }
+
+    fn frame(offset: u64) -> Frame {
+        Frame::from(format!("{{\"offset\":{offset}}}"))
+    }
+
+    #[test]
+    fn joins_and_leaves_report_occupation_and_counts() {
+        let r = Registry::default();
+        let (a, b) = (conn(1, "app", None), conn(2, "app", None));
+        let k = key("app", "room");
+        let first = r.join(&k, &a, None, 7);
+        assert!(first.occupied && first.subscribers == 1);
+        let second = r.join(&k, &b, None, 8);
+        assert!(!second.occupied && second.subscribers == 2);
+        let again = r.join(&k, &b, None, 9);
+        assert_eq!((again.occupied, again.subscribers), (false, 2), "a repeated join changes nothing");
+        assert_eq!((r.subscription_count(), r.room_count()), (2, 1));
+        assert_eq!(r.room_info(&k).unwrap().occupied_since, 7);
+        let left = r.leave(&k, &a).unwrap();
+        assert_eq!((left.vacated, left.subscribers), (false, 1));
+        assert!(r.leave(&k, &a).is_none(), "not in the room any more");
+        assert!(r.leave(&k, &b).unwrap().vacated);
+        assert_eq!((r.subscription_count(), r.room_count()), (0, 0), "an empty room is forgotten");
+    }
+
+    #[test]
+    fn publications_take_increasing_offsets_and_skip_the_excluded() {
+        let r = Registry::default();
+        let (a, b) = (conn(1, "app", None), conn(2, "app", None));
+        let k = key("app", "room");
+        r.join(&k, &a, None, 0);
+        r.join(&k, &b, None, 0);
+        let one = r.publish(&k, Some(1), frame);
+        assert_eq!((one.offset, one.subscribers, one.delivered), (1, 2, 1));
+        assert!(a.next_frame().is_none() && b.next_frame().unwrap().as_str() == r#"{"offset":1}"#);
+        assert_eq!(r.publish(&k, None, frame).offset, 2);
+        // A broker's offset is taken as given, and the room's counter follows it.
+        assert_eq!(r.publish_at(&k, None, Some(40), frame).offset, 40);
+        assert_eq!(r.publish(&k, None, frame).offset, 41);
+        assert_eq!(
+            r.publish(&key("other-app", "room"), None, frame),
+            FanoutOutcome::default(),
+            "rooms are per app"
+        );
+    }
+
+    #[test]
+    fn presence_counts_users_not_connections() {
+        let r = Registry::default();
+        let k = key("app", "presence-team");
+        let (ann, bob) = (Arc::<str>::from("ann"), Arc::<str>::from("bob"));
+        let info: Arc<RawValue> = Arc::from(RawValue::from_string(r#"{"n":1}"#.into()).unwrap());
+        let (ann1, ann2, bob1) =
+            (conn(1, "app", Some("ann")), conn(2, "app", Some("ann")), conn(3, "app", Some("bob")));
+        let joined = r.join(&k, &ann1, presence(&ann, &info), 0).presence.unwrap();
+        assert_eq!(joined.joined.unwrap().user_id.as_ref(), "ann");
+        let again = r.join(&k, &ann2, presence(&ann, &info), 0).presence.unwrap();
+        assert!(again.joined.is_none(), "a second connection of ann is no new member");
+        let with_bob = r.join(&k, &bob1, presence(&bob, &info), 0).presence.unwrap();
+        assert_eq!(with_bob.member_count, 2);
+        let (page, total) = r.members(&k, Some("ann"), 10).unwrap();
+        assert_eq!((page.len(), page[0].user_id.as_ref(), total), (1, "bob", 2));
+        assert_eq!(r.room_info(&k).unwrap().user_count, Some(2));
+        assert!(r.leave(&k, &ann1).unwrap().left.is_none(), "ann is still here");
+        assert_eq!(r.leave(&k, &ann2).unwrap().left.unwrap().user_id.as_ref(), "ann");
+        assert!(r.leave(&k, &bob1).unwrap().vacated);
+        assert!(r.members(&k, None, 10).is_none());
+    }
+
+    #[test]
+    fn rooms_are_listed_by_name_in_pages() {
+        let r = Registry::default();
+        for (i, name) in ["b-2", "a-1", "b-1", "c-1"].iter().enumerate() {
+            r.join(&key("app", name), &conn(i as u64, "app", None), None, 0);
+        }
+        r.join(&key("other", "b-0"), &conn(9, "other", None), None, 0);
+        let names = |(rooms, more): (Vec<RoomInfo>, bool)| {
+            (rooms.into_iter().map(|i| i.room.as_str().to_owned()).collect::<Vec<_>>(), more)
+        };
+        assert_eq!(names(r.rooms_of("app", "", None, 2)), (vec!["a-1".into(), "b-1".into()], true));
+        assert_eq!(names(r.rooms_of("app", "", Some("b-1"), 2)), (vec!["b-2".into(), "c-1".into()], false));
+        assert_eq!(names(r.rooms_of("app", "b-", None, 10)), (vec!["b-1".into(), "b-2".into()], false));
+    }
+}

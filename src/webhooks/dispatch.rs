@@ -491,3 +491,97 @@ fn describe(e: &reqwest::Error) -> String {
     }
     if cause.is_empty() { kind.to_owned() } else { format!("{kind}: {cause}") }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dispatcher(per_webhook: usize) -> Dispatcher {
+        let config = WebhooksConfig { max_in_flight_per_webhook: per_webhook, ..WebhooksConfig::default() };
+        Dispatcher::new(&config).unwrap()
+    }
+
+    #[test]
+    fn attempts_start_in_due_order_and_not_before() {
+        let d = dispatcher(8);
+        d.schedule("d3", "w1", 300);
+        d.schedule("d1", "w2", 100);
+        d.schedule("d2", "w1", 200);
+        assert_eq!(d.next_due(50), Err(Some(Duration::from_millis(50))), "nothing is due yet");
+        assert_eq!(d.next_due(250), Ok(("d1".into(), "w2".into())));
+        assert_eq!(d.next_due(250), Ok(("d2".into(), "w1".into())));
+        assert_eq!(d.next_due(250), Err(Some(Duration::from_millis(50))));
+        assert_eq!(d.next_due(300), Ok(("d3".into(), "w1".into())));
+        assert_eq!(d.next_due(300), Err(None), "the schedule is empty");
+    }
+
+    #[test]
+    fn a_webhook_has_at_most_its_share_in_flight_and_the_next_waits_its_turn() {
+        let d = dispatcher(1);
+        d.schedule("a1", "slow", 0);
+        d.schedule("a2", "slow", 1);
+        d.schedule("b1", "other", 2);
+        assert_eq!(d.next_due(10), Ok(("a1".into(), "slow".into())));
+        // a2 is due but its webhook's one slot is taken: it waits, and b1 goes past it.
+        assert_eq!(d.next_due(10), Ok(("b1".into(), "other".into())));
+        assert_eq!(d.next_due(10), Err(None));
+        assert_eq!(d.queued(), 1, "a2 waits for a1");
+        d.finished("a1", "slow");
+        let (next, _) = d.next_due(now_ms()).unwrap();
+        assert_eq!(next, "a2", "a1's end lets a2 go");
+        d.finished("a2", "slow");
+        d.finished("b1", "other");
+        assert_eq!(d.queued(), 0);
+        assert!(d.lock().per_webhook.is_empty(), "idle webhooks leave no entry behind");
+    }
+
+    #[test]
+    fn a_delivery_in_flight_is_not_started_twice() {
+        let d = dispatcher(4);
+        d.schedule("d1", "w", 0);
+        d.schedule("d1", "w", 0);
+        assert_eq!(d.next_due(1), Ok(("d1".into(), "w".into())));
+        assert_eq!(d.next_due(1), Err(None), "the second entry of d1 is dropped");
+    }
+
+    #[test]
+    fn fresh_deliveries_keep_their_body_until_the_first_attempt() {
+        let d = dispatcher(4);
+        let mut delivery = crate::webhooks::new_delivery(
+            &WebhookRecord {
+                webhook_id: "wh_1".into(),
+                app_id: "app".into(),
+                url: "http://127.0.0.1:1/".into(),
+                secret: "s".into(),
+                events: vec!["*".into()],
+                enabled: true,
+                disabled_reason: None,
+                consecutive_failures: 0,
+                created_at: 0,
+                updated_at: 0,
+            },
+            "e",
+            None,
+            serde_json::value::RawValue::NULL,
+            0,
+            5,
+        );
+        delivery.next_retry_at = None;
+        d.schedule_fresh(&delivery);
+        assert_eq!(d.next_due(10), Ok((delivery.delivery_id.clone(), "wh_1".into())));
+        assert!(d.take_fresh(&delivery.delivery_id).is_some());
+        assert!(d.take_fresh(&delivery.delivery_id).is_none(), "taken once");
+    }
+
+    #[test]
+    fn retry_delays_vary_within_a_fifth_and_quotes_are_short_and_clean() {
+        for _ in 0..200 {
+            let j = jittered(1000);
+            assert!((800..=1200).contains(&j), "{j}");
+        }
+        assert_eq!(jittered(3), 3);
+        let body = format!("  \u{7}oops{}", "x".repeat(500));
+        let q = quote(body.as_bytes());
+        assert!(q.starts_with("oops") && q.chars().count() <= QUOTE_CHARS, "{q}");
+    }
+}

@@ -14,6 +14,7 @@ mod cluster;
 mod consistency;
 mod fanout;
 mod hostile;
+mod hub_paths;
 mod keys;
 mod lifecycle;
 mod limits;
