@@ -1,34 +1,36 @@
 //! roomcast: a self-hosted, multi-tenant realtime WebSocket broadcast hub.
 //!
-//! # Layout
+//! # Layers
 //!
-//! A broadcast flows from left to right:
+//! A module uses the ones in its layer or below, never one above, so the top-level modules
+//! have no import cycle (`docs/ARCHITECTURE.md` walks a broadcast and a subscribe through
+//! them). From the bottom:
 //!
-//! - [`http`] serves the JSON API. Each area (`apps`, `broadcast`, `token`, …) owns its routes;
-//!   API keys are checked by the [`http::extract::Principal`] extractor against in-memory caches
-//!   ([`apps::AppCache`], [`auth::api_key::KeyRing`]), never against the store.
-//! - [`session`] upgrades `/ws` after checking the client JWT ([`auth::token`]) and Origin, then
-//!   runs one task per connection that reads frames, drains its bounded outbound queue in
-//!   batches and pings.
-//! - [`hub`] is the handle both sides call: join, leave, broadcast. Its
-//!   [`hub::registry::Registry`] maps each room (namespaced by app) to its subscribers. A
-//!   publication is encoded once, under the room's lock that assigns its offset, and each
-//!   subscriber queue gets a cheap clone; a full queue closes that client with 4008.
-//! - [`broker`] is the seam between hub and nodes: [`broker::local`] hands publications straight
-//!   to the registry; a Redis broker will carry them between nodes.
-//! - [`hub::events`] tells listeners (presence, analytics, metrics, webhooks) what happened,
-//!   without letting them slow the fan-out.
-//! - [`store`] keeps apps and keys durable ([`store::sqlite`]); writers update it and then the
-//!   caches.
-//!
-//! Around them: [`accept`] is the listener (per-IP caps at accept, header and idle timeouts,
-//! the node's connection and memory bounds) that hands connections to [`http`]; [`lookups`]
-//! bounds the store reads a node makes for credentials its caches do not know yet (read your
-//! writes in a cluster); [`analytics`] counts per app, distinct users by HyperLogLog.
-//!
-//! [`config`] is the typed configuration, [`clock`] the wall clock, [`protocol`] the wire
-//! (validated names, frames, close codes), [`server`] wires it all and [`shutdown`] waits for
-//! signals.
+//! 1. **Domain and wire**: [`domain`] (room and event names, [`domain::AppId`],
+//!    [`domain::ConnectionId`], [`domain::RoomKey`], [`domain::Member`]: parsed once where bytes
+//!    enter), [`protocol`] (client and server frames, error and close codes), [`clock`],
+//!    [`config`], [`shutdown`] (signals, and the loop every background job runs in).
+//! 2. **Storage**: [`store`] (apps, keys, webhooks, deliveries, analytics: [`store::sqlite`]
+//!    embedded, [`store::redis`] shared) and [`redis_conn`] (Redis connections, and
+//!    [`redis_conn::Link`], the state of a node's subscription connection).
+//! 3. **Hub**: [`hub`] joins, leaves and broadcasts. Its [`hub::registry::Registry`] maps each
+//!    room to its subscribers; its [`hub::Fanout`] encodes a publication once and hands each
+//!    subscriber queue a clone. The hub defines its ports in [`hub::ports`]: a
+//!    [`hub::Broker`] (publish, subscribe, unsubscribe), a [`hub::ClusterState`] (counts,
+//!    presence, room lists) and the [`hub::Inbox`] every broker delivers through;
+//!    [`hub::local`] implements them for one node. [`hub::events`] tells listeners what
+//!    happened without letting them slow the fan-out.
+//! 4. **Cluster**: [`cluster`] implements the ports on Redis, one job per file (pub/sub
+//!    transport, counts, presence, room lists, node liveness).
+//! 5. **Services**, each owning its writes and its background jobs: [`apps`] (apps and keys:
+//!    store, caches, lifecycle, reload and purge), [`auth`] (key cache, tickets, key-use flush),
+//!    [`analytics`] ([`analytics::Stats`], whatever the store), [`webhooks`] (intake, durable
+//!    dispatch), [`metrics`] (Prometheus), [`lookups`] (bounded store reads for credentials the
+//!    caches do not know yet), [`limits`] (rate limits).
+//! 6. **Edges**: [`accept`] (the listener: per-IP caps, timeouts, the node's bounds), [`http`]
+//!    (the JSON API; [`http::AppState`] holds the hub and the services) and [`session`] (`/ws`:
+//!    one task per connection).
+//! 7. **[`server`]** wires it all from a [`config::Config`] and starts each owner's jobs.
 
 pub mod accept;
 pub mod analytics;

@@ -2,10 +2,10 @@
 //!
 //! - [`broker`]: publications through pub/sub, one channel per room, the offset assigned by the
 //!   script that publishes; the subscription connection and its reconnects.
-//! - [`counts`]: each node's subscribers per room, and rewriting them after Redis came back.
-//! - [`presence`]: presence members over all nodes.
-//! - [`rooms`]: each app's list of occupied rooms, for `GET /api/rooms`.
-//! - [`nodes`]: liveness, and cleaning up after dead nodes.
+//! - `counts`: each node's subscribers per room, and rewriting them after Redis came back.
+//! - `presence`: presence members over all nodes.
+//! - `rooms`: each app's list of occupied rooms, for `GET /api/rooms`.
+//! - `nodes`: liveness, and cleaning up after dead nodes.
 //!
 //! [`RedisCluster`] is the [`ClusterState`] of the hub, made of the last four.
 //!

@@ -1,5 +1,5 @@
 //! The counters the hub and the sessions update on every event. The server's recorder
-//! registers them ([`crate::metrics`]); a hub built alone records nothing.
+//! registers them (the server's metrics service); a hub built alone records nothing.
 
 use ::metrics::{Counter, Histogram};
 

@@ -263,6 +263,16 @@ impl Hub {
             _ => None,
         };
         let mut outcome = self.registry().join(&key, conn, presence, now_ms());
+        if !outcome.added {
+            // Already subscribed: counted and announced when it first joined; only the member
+            // list is fetched again.
+            if let Some(presence) = outcome.presence.as_mut() {
+                let here = (std::mem::take(&mut presence.members), presence.member_count);
+                (presence.members, presence.member_count) =
+                    self.cluster.members_on_join(&key, here, self.presence_list_max).await?;
+            }
+            return Ok(outcome);
+        }
         let mut done = JoinStep::Registered;
         match self.join_cluster(conn, &key, &mut outcome, &mut done).await {
             Ok(()) => Ok(outcome),
@@ -725,6 +735,23 @@ mod tests {
             }
         }
         assert_eq!(kinds, ["occupied", "joined ann", "joined bob", "left ann", "left bob", "vacated"]);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_subscribe_is_counted_and_announced_once() {
+        let hub = hub();
+        let mut rx = hub.events().subscribe(16);
+        let room = RoomName::parse("r").unwrap();
+        let a = hub.connect("app-a", None);
+        hub.join(&a, &room, None).await.unwrap();
+        hub.join(&a, &room, None).await.unwrap();
+        let mut occupied = 0;
+        while let Ok(event) = rx.try_recv() {
+            occupied += matches!(event, HubEvent::RoomOccupied { .. }) as usize;
+        }
+        assert_eq!(occupied, 1);
+        assert!(hub.leave(&a, &room).await);
+        assert_eq!(hub.subscriber_count("app-a", &room), 0, "one leave undoes both");
     }
 
     #[tokio::test]

@@ -53,6 +53,8 @@ pub struct JoinOutcome {
     pub occupied: bool,
     /// The room's subscribers on this node right after the join.
     pub subscribers: usize,
+    /// The connection was not in the room before (a repeated join changes nothing).
+    pub added: bool,
     /// Set for presence joins.
     pub presence: Option<PresenceJoin>,
 }
@@ -153,7 +155,7 @@ impl Registry {
             }
             PresenceJoin { joined, members: list(members, None, p.list_at_most), member_count: members.len() }
         });
-        JoinOutcome { occupied, subscribers: room.subscribers.len(), presence }
+        JoinOutcome { occupied, subscribers: room.subscribers.len(), added: new, presence }
     }
 
     /// Removes `conn` from the room; `None` when it was not in it.
@@ -372,7 +374,11 @@ mod tests {
         let second = r.join(&k, &b, None, 8);
         assert!(!second.occupied && second.subscribers == 2);
         let again = r.join(&k, &b, None, 9);
-        assert_eq!((again.occupied, again.subscribers), (false, 2), "a repeated join changes nothing");
+        assert_eq!(
+            (again.occupied, again.subscribers, again.added),
+            (false, 2, false),
+            "a repeated join changes nothing"
+        );
         assert_eq!((r.subscription_count(), r.room_count()), (2, 1));
         assert_eq!(r.room_info(&k).unwrap().occupied_since, 7);
         let left = r.leave(&k, &a).unwrap();
