@@ -5,6 +5,10 @@
 #
 #   bash loadtest/compare.sh                 # every scenario
 #   SCENARIOS="idle fanout" bash loadtest/compare.sh
+#   BEFORE=/tmp/before/roomcast SCENARIOS="idle connect peak publish" bash loadtest/compare.sh
+#
+# With BEFORE (another roomcast binary), that binary takes Sockudo's place: a before/after run
+# of roomcast itself, same scenarios, same alternation, plus hub CPU per delivered event.
 #
 # Results (JSON per run, and table.md) go to $OUT (default target/compare-<date>).
 set -euo pipefail
@@ -20,7 +24,13 @@ SK_PORT=16001
 ADMIN=$(admin_key CompareRunKy)
 out_dir compare
 
-if [ ! -x "$SOCKUDO" ]; then
+OTHER=sockudo
+OTHER_NAME="Sockudo $SOCKUDO_VERSION"
+if [ -n "${BEFORE:-}" ]; then
+  OTHER=before
+  OTHER_NAME="roomcast before"
+fi
+if [ "$OTHER" = sockudo ] && [ ! -x "$SOCKUDO" ]; then
   echo "compare.sh: installing Sockudo $SOCKUDO_VERSION (about 7 minutes)"
   command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler >/dev/null; }
   cargo install sockudo --version "$SOCKUDO_VERSION" --no-default-features --features local --locked --root "$SOCKUDO_ROOT"
@@ -48,6 +58,9 @@ run() {
   if [ "$hub" = roomcast ]; then
     start_roomcast "$AFTER" $RC_PORT "$OUT/roomcast.log"
     target=(--url "http://127.0.0.1:$RC_PORT" --admin-key "$ADMIN")
+  elif [ "$hub" = before ]; then
+    start_roomcast "$BEFORE" $RC_PORT "$OUT/before.log"
+    target=(--url "http://127.0.0.1:$RC_PORT" --admin-key "$ADMIN")
   else
     start_sockudo
     target=(--protocol pusher --url "http://127.0.0.1:$SK_PORT" --app-id lt-app --app-secret lt-secret --app-key lt-key)
@@ -58,13 +71,22 @@ run() {
   sed -n '1,8p' "$OUT/$name-$hub.txt" | sed "s/^/[$name $hub] /"
 }
 
-both() { local name=$1; shift; run "$name" roomcast "$@"; run "$name" sockudo "$@"; }
+# Each scenario runs on the other hub first, then on this build; AFTER_FIRST=1 swaps the order
+# (a run can be disturbed by the one before it: sockets in TIME_WAIT, a warm page cache).
+both() {
+  local name=$1; shift
+  if [ -n "${AFTER_FIRST:-}" ]; then
+    run "$name" roomcast "$@"; run "$name" "$OTHER" "$@"
+  else
+    run "$name" "$OTHER" "$@"; run "$name" roomcast "$@"
+  fi
+}
 
 field() { jq -r "$2 // \"n/a\"" "$OUT/$1.json" 2>/dev/null || echo n/a; }
 
 row() { # row LABEL NAME JQ-EXPR BETTER(high|low)
   local a b ratio
-  a=$(field "$2-roomcast" "$3"); b=$(field "$2-sockudo" "$3")
+  a=$(field "$2-roomcast" "$3"); b=$(field "$2-$OTHER" "$3")
   ratio=$(awk -v a="$a" -v b="$b" -v better="$4" 'BEGIN {
     if (a == "n/a" || b == "n/a" || a + 0 == 0 || b + 0 == 0) { print "n/a"; exit }
     if (better == "high") printf "%.2fx", a / b; else printf "%.2fx", b / a }')
@@ -91,7 +113,7 @@ done
 
 {
   echo
-  echo "| measure | roomcast | Sockudo $SOCKUDO_VERSION | roomcast advantage |"
+  echo "| measure | roomcast | $OTHER_NAME | roomcast advantage |"
   echo "| --- | --- | --- | --- |"
 } | tee -a "$OUT/table.md"
 [ -f "$OUT/idle-roomcast.json" ] && row "idle: hub RSS per connection, bytes (10k conns)" idle .hub_rss_per_connection_bytes low
@@ -104,8 +126,9 @@ done
 [ -f "$OUT/slow-with-roomcast.json" ] && row "same: lost by the readers" slow-with .lost low
 [ -f "$OUT/peak-roomcast.json" ] && row "peak deliveries/s, one room of 5,000" peak .deliveries_per_second high
 [ -f "$OUT/peak-roomcast.json" ] && row "peak: lost" peak .lost low
+[ -f "$OUT/peak-roomcast.json" ] && row "peak: hub CPU µs per delivered event" peak '(.hub_cpu_seconds * 1e6 / .delivered)' low
 for r in 40 80 120 160 200 240; do
-  [ -f "$OUT/sustained-$r-roomcast.json" ] && row "$r/s to 5,000: deliveries/s (p99 ms r/s: $(field sustained-$r-roomcast .latency.p99_ms)/$(field sustained-$r-sockudo .latency.p99_ms), lost $(field sustained-$r-roomcast .lost)/$(field sustained-$r-sockudo .lost))" "sustained-$r" .deliveries_per_second high
+  [ -f "$OUT/sustained-$r-roomcast.json" ] && row "$r/s to 5,000: deliveries/s (p99 ms r/s: $(field sustained-$r-roomcast .latency.p99_ms)/$(field sustained-$r-$OTHER .latency.p99_ms), lost $(field sustained-$r-roomcast .lost)/$(field sustained-$r-$OTHER .lost))" "sustained-$r" .deliveries_per_second high
 done
 [ -f "$OUT/rooms-roomcast.json" ] && row "10,000 subs / 1,000 rooms at 2,000/s: p99 ms" rooms .latency.p99_ms low
 [ -f "$OUT/publish-roomcast.json" ] && row "HTTP publishes per second" publish .publishes_per_second high
