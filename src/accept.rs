@@ -155,14 +155,9 @@ impl Capacity {
         tracker: &tokio_util::task::TaskTracker,
     ) {
         let capacity = self.clone();
-        tracker.spawn(crate::shutdown::every(
-            std::time::Duration::from_secs(1),
-            shutdown.clone(),
-            move || {
-                capacity.refresh_memory();
-                std::future::ready(())
-            },
-        ));
+        crate::shutdown::start_every(std::time::Duration::from_secs(1), shutdown, tracker, move || {
+            capacity.refresh_memory()
+        });
     }
 
     /// Reads the process's resident memory (its job does, every second); logs when the

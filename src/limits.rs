@@ -111,14 +111,9 @@ impl ApiLimits {
         tracker: &tokio_util::task::TaskTracker,
     ) {
         let limits = self.clone();
-        tracker.spawn(crate::shutdown::every(
-            std::time::Duration::from_secs(60),
-            shutdown.clone(),
-            move || {
-                limits.sweep();
-                std::future::ready(())
-            },
-        ));
+        crate::shutdown::start_every(std::time::Duration::from_secs(60), shutdown, tracker, move || {
+            limits.sweep()
+        });
     }
 
     /// Buckets of the configured sizes.

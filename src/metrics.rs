@@ -365,10 +365,7 @@ impl Metrics {
         tracker: &tokio_util::task::TaskTracker,
     ) {
         let metrics = self.clone();
-        tracker.spawn(crate::shutdown::every(Duration::from_secs(5), shutdown.clone(), move || {
-            metrics.upkeep();
-            std::future::ready(())
-        }));
+        crate::shutdown::start_every(Duration::from_secs(5), shutdown, tracker, move || metrics.upkeep());
     }
 
     /// Keeps histogram storage bounded between scrapes.

@@ -49,3 +49,17 @@ pub async fn every<F, Fut>(
         tick().await;
     }
 }
+
+/// Starts a job on `tracker` that calls `tick` (quick, synchronous) at once and then every
+/// `period`, until `shutdown` fires.
+pub fn start_every(
+    period: std::time::Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+    mut tick: impl FnMut() + Send + 'static,
+) {
+    tracker.spawn(every(period, shutdown.clone(), move || {
+        tick();
+        std::future::ready(())
+    }));
+}

@@ -255,10 +255,9 @@ impl Apps {
             async move { apps.purge().await }
         }));
         let apps = self.clone();
-        tracker.spawn(crate::shutdown::every(Duration::from_secs(60), shutdown.clone(), move || {
-            apps.lookups.sweep();
-            std::future::ready(())
-        }));
+        crate::shutdown::start_every(Duration::from_secs(60), shutdown, tracker, move || {
+            apps.lookups.sweep()
+        });
     }
 
     async fn reload(

@@ -43,10 +43,9 @@ impl Auth {
             async move { auth.flush_key_uses().await }
         }));
         let auth = self.clone();
-        tracker.spawn(crate::shutdown::every(TICKET_SWEEP, shutdown.clone(), move || {
-            auth.tickets.sweep(crate::clock::now_ms());
-            std::future::ready(())
-        }));
+        crate::shutdown::start_every(TICKET_SWEEP, shutdown, tracker, move || {
+            auth.tickets.sweep(crate::clock::now_ms())
+        });
     }
 
     /// Persists key `last_used_at` times in one batch, off the request path.

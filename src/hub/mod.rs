@@ -528,15 +528,10 @@ impl Hub {
     ) {
         let hub = self.clone();
         let mut tick = 0;
-        tracker.spawn(crate::shutdown::every(
-            std::time::Duration::from_secs(1),
-            shutdown.clone(),
-            move || {
-                tick += 1;
-                hub.heartbeat(tick, ping_every_s, idle_ms);
-                std::future::ready(())
-            },
-        ));
+        crate::shutdown::start_every(std::time::Duration::from_secs(1), shutdown, tracker, move || {
+            tick += 1;
+            hub.heartbeat(tick, ping_every_s, idle_ms);
+        });
     }
 
     /// One heartbeat tick (the job calls it every second): closes connections silent for
