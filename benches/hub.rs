@@ -38,8 +38,8 @@ fn registry(c: &mut Criterion) {
                 // A steady population, so joins are not always first-joins.
                 let crowd: Vec<Arc<ConnHandle>> = (0..1000).map(|_| hub.connect("bench-app", None)).collect();
                 for (i, c) in crowd.iter().enumerate() {
-                    registry.join(&key(&format!("r{}", i % threads)), c, None, 0);
-                    registry.join(&key("shared"), c, None, 0);
+                    registry.join(&key(&format!("r{}", i % threads)), c, None, 0, false);
+                    registry.join(&key("shared"), c, None, 0, false);
                 }
                 let start = Instant::now();
                 std::thread::scope(|s| {
@@ -48,7 +48,7 @@ fn registry(c: &mut Criterion) {
                         s.spawn(move || {
                             let room = if shared { key("shared") } else { key(&format!("r{t}")) };
                             for _ in 0..iters {
-                                registry.join(&room, conn, None, 0);
+                                registry.join(&room, conn, None, 0, false);
                                 black_box(registry.leave(&room, conn));
                             }
                         });
@@ -73,7 +73,7 @@ fn fanout_enqueue(c: &mut Criterion) {
             let room = key("fan");
             let conns: Vec<Arc<ConnHandle>> = (0..n).map(|_| hub.connect("bench-app", None)).collect();
             for c in &conns {
-                registry.join(&room, c, None, 0);
+                registry.join(&room, c, None, 0, false);
             }
             let publication = Publication {
                 key: room.clone(),
@@ -81,6 +81,7 @@ fn fanout_enqueue(c: &mut Criterion) {
                 data: &data,
                 exclude: None,
                 timestamp: 1_764_000_000_000,
+                keep: Default::default(),
             };
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;

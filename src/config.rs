@@ -29,6 +29,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub webhooks: WebhooksConfig,
     pub cluster: ClusterConfig,
+    pub history: HistoryConfig,
 }
 
 /// HTTP listener and process lifetime.
@@ -140,6 +141,25 @@ pub struct AppsConfig {
     pub default_rate_limit: u32,
     /// Concurrent WebSocket connections for a new app.
     pub default_max_connections: u32,
+}
+
+/// Room history and recovery (DESIGN §11).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events a room keeps for an app that sets no `history.size`; 0 turns history off.
+    pub size: u32,
+    /// Seconds each kept event stays, for an app that sets no `history.ttl_s`.
+    pub ttl_s: u32,
+    /// The largest `history.size` an app may set.
+    pub max_size: u32,
+    /// The largest `history.ttl_s` an app may set.
+    pub max_ttl_s: u32,
+    /// Bytes of history this node keeps in memory at most (single node; a cluster keeps history
+    /// in Redis); past it the oldest events of the least recently published rooms go.
+    pub max_bytes: u64,
+    /// Seconds within which a broadcast repeating an `idempotency_key` publishes nothing.
+    pub idempotency_window_s: u32,
 }
 
 /// Client JWTs.
@@ -293,6 +313,19 @@ impl Default for AppsConfig {
     }
 }
 
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            ttl_s: 300,
+            max_size: 10_000,
+            max_ttl_s: 86_400,
+            max_bytes: 256 << 20,
+            idempotency_window_s: 300,
+        }
+    }
+}
+
 impl Default for TokensConfig {
     fn default() -> Self {
         Self { default_ttl_s: 86_400, leeway_s: 30 }
@@ -431,6 +464,17 @@ impl Config {
         positive("webhooks.queue_capacity", self.webhooks.queue_capacity as u64);
         positive("webhooks.log_retention_days", self.webhooks.log_retention_days);
         positive("webhooks.claim_overdue_after_ms", self.webhooks.claim_overdue_after_ms);
+        positive("history.max_bytes", self.history.max_bytes);
+        positive("history.idempotency_window_s", u64::from(self.history.idempotency_window_s));
+        if self.history.size > self.history.max_size {
+            problems.push("history.size: must be at most history.max_size".into());
+        }
+        if self.history.ttl_s > self.history.max_ttl_s {
+            problems.push("history.ttl_s: must be at most history.max_ttl_s".into());
+        }
+        if self.history.size > 0 && self.history.ttl_s == 0 {
+            problems.push("history.ttl_s: must be greater than 0 when history.size is".into());
+        }
         if self.webhooks.retry_delays_ms.len() > 20 {
             problems.push("webhooks.retry_delays_ms: at most 20 retries".into());
         }

@@ -176,6 +176,7 @@ pub struct Metrics {
     http: DashMap<(String, u16), Histogram>,
     connections: DashMap<crate::domain::AppId, Gauge>,
     rooms: Gauge,
+    history_bytes: Gauge,
     subscriptions: Gauge,
     uptime: Gauge,
     full: Gauge,
@@ -209,6 +210,18 @@ impl Metrics {
             (C, "roomcast_connections_opened_total", None, "WebSocket connections accepted since start."),
             (G, "roomcast_rooms", None, "Occupied rooms on this node."),
             (G, "roomcast_subscriptions", None, "Connection-room subscriptions on this node."),
+            (
+                C,
+                "roomcast_recoveries_total",
+                None,
+                "Subscribes with since, by outcome: recovered, epoch_changed, too_old, history_disabled.",
+            ),
+            (
+                G,
+                "roomcast_history_bytes",
+                Some(Unit::Bytes),
+                "Bytes of room history this node keeps in memory (a cluster keeps it in Redis).",
+            ),
             (
                 C,
                 "roomcast_messages_published_total",
@@ -299,6 +312,7 @@ impl Metrics {
             counter("roomcast_messages_delivered_total", &[]),
             dropped,
             recorder.register_histogram(&Key::from_name("roomcast_fanout_duration_seconds"), &META),
+            HubMetrics::RECOVERY_OUTCOMES.map(|o| counter("roomcast_recoveries_total", &[("outcome", o)])),
         );
         let webhooks = WebhookMetrics {
             outcomes: ["succeeded", "retried", "failed", "dropped"]
@@ -324,6 +338,7 @@ impl Metrics {
         recorder.register_gauge(&build, &META).set(1.0);
         Self {
             rooms: gauge("roomcast_rooms"),
+            history_bytes: gauge("roomcast_history_bytes"),
             subscriptions: gauge("roomcast_subscriptions"),
             uptime: gauge("roomcast_uptime_seconds"),
             events_dropped: recorder
@@ -377,6 +392,7 @@ impl Metrics {
     /// the node refuses new connections now.
     pub fn render(&self, hub: &crate::hub::Hub, full: bool) -> String {
         self.rooms.set(hub.registry().room_count() as f64);
+        self.history_bytes.set(hub.registry().history_bytes() as f64);
         self.subscriptions.set(hub.registry().subscription_count() as f64);
         self.uptime.set(self.started.elapsed().as_secs_f64().floor());
         self.full.set(if full { 1.0 } else { 0.0 });

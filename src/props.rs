@@ -142,7 +142,7 @@ proptest! {
     fn subscribe_frames_round_trip(room in "[A-Za-z0-9_\\-=@,.;:]{1,40}", id in proptest::option::of(any::<u64>())) {
         let text = serde_json::json!({"type": "subscribe", "room": room, "id": id}).to_string();
         match ClientFrame::parse(&text) {
-            Ok(ClientFrame::Subscribe { room: got, id: got_id }) => {
+            Ok(ClientFrame::Subscribe { room: got, id: got_id, .. }) => {
                 prop_assert_eq!(got.as_str(), room.as_str());
                 prop_assert_eq!(got_id, id);
             }

@@ -63,10 +63,51 @@ pub fn compact_json(raw: &str) -> String {
     out
 }
 
+/// Where a recovering client left a room: `{"offset", "epoch"}` of a subscribe's `since`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Longest epoch a client may send back.
+const MAX_EPOCH_LEN: usize = 64;
+
+impl Since {
+    /// Checks a `since` value: `{"offset": <integer ≥ 0>, "epoch": "<1–64 visible characters>"}`.
+    fn parse(value: &serde_json::Value) -> Result<Self, String> {
+        let object = value.as_object().ok_or("since must be an object with offset and epoch")?;
+        if let Some(other) = object.keys().find(|k| *k != "offset" && *k != "epoch") {
+            return Err(format!("since has an unknown field {other:?}"));
+        }
+        let offset = object
+            .get("offset")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or("since.offset must be a non-negative integer")?;
+        let epoch =
+            object.get("epoch").and_then(serde_json::Value::as_str).ok_or("since.epoch must be a string")?;
+        if epoch.is_empty() || epoch.len() > MAX_EPOCH_LEN || !epoch.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("since.epoch must be 1 to {MAX_EPOCH_LEN} visible ASCII characters"));
+        }
+        Ok(Self { offset, epoch: epoch.to_owned() })
+    }
+}
+
+/// Where a `subscribed` frame says the room's stream stands, and how a recovery went.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamAck<'a> {
+    pub offset: u64,
+    pub epoch: &'a str,
+    /// Set when the subscribe asked to recover.
+    pub recovered: Option<bool>,
+    /// Why nothing was replayed.
+    pub reason: Option<&'static str>,
+}
+
 /// A frame from a client, validated.
 #[derive(Debug)]
 pub enum ClientFrame {
-    Subscribe { room: RoomName, id: Option<u64> },
+    Subscribe { room: RoomName, id: Option<u64>, since: Option<Since> },
     Unsubscribe { room: RoomName, id: Option<u64> },
     Publish { room: RoomName, event: EventName, data: Box<RawValue>, id: Option<u64> },
     Ping { id: Option<u64> },
@@ -90,6 +131,7 @@ struct RawFrame<'a> {
     event: Option<serde_json::Value>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
+    since: Option<serde_json::Value>,
 }
 
 impl ClientFrame {
@@ -127,7 +169,14 @@ impl ClientFrame {
             None => Err(fail(ErrorCode::InvalidRoom, "room is required".into())),
         };
         match raw.kind.as_deref() {
-            Some("subscribe") => Ok(ClientFrame::Subscribe { room: room(raw.room)?, id }),
+            Some("subscribe") => {
+                let room = room(raw.room)?;
+                let since = match &raw.since {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(v) => Some(Since::parse(v).map_err(|e| fail(ErrorCode::InvalidMessage, e))?),
+                };
+                Ok(ClientFrame::Subscribe { room, id, since })
+            }
             Some("unsubscribe") => Ok(ClientFrame::Unsubscribe { room: room(raw.room)?, id }),
             Some("ping") => Ok(ClientFrame::Ping { id }),
             Some("publish") => {
@@ -305,6 +354,25 @@ struct RoomAck<'a> {
 }
 
 #[derive(Serialize)]
+struct Subscribed<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    offset: u64,
+    epoch: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence: Option<Vec<MemberView<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member_count: Option<usize>,
+}
+
+#[derive(Serialize)]
 struct Event<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -337,31 +405,27 @@ impl ServerFrame {
         to_text(&Connected { kind: "connected", connection_id, app_id, user_id, heartbeat_s })
     }
 
-    /// `{"type":"subscribed",…}`.
-    pub fn subscribed(room: &RoomName, id: Option<u64>) -> String {
-        to_text(&RoomAck { kind: "subscribed", room: room.as_str(), id })
-    }
-
-    /// `{"type":"subscribed",…,"presence":[…],"member_count":N}` for a presence room.
-    pub fn subscribed_presence(
+    /// `{"type":"subscribed","room",…,"offset","epoch"}`, with `recovered` (and `reason`) when
+    /// the subscribe asked to recover, and for a presence room `presence` and `member_count`.
+    pub fn subscribed(
         room: &RoomName,
         id: Option<u64>,
-        members: &[Member],
-        member_count: usize,
+        stream: StreamAck<'_>,
+        presence: Option<(&[Member], usize)>,
     ) -> String {
-        #[derive(Serialize)]
-        struct PresenceAck<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            room: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            id: Option<u64>,
-            presence: Vec<MemberView<'a>>,
-            member_count: usize,
-        }
-        let presence =
-            members.iter().map(|m| MemberView { user_id: &m.user_id, user_info: &m.user_info }).collect();
-        to_text(&PresenceAck { kind: "subscribed", room: room.as_str(), id, presence, member_count })
+        to_text(&Subscribed {
+            kind: "subscribed",
+            room: room.as_str(),
+            id,
+            offset: stream.offset,
+            epoch: stream.epoch,
+            recovered: stream.recovered,
+            reason: stream.reason,
+            presence: presence.map(|(members, _)| {
+                members.iter().map(|m| MemberView { user_id: &m.user_id, user_info: &m.user_info }).collect()
+            }),
+            member_count: presence.map(|(_, n)| n),
+        })
     }
 
     /// `{"user_id":…,"user_info":…}`: the data of `user-joined` and `user-left`.

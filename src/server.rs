@@ -67,7 +67,7 @@ impl Server {
             tracing::info!(apps = ?purged, "purged apps deleted more than 30 days ago");
         }
         let snapshot = store.snapshot().await.map_err(store_err)?;
-        let app_cache = AppCache::default();
+        let app_cache = Arc::new(AppCache::default());
         app_cache.replace_all(snapshot.apps);
         let keys = KeyRing::default();
         keys.replace_all(snapshot.keys);
@@ -81,7 +81,7 @@ impl Server {
             bytes: config.websocket.outbound_queue_bytes,
         };
         // The hub, over the local or the Redis implementations of its ports.
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(Registry::with_history_bound(config.history.max_bytes as usize));
         let fanout = Arc::new(Fanout::new(registry.clone(), metrics.hub.clone()));
         let (cluster, news) = match &config.cluster.redis_url {
             Some(url) => {
@@ -106,7 +106,8 @@ impl Server {
         };
         let hub = Arc::new(
             Hub::new(fanout, broker, cluster_state, limits)
-                .with_presence_list_max(config.limits.presence_members_listed),
+                .with_presence_list_max(config.limits.presence_members_listed)
+                .with_retention(retention_of(app_cache.clone(), config.history.clone())),
         );
         // The services.
         let commands = cluster.as_ref().map(|c| c.commands.clone());
@@ -213,6 +214,7 @@ impl Server {
         // Each owner starts its background jobs; all stop on the token.
         let ws = &state.config.websocket;
         state.hub.start_heartbeats(ws.heartbeat_s, ws.idle_timeout_s * 1000, &token, &tracker);
+        state.hub.start_history_upkeep(&token, &tracker);
         state.auth.start(&token, &tracker);
         state.stats.start(&token, &tracker);
         state.metrics.start(&token, &tracker);
@@ -266,6 +268,17 @@ impl Server {
         }
         drained
     }
+}
+
+/// What each app's rooms keep: its `history`, else the configured defaults.
+fn retention_of(apps: Arc<AppCache>, defaults: crate::config::HistoryConfig) -> crate::hub::RetentionOf {
+    Arc::new(move |app_id| {
+        let (size, ttl_s) = match apps.get(app_id).and_then(|a| a.history) {
+            Some(h) => (h.size, h.ttl_s),
+            None => (defaults.size, defaults.ttl_s),
+        };
+        crate::hub::stream::Keep { size: size as usize, ttl_ms: i64::from(ttl_s) * 1000 }
+    })
 }
 
 /// Opens the configured store: the SQLite file, or Redis.

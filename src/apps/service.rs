@@ -30,7 +30,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct Apps {
     store: Arc<dyn Store>,
-    cache: AppCache,
+    cache: Arc<AppCache>,
     auth: Arc<Auth>,
     webhooks: Arc<Webhooks>,
     stats: Arc<Stats>,
@@ -45,7 +45,7 @@ pub struct Apps {
 #[derive(Debug)]
 pub struct Parts {
     pub store: Arc<dyn Store>,
-    pub cache: AppCache,
+    pub cache: Arc<AppCache>,
     pub auth: Arc<Auth>,
     pub webhooks: Arc<Webhooks>,
     pub stats: Arc<Stats>,

@@ -21,29 +21,44 @@ use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::streams::{STREAM_TTL_MS, new_epoch, stream_keys};
 use super::{COUNT_PREFIX, RedisCluster, room_from_id, room_id, room_key, unavailable};
 use crate::domain::RoomKey;
 use crate::hub::ports::{Broker, BrokerError, Inbox, Publication, Published};
+use crate::hub::stream::Keep;
 use crate::protocol::EventName;
 use crate::redis_conn::{COMMAND_TIMEOUT, Commands, Link, MAX_BACKOFF, Target};
 
 /// Prefix of room channels: `rc:room:{app_id:room}` (app ids have no `:`).
 const CHANNEL_PREFIX: &str = "rc:room:";
-/// Prefix of the per-room offset counters.
-const OFFSET_PREFIX: &str = "rc:offset:";
-/// A room's offset counter is forgotten after a day without publications.
-const OFFSET_TTL_MS: u64 = 86_400_000;
-
-/// Increments the room's offset (KEYS[1]) and publishes `offset \n message` on KEYS[2] with
-/// ARGV[3] (PUBLISH or SPUBLISH); returns the offset and the room's subscribers over the
-/// cluster (KEYS[3]).
+/// Takes the room's next offset in its stream (KEYS[1], [`super::streams`]; a new stream gets
+/// the epoch ARGV[6] and the Redis run it was made in), publishes `offset \n message` on
+/// KEYS[2] with ARGV[3] (PUBLISH or SPUBLISH), and keeps it in the room's history (KEYS[4]):
+/// the last ARGV[4] entries, for ARGV[5] ms (none with ARGV[4] = 0, which also drops what was
+/// kept, so the history's offsets stay contiguous). Returns the offset, the room's subscribers
+/// over the cluster (KEYS[3]) and the epoch.
 const PUBLISH_SCRIPT: &str = r"
-local offset = redis.call('INCR', KEYS[1])
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'run', run)
+  redis.call('DEL', KEYS[4])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call(ARGV[3], KEYS[2], offset .. '\n' .. ARGV[1])
+local message = offset .. '\n' .. ARGV[1]
+redis.call(ARGV[3], KEYS[2], message)
+if ARGV[4] == '0' then
+  redis.call('DEL', KEYS[4])
+else
+  redis.call('RPUSH', KEYS[4], message)
+  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[4]), -1)
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+end
 local total = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[3])) do total = total + tonumber(v) end
-return {offset, total}
+return {offset, total, epoch}
 ";
 
 fn channel(key: &RoomKey) -> String {
@@ -59,13 +74,13 @@ fn room_of(channel: &str) -> Option<RoomKey> {
 /// `data`, separated by newlines. Names and node ids cannot hold a newline; `data` may, and is
 /// last.
 #[derive(Debug, PartialEq)]
-struct Wire<'a> {
-    offset: u64,
-    node: &'a str,
-    exclude: Option<u64>,
-    timestamp: i64,
-    event: &'a str,
-    data: &'a str,
+pub(super) struct Wire<'a> {
+    pub offset: u64,
+    pub node: &'a str,
+    pub exclude: Option<u64>,
+    pub timestamp: i64,
+    pub event: &'a str,
+    pub data: &'a str,
 }
 
 fn encode(node: &str, publication: &Publication<'_>) -> String {
@@ -78,7 +93,7 @@ fn encode(node: &str, publication: &Publication<'_>) -> String {
     )
 }
 
-fn decode(message: &str) -> Option<Wire<'_>> {
+pub(super) fn decode(message: &str) -> Option<Wire<'_>> {
     let mut parts = message.splitn(6, '\n');
     let offset = parts.next()?.parse().ok()?;
     let node = parts.next()?;
@@ -341,7 +356,9 @@ impl RedisBroker {
             return;
         };
         let exclude = if wire.node == self.node_id { wire.exclude } else { None };
-        let publication = Publication { key, event, data, exclude, timestamp: wire.timestamp };
+        // Kept in Redis by the publisher: nothing to keep here.
+        let keep = Keep::default();
+        let publication = Publication { key, event, data, exclude, timestamp: wire.timestamp, keep };
         self.inbox.deliver(&publication, Some(wire.offset));
     }
 }
@@ -354,20 +371,26 @@ impl Broker for RedisBroker {
             return Err(unavailable("Redis is not connected"));
         }
         let key = &publication.key;
+        let [stream, history] = stream_keys(key);
+        let keep = publication.keep;
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(room_key(OFFSET_PREFIX, &room_id(key)))
+            .key(stream)
             .key(channel(key))
             .key(room_key(COUNT_PREFIX, &room_id(key)))
+            .key(history)
             .arg(encode(&self.node_id, publication))
-            .arg(OFFSET_TTL_MS)
-            .arg(if matches!(self.target, Target::Cluster(..)) { "SPUBLISH" } else { "PUBLISH" });
+            .arg(STREAM_TTL_MS.max(keep.ttl_ms as u64))
+            .arg(if matches!(self.target, Target::Cluster(..)) { "SPUBLISH" } else { "PUBLISH" })
+            .arg(keep.size)
+            .arg(keep.ttl_ms.max(1))
+            .arg(new_epoch());
         // Not retried: a connection lost while the script ran leaves unknown whether it
         // published, and a retry could deliver twice. The caller gets 503 and may retry.
-        let (offset, subscribers): (u64, usize) =
+        let (offset, subscribers, epoch): (u64, usize, String) =
             invocation.invoke_async(&mut self.commands.clone()).await.map_err(unavailable)?;
         // This node's subscribers get it when it comes back from Redis, like everyone else's.
-        Ok(Published { offset, subscribers })
+        Ok(Published { offset, epoch: Arc::from(epoch), subscribers })
     }
 
     async fn subscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
@@ -402,6 +425,7 @@ mod tests {
             data: &data,
             exclude: Some(42),
             timestamp: 1_700_000_000_123,
+            keep: Keep::default(),
         };
         let message = format!("7\n{}", encode("n_abc", &publication));
         let wire = decode(&message).unwrap();

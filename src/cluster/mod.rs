@@ -18,6 +18,7 @@ mod counts;
 mod nodes;
 mod presence;
 mod rooms;
+mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{AppId, Member, RoomKey};
 use crate::hub::ports::{BrokerError, ClusterNews, ClusterState};
-use crate::hub::registry::{Registry, RoomInfo};
+use crate::hub::registry::{HistoryPage, Registry, RoomInfo};
+use crate::hub::stream::{Keep, Since, StreamRead};
 use crate::protocol::RoomName;
 use crate::redis_conn::{Commands, Link};
 
@@ -90,6 +92,7 @@ pub struct RedisCluster {
     counts: counts::Counts,
     presence: presence::Scripts,
     rooms: rooms::Scripts,
+    streams: streams::Scripts,
 }
 
 impl std::fmt::Debug for RedisCluster {
@@ -122,6 +125,7 @@ impl RedisCluster {
             counts: counts::Counts::default(),
             presence: presence::Scripts::default(),
             rooms: rooms::Scripts::default(),
+            streams: streams::Scripts::default(),
         };
         (cluster, follow)
     }
@@ -180,6 +184,25 @@ impl ClusterState for RedisCluster {
         limit: usize,
     ) -> Result<Option<(Vec<Member>, usize)>, BrokerError> {
         self.presence_members(key, after, limit).await.map(Some).map_err(unavailable)
+    }
+
+    async fn read_stream(
+        &self,
+        key: &RoomKey,
+        since: Option<&Since>,
+        keep: Keep,
+    ) -> Result<StreamRead, BrokerError> {
+        self.stream_read(key, since, keep).await
+    }
+
+    async fn history(
+        &self,
+        key: &RoomKey,
+        since: u64,
+        limit: usize,
+        keep: Keep,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.stream_page(key, since, limit, keep).await
     }
 
     async fn rooms_page(

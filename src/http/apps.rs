@@ -16,7 +16,8 @@ use crate::apps::{check_app_id, generate_app_id};
 use crate::auth::api_key::{PresentedKey, Scope};
 use crate::auth::random_base62;
 use crate::clock::now_ms;
-use crate::store::{AppRecord, AppStatus, KeyKind, KeyRecord};
+use crate::config::HistoryConfig;
+use crate::store::{AppRecord, AppStatus, KeyKind, KeyRecord, Retention};
 
 /// Routes of this area.
 pub fn router() -> Router<AppState> {
@@ -52,10 +53,13 @@ pub struct AppView {
     pub created_at: String,
     pub updated_at: String,
     pub deleted_at: Option<String>,
+    /// What the app's rooms keep for recovery (the configured defaults unless set).
+    pub history: Retention,
 }
 
-impl From<&AppRecord> for AppView {
-    fn from(app: &AppRecord) -> Self {
+impl AppView {
+    /// The view of `app`, its history settings resolved against `defaults`.
+    pub fn new(app: &AppRecord, defaults: &HistoryConfig) -> Self {
         Self {
             app_id: app.app_id.clone(),
             name: app.name.clone(),
@@ -67,8 +71,28 @@ impl From<&AppRecord> for AppView {
             created_at: iso8601(app.created_at),
             updated_at: iso8601(app.updated_at),
             deleted_at: app.deleted_at.map(iso8601),
+            history: retention(app, defaults),
         }
     }
+}
+
+/// An app's history retention: its own, else the configured defaults.
+pub fn retention(app: &AppRecord, defaults: &HistoryConfig) -> Retention {
+    app.history.unwrap_or(Retention { size: defaults.size, ttl_s: defaults.ttl_s })
+}
+
+/// `history` in an app's settings: either field may be left out (it keeps its value).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryInput {
+    /// Events each room keeps (0 turns history off; at most `history.max_size`, 10,000 by default).
+    #[serde(default, deserialize_with = "opt_int")]
+    #[schema(minimum = 0)]
+    pub size: Option<u32>,
+    /// Seconds each event is kept (1 to `history.max_ttl_s`, 86,400 by default).
+    #[serde(default, deserialize_with = "opt_int")]
+    #[schema(minimum = 1)]
+    pub ttl_s: Option<u32>,
 }
 
 /// An `allowed_domains` entry: a host name, or `*.` and a host name for its subdomains.
@@ -147,6 +171,8 @@ pub struct AppSettings {
     pub client_events: Option<bool>,
     #[schema(value_type = Option<StatusSchema>)]
     pub status: Option<StatusInput>,
+    /// Room history for recovery (DESIGN §11).
+    pub history: Option<HistoryInput>,
 }
 
 /// Body of `POST /api/applications` (documentation only: the handler reads `app_id` and then the
@@ -163,7 +189,7 @@ pub struct CreateApp {
 
 impl AppSettings {
     /// Checks every given field, then applies them all to `app`; on error `app` is unchanged.
-    fn apply(self, app: &mut AppRecord) -> Result<(), ApiError> {
+    fn apply(self, app: &mut AppRecord, caps: &HistoryConfig) -> Result<(), ApiError> {
         if let Some(name) = &self.name {
             check_name(name)?;
         }
@@ -182,6 +208,29 @@ impl AppSettings {
             return Err(ApiError::field("max_connections", "must be between 0 and 2147483647"));
         }
         let status = self.status.as_ref().map(StatusInput::parse).transpose()?;
+        let history = match &self.history {
+            Some(h) => {
+                let current = retention(app, caps);
+                let next = Retention {
+                    size: h.size.unwrap_or(current.size),
+                    ttl_s: h.ttl_s.unwrap_or(current.ttl_s),
+                };
+                if next.size > caps.max_size {
+                    return Err(ApiError::field(
+                        "history.size",
+                        format!("must be between 0 and {}", caps.max_size),
+                    ));
+                }
+                if next.ttl_s == 0 || next.ttl_s > caps.max_ttl_s {
+                    return Err(ApiError::field(
+                        "history.ttl_s",
+                        format!("must be between 1 and {}", caps.max_ttl_s),
+                    ));
+                }
+                Some(next)
+            }
+            None => None,
+        };
 
         if let Some(name) = self.name {
             app.name = name;
@@ -202,6 +251,9 @@ impl AppSettings {
         }
         if let Some(status) = status {
             app.status = status;
+        }
+        if history.is_some() {
+            app.history = history;
         }
         Ok(())
     }
@@ -374,10 +426,11 @@ async fn create_app(
         created_at: now,
         updated_at: now,
         deleted_at: None,
+        history: None,
     };
-    settings.apply(&mut app)?;
+    settings.apply(&mut app, &state.config.history)?;
     let (key, record) = new_primary_key(&app_id, now);
-    let view = AppView::from(&app);
+    let view = AppView::new(&app, &state.config.history);
     let secret = app.secret.clone();
     state.apps.create(app, record).await.map_err(|e| match e {
         crate::store::StoreError::Conflict => {
@@ -410,13 +463,14 @@ async fn list_apps(
     }
     if let Some(own) = &principal.app_id {
         principal.require(Scope::AppsRead)?;
-        let applications = state.app(own).await?.iter().map(|a| AppView::from(&**a)).collect();
+        let applications =
+            state.app(own).await?.iter().map(|a| AppView::new(a, &state.config.history)).collect();
         return Ok(axum::Json(AppList { success: true, applications, next_cursor: None }));
     }
     let (apps, more) =
         state.apps.cache().page(params.cursor.as_deref(), limit, params.include_deleted.unwrap_or(false));
     let next_cursor = if more { apps.last().map(|a| a.app_id.clone()) } else { None };
-    let applications = apps.iter().map(|a| AppView::from(&**a)).collect();
+    let applications = apps.iter().map(|a| AppView::new(a, &state.config.history)).collect();
     Ok(axum::Json(AppList { success: true, applications, next_cursor }))
 }
 
@@ -435,10 +489,10 @@ async fn get_app(
     if params.include_deleted == Some(true) && principal.require_admin().is_ok() {
         let app =
             state.app(&app_id).await?.ok_or_else(|| ApiError::NotFound(format!("no app {app_id:?}")))?;
-        return Ok(axum::Json(AppResponse { success: true, app: AppView::from(&*app) }));
+        return Ok(axum::Json(AppResponse { success: true, app: AppView::new(&app, &state.config.history) }));
     }
     let app = visible_app(&state, &principal, &app_id).await?;
-    Ok(axum::Json(AppResponse { success: true, app: AppView::from(&*app) }))
+    Ok(axum::Json(AppResponse { success: true, app: AppView::new(&app, &state.config.history) }))
 }
 
 /// Options of `GET /api/applications/{app_id}`.
@@ -462,7 +516,7 @@ async fn delete_app(
     let _writes = state.apps.writing().await;
     let current = visible_app(&state, &principal, &app_id).await?;
     let app = state.apps.delete(&current).await?;
-    let view = AppView::from(&app);
+    let view = AppView::new(&app, &state.config.history);
     tracing::info!(app_id, "app soft-deleted; restorable for 30 days");
     Ok(axum::Json(AppResponse { success: true, app: view }))
 }
@@ -483,7 +537,7 @@ async fn restore_app(
         state.apps.restore(&app_id).await?.ok_or_else(|| {
             ApiError::NotFound(format!("no deleted app {app_id:?} within the 30-day window"))
         })?;
-    let view = AppView::from(&app);
+    let view = AppView::new(&app, &state.config.history);
     Ok(axum::Json(AppResponse { success: true, app: view }))
 }
 
@@ -500,8 +554,8 @@ async fn update_app(
     call.principal.require(Scope::AppsWrite)?;
     let _writes = state.apps.writing().await;
     let current = visible_app(&state, &call.principal, &app_id).await?;
-    let app = state.apps.update(&current, |app| call.body.apply(app)).await?;
-    let view = AppView::from(&app);
+    let app = state.apps.update(&current, |app| call.body.apply(app, &state.config.history)).await?;
+    let view = AppView::new(&app, &state.config.history);
     Ok(axum::Json(AppResponse { success: true, app: view }))
 }
 

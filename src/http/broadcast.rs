@@ -64,6 +64,11 @@ pub struct BroadcastResult {
     pub event: String,
     /// Subscribers of the room when the event was published.
     pub subscriber_count: usize,
+    /// The event's place in the room's stream (DESIGN §11); 0 when the room had no stream (no
+    /// subscriber, and its app keeps no history).
+    pub offset: u64,
+    /// The stream's epoch, which the offset belongs to.
+    pub epoch: String,
     /// Milliseconds since the epoch.
     pub timestamp: i64,
 }
@@ -143,6 +148,8 @@ async fn publish(state: &AppState, checked: Checked<'_>) -> Result<BroadcastResu
         room: key.namespaced(),
         event: req.event.to_string(),
         subscriber_count: outcome.subscriber_count,
+        offset: outcome.offset,
+        epoch: outcome.epoch.to_string(),
         timestamp: outcome.timestamp,
     })
 }

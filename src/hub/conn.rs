@@ -36,6 +36,10 @@ pub struct OutboxLimits {
 struct Outbox {
     frames: VecDeque<Frame>,
     bytes: usize,
+    /// Frames and bytes of a replay (a recovering subscribe) still counted in the outbox: a
+    /// replay may exceed the bounds, and live frames after it are measured without it.
+    replayed: u32,
+    replayed_bytes: u32,
 }
 
 /// Capacity an emptied outbox may keep; a burst's larger buffer is given back.
@@ -110,7 +114,9 @@ impl ConnHandle {
             return Delivery::Gone;
         }
         let mut outbox = self.outbox();
-        if outbox.frames.len() >= self.limits.messages || outbox.bytes + frame.len() > self.limits.bytes {
+        let (frames, bytes) =
+            (outbox.frames.len() - outbox.replayed as usize, outbox.bytes - outbox.replayed_bytes as usize);
+        if frames >= self.limits.messages || bytes + frame.len() > self.limits.bytes {
             drop(outbox);
             self.close(CloseCode::SlowConsumer);
             return Delivery::Full;
@@ -123,11 +129,34 @@ impl ConnHandle {
         Delivery::Queued
     }
 
+    /// Places the frames a recovering subscribe missed in the outbox, whatever its bounds (a
+    /// replay is at most one room's history).
+    pub fn deliver_replay(&self, frames: impl IntoIterator<Item = Frame>) {
+        if self.close_code.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let mut outbox = self.outbox();
+        for frame in frames {
+            outbox.bytes += frame.len();
+            outbox.replayed = outbox.replayed.saturating_add(1);
+            outbox.replayed_bytes = outbox.replayed_bytes.saturating_add(frame.len() as u32);
+            outbox.frames.push_back(frame);
+        }
+        self.queued.store(outbox.frames.len() as u64, Ordering::Release);
+        drop(outbox);
+        self.waker.wake();
+    }
+
     /// Takes the oldest waiting frame.
     pub fn next_frame(&self) -> Option<Frame> {
         let mut outbox = self.outbox();
         let frame = outbox.frames.pop_front()?;
         outbox.bytes -= frame.len();
+        outbox.replayed = outbox.replayed.saturating_sub(1);
+        outbox.replayed_bytes = outbox.replayed_bytes.saturating_sub(frame.len() as u32);
+        // Never more than what is left.
+        outbox.replayed = outbox.replayed.min(outbox.frames.len() as u32);
+        outbox.replayed_bytes = outbox.replayed_bytes.min(outbox.bytes as u32);
         if outbox.frames.is_empty() && outbox.frames.capacity() > KEEP_CAPACITY {
             outbox.frames.shrink_to(KEEP_CAPACITY);
         }

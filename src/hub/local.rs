@@ -7,7 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::ports::{Broker, BrokerError, ClusterState, Inbox, Publication, Published};
-use super::registry::{Registry, RoomInfo};
+use super::registry::{HistoryPage, Registry, RoomInfo};
+use super::stream::{Keep, Since, StreamRead};
+use crate::clock::now_ms;
 use crate::domain::{Member, RoomKey};
 
 /// In-process [`Broker`]: publishing is delivering.
@@ -27,7 +29,11 @@ impl LocalBroker {
 impl Broker for LocalBroker {
     async fn publish(&self, publication: &Publication<'_>) -> Result<Published, BrokerError> {
         let outcome = self.inbox.deliver(publication, None);
-        Ok(Published { offset: outcome.offset, subscribers: outcome.subscribers })
+        Ok(Published {
+            offset: outcome.offset,
+            epoch: outcome.epoch.unwrap_or_default(),
+            subscribers: outcome.subscribers,
+        })
     }
 
     async fn subscribe(&self, _key: &RoomKey) -> Result<(), BrokerError> {
@@ -86,6 +92,25 @@ impl ClusterState for LocalCluster {
         limit: usize,
     ) -> Result<Option<(Vec<Member>, usize)>, BrokerError> {
         Ok(self.registry.members(key, after, limit))
+    }
+
+    async fn read_stream(
+        &self,
+        key: &RoomKey,
+        since: Option<&Since>,
+        keep: Keep,
+    ) -> Result<StreamRead, BrokerError> {
+        Ok(self.registry.read_stream(key, since, keep, now_ms()))
+    }
+
+    async fn history(
+        &self,
+        key: &RoomKey,
+        since: u64,
+        limit: usize,
+        keep: Keep,
+    ) -> Result<HistoryPage, BrokerError> {
+        Ok(self.registry.history(key, since, limit, keep, now_ms()))
     }
 
     async fn rooms_page(

@@ -4,6 +4,7 @@
 use ::metrics::{Counter, Histogram};
 
 use super::events::PublishKind;
+use super::stream::NotRecovered;
 
 /// Why a message was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct HubMetrics {
     pub delivered: Counter,
     dropped: [Counter; 3],
     pub fanout_seconds: Histogram,
+    /// Recovering subscribes: recovered, then each [`NotRecovered`] reason.
+    recoveries: [Counter; 4],
 }
 
 impl Default for HubMetrics {
@@ -35,6 +38,7 @@ impl Default for HubMetrics {
             delivered: Counter::noop(),
             dropped: [Counter::noop(), Counter::noop(), Counter::noop()],
             fanout_seconds: Histogram::noop(),
+            recoveries: [Counter::noop(), Counter::noop(), Counter::noop(), Counter::noop()],
         }
     }
 }
@@ -48,8 +52,23 @@ impl HubMetrics {
         delivered: Counter,
         dropped: [Counter; 3],
         fanout_seconds: Histogram,
+        recoveries: [Counter; 4],
     ) -> Self {
-        Self { connections_opened, published, delivered, dropped, fanout_seconds }
+        Self { connections_opened, published, delivered, dropped, fanout_seconds, recoveries }
+    }
+
+    /// The names of the recovery outcomes, in the order [`HubMetrics::new`] takes them.
+    pub const RECOVERY_OUTCOMES: [&'static str; 4] =
+        ["recovered", "epoch_changed", "too_old", "history_disabled"];
+
+    /// One recovering subscribe that recovered (`None`) or not, for this reason.
+    pub fn recovery(&self, not: Option<NotRecovered>) -> &Counter {
+        &self.recoveries[match not {
+            None => 0,
+            Some(NotRecovered::EpochChanged) => 1,
+            Some(NotRecovered::TooOld) => 2,
+            Some(NotRecovered::HistoryDisabled) => 3,
+        }]
     }
 
     /// One publication of `kind`.

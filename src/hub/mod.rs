@@ -6,6 +6,7 @@ pub mod local;
 pub mod metrics;
 pub mod ports;
 pub mod registry;
+pub mod stream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,17 +23,35 @@ use crate::protocol::{CloseCode, EventName, RoomName, ServerFrame};
 pub use conn::{ConnHandle, Delivery, OutboxLimits, Wake};
 use events::{EventBus, HubEvent, PublishKind};
 pub use ports::{Broker, BrokerError, ClusterNews, ClusterState, Inbox, Publication, Published};
-use registry::{FanoutOutcome, JoinOutcome, Member, PresenceRequest, Registry, RoomInfo, RoomKey};
+use registry::{
+    FanoutOutcome, HistoryPage, JoinOutcome, Member, PresenceRequest, Registry, RoomInfo, RoomKey,
+};
+use stream::{Keep, Since};
 
 /// One encoded server frame; clones share the bytes.
 pub type Frame = Utf8Bytes;
 
 /// What `Hub::broadcast` reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BroadcastOutcome {
     pub subscriber_count: usize,
     pub offset: u64,
+    /// The epoch of the room's stream the offset belongs to.
+    pub epoch: Arc<str>,
     pub timestamp: i64,
+}
+
+/// What an app's rooms keep, by app id (the app's `history` settings).
+pub type RetentionOf = Arc<dyn Fn(&str) -> Keep + Send + Sync>;
+
+/// [`RetentionOf`], printable.
+#[derive(Clone)]
+struct Retention(RetentionOf);
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Retention")
+    }
 }
 
 /// This node's fan-out: the registry, the counters and the event stream. It is the hub's
@@ -58,15 +77,17 @@ impl Fanout {
 
 impl Inbox for Fanout {
     fn deliver(&self, publication: &Publication<'_>, offset: Option<u64>) -> FanoutOutcome {
-        let outcome = self.registry.publish_at(&publication.key, publication.exclude, offset, |offset| {
-            Frame::from(ServerFrame::event(
-                &publication.key.room,
-                &publication.event,
-                publication.data,
-                offset,
-                publication.timestamp,
-            ))
-        });
+        let keep = offset.is_none().then_some((publication.keep, publication.timestamp));
+        let outcome =
+            self.registry.publish_at(&publication.key, publication.exclude, offset, keep, |offset| {
+                Frame::from(ServerFrame::event(
+                    &publication.key.room,
+                    &publication.event,
+                    publication.data,
+                    offset,
+                    publication.timestamp,
+                ))
+            });
         if outcome.subscribers == 0 {
             return outcome;
         }
@@ -102,6 +123,8 @@ pub struct Hub {
     closing: AtomicBool,
     /// Most presence members listed in a `subscribed` frame.
     presence_list_max: usize,
+    /// What each app's rooms keep.
+    retention: Retention,
 }
 
 impl Hub {
@@ -125,7 +148,14 @@ impl Hub {
             started: Instant::now(),
             closing: AtomicBool::new(false),
             presence_list_max: 1000,
+            retention: Retention(Arc::new(|_| Keep::default())),
         }
+    }
+
+    /// Keeps history for each app as `retention` says (none by default).
+    pub fn with_retention(mut self, retention: RetentionOf) -> Self {
+        self.retention = Retention(retention);
+        self
     }
 
     /// A hub of one node, counting into `metrics`.
@@ -245,6 +275,7 @@ impl Hub {
         conn: &Arc<ConnHandle>,
         room: &RoomName,
         user_info: Option<&Arc<RawValue>>,
+        since: Option<&Since>,
     ) -> Result<JoinOutcome, BrokerError> {
         let key = RoomKey { app_id: conn.app_id.clone(), room: room.clone() };
         // Only a presence join needs a user_info; a missing one is JSON null.
@@ -262,19 +293,22 @@ impl Hub {
             }
             _ => None,
         };
-        let mut outcome = self.registry().join(&key, conn, presence, now_ms());
+        // Held pending: what is published until its place in the stream is known waits.
+        let mut outcome = self.registry().join(&key, conn, presence, now_ms(), true);
+        let keep = (self.retention.0)(&key.app_id);
         if !outcome.added {
-            // Already subscribed: counted and announced when it first joined; only the member
-            // list is fetched again.
+            // Already subscribed: counted and announced when it first joined; the member list
+            // and the stream's position are read again.
             if let Some(presence) = outcome.presence.as_mut() {
                 let here = (std::mem::take(&mut presence.members), presence.member_count);
                 (presence.members, presence.member_count) =
                     self.cluster.members_on_join(&key, here, self.presence_list_max).await?;
             }
+            outcome.stream = self.cluster.read_stream(&key, None, keep).await?;
             return Ok(outcome);
         }
         let mut done = JoinStep::Registered;
-        match self.join_cluster(conn, &key, &mut outcome, &mut done).await {
+        match self.join_cluster(conn, &key, &mut outcome, &mut done, since, keep).await {
             Ok(()) => Ok(outcome),
             Err(e) => {
                 // The one rollback: a join not yet counted in the cluster leaves uncounted.
@@ -291,10 +325,37 @@ impl Hub {
         key: &RoomKey,
         outcome: &mut JoinOutcome,
         done: &mut JoinStep,
+        since: Option<&Since>,
+        keep: Keep,
     ) -> Result<(), BrokerError> {
         if outcome.occupied {
             self.broker.subscribe(key).await?;
         }
+        self.count_and_announce(conn, key, outcome, done).await?;
+        // Publications flow to the held connection: its place in the stream is read now, and
+        // whatever came meanwhile with a later offset follows what it missed.
+        let mut read = self.cluster.read_stream(key, since, keep).await?;
+        let replay = match &mut read.recovery {
+            Some(Ok(frames)) => std::mem::take(frames),
+            _ => Vec::new(),
+        };
+        if let Some(recovery) = &read.recovery {
+            let outcome = recovery.as_ref().err().copied();
+            self.metrics().recovery(outcome).increment(1);
+        }
+        self.registry().settle(key, conn, read.offset, replay);
+        outcome.stream = read;
+        Ok(())
+    }
+
+    /// The cluster count and, for presence, the member steps of a join.
+    async fn count_and_announce(
+        &self,
+        conn: &Arc<ConnHandle>,
+        key: &RoomKey,
+        outcome: &mut JoinOutcome,
+        done: &mut JoinStep,
+    ) -> Result<(), BrokerError> {
         // The room is occupied when its first subscriber anywhere joins.
         let total = self.cluster.count(key, 1, outcome.subscribers).await?;
         *done = JoinStep::Counted;
@@ -315,6 +376,18 @@ impl Hub {
                 .emit(HubEvent::MemberJoined { room: key.clone(), user_id: member.user_id.to_string() });
         }
         Ok(())
+    }
+
+    /// The room's retained events after offset `since`, at most `limit` (the history route).
+    pub async fn history(
+        &self,
+        app_id: &str,
+        room: &RoomName,
+        since: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let key = RoomKey { app_id: AppId::known(app_id), room: room.clone() };
+        self.cluster.history(&key, since, limit, (self.retention.0)(app_id)).await
     }
 
     /// Members of a presence room by user id after `after`, over the cluster; `None` when
@@ -435,6 +508,7 @@ impl Hub {
             data: &data,
             exclude,
             timestamp: now_ms(),
+            keep: (self.retention.0)(&key.app_id),
         };
         match self.broker.publish(&publication).await {
             Ok(_) => {
@@ -468,7 +542,8 @@ impl Hub {
         let exclude =
             exclude.and_then(|id| self.connections.get(id)).filter(|c| *c.app_id == *app_id).map(|c| c.seq);
         let timestamp = now_ms();
-        let publication = Publication { key, event: event.clone(), data, exclude, timestamp };
+        let keep = (self.retention.0)(app_id);
+        let publication = Publication { key, event: event.clone(), data, exclude, timestamp, keep };
         let started = Instant::now();
         let published = self.broker.publish(&publication).await?;
         self.metrics().fanout_seconds.record(started.elapsed().as_secs_f64());
@@ -481,7 +556,12 @@ impl Hub {
             data,
             timestamp,
         });
-        Ok(BroadcastOutcome { subscriber_count: published.subscribers, offset: published.offset, timestamp })
+        Ok(BroadcastOutcome {
+            subscriber_count: published.subscribers,
+            offset: published.offset,
+            epoch: published.epoch,
+            timestamp,
+        })
     }
 
     /// Subscribers of one room of one app on this node.
@@ -534,6 +614,26 @@ impl Hub {
         });
     }
 
+    /// Starts the history job: what rooms retain past their time is dropped every 5 s, and past
+    /// the node's bound (at once) the oldest events of the least recently published rooms.
+    pub fn start_history_upkeep(
+        self: &Arc<Self>,
+        shutdown: &tokio_util::sync::CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) {
+        let (hub, shutdown) = (self.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = hub.registry().over_bound() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                }
+                hub.registry().trim(now_ms(), |key| (hub.retention.0)(&key.app_id));
+            }
+        });
+    }
+
     /// One heartbeat tick (the job calls it every second): closes connections silent for
     /// `idle_ms` with 4000, and asks the connections whose turn it is to ping. Each connection's
     /// turn comes once every `ping_every` ticks, so pings are spread over the period instead of
@@ -582,8 +682,8 @@ mod tests {
         let room = RoomName::parse("chat").unwrap();
         let a = hub.connect("app-a", None);
         let b = hub.connect("app-b", None);
-        hub.join(&a, &room, None).await.unwrap();
-        hub.join(&b, &room, None).await.unwrap();
+        hub.join(&a, &room, None, None).await.unwrap();
+        hub.join(&b, &room, None, None).await.unwrap();
         let ev = EventName::parse("m").unwrap();
         let out = hub.broadcast("app-a", &room, &ev, &raw("1"), None, PublishKind::Broadcast).await.unwrap();
         assert_eq!((out.subscriber_count, out.offset), (1, 1));
@@ -597,8 +697,8 @@ mod tests {
         let room = RoomName::parse("r").unwrap();
         let slow = hub.connect("app-a", None);
         let fast = hub.connect("app-a", None);
-        hub.join(&slow, &room, None).await.unwrap();
-        hub.join(&fast, &room, None).await.unwrap();
+        hub.join(&slow, &room, None, None).await.unwrap();
+        hub.join(&fast, &room, None, None).await.unwrap();
         let ev = EventName::parse("m").unwrap();
         for _ in 0..2 {
             hub.broadcast("app-a", &room, &ev, &raw("null"), None, PublishKind::Broadcast).await.unwrap();
@@ -620,8 +720,8 @@ mod tests {
         let room = RoomName::parse("r").unwrap();
         let a = hub.connect("app-a", Some("u1"));
         let b = hub.connect("app-a", None);
-        hub.join(&a, &room, None).await.unwrap();
-        hub.join(&b, &room, None).await.unwrap();
+        hub.join(&a, &room, None, None).await.unwrap();
+        hub.join(&b, &room, None, None).await.unwrap();
         assert!(hub.leave(&a, &room).await);
         assert!(!hub.leave(&a, &room).await);
         assert!(hub.leave(&b, &room).await);
@@ -674,8 +774,8 @@ mod tests {
         let room = RoomName::parse("r").unwrap();
         let a = hub.connect("app-a", None);
         let b = hub.connect("app-a", None);
-        hub.join(&a, &room, None).await.unwrap();
-        hub.join(&b, &room, None).await.unwrap();
+        hub.join(&a, &room, None, None).await.unwrap();
+        hub.join(&b, &room, None, None).await.unwrap();
         let ev = EventName::parse("m").unwrap();
         hub.broadcast("app-a", &room, &ev, &raw("{}"), Some(&a.id), PublishKind::Client).await.unwrap();
         assert!(a.next_frame().is_none());
@@ -704,10 +804,10 @@ mod tests {
         let ann1 = hub.connect("app-a", Some("ann"));
         let ann2 = hub.connect("app-a", Some("ann"));
         let bob = hub.connect("app-a", Some("bob"));
-        let first = hub.join(&ann1, &room, None).await.unwrap();
+        let first = hub.join(&ann1, &room, None, None).await.unwrap();
         assert_eq!(first.presence.unwrap().member_count, 1);
-        hub.join(&bob, &room, None).await.unwrap();
-        let again = hub.join(&ann2, &room, None).await.unwrap().presence.unwrap();
+        hub.join(&bob, &room, None, None).await.unwrap();
+        let again = hub.join(&ann2, &room, None, None).await.unwrap().presence.unwrap();
         assert!(again.joined.is_none());
         assert_eq!(again.member_count, 2, "the list the registry took at the join");
         assert_eq!(frames(&ann1), ["user-joined bob"], "the joiner itself is not told");
@@ -738,8 +838,8 @@ mod tests {
         let mut rx = hub.events().subscribe(16);
         let room = RoomName::parse("r").unwrap();
         let a = hub.connect("app-a", None);
-        hub.join(&a, &room, None).await.unwrap();
-        hub.join(&a, &room, None).await.unwrap();
+        hub.join(&a, &room, None, None).await.unwrap();
+        hub.join(&a, &room, None, None).await.unwrap();
         let mut occupied = 0;
         while let Ok(event) = rx.try_recv() {
             occupied += matches!(event, HubEvent::RoomOccupied { .. }) as usize;
@@ -755,8 +855,8 @@ mod tests {
         let mut rx = hub.events().subscribe(32);
         let room = RoomName::parse("r").unwrap();
         let (a, b) = (hub.connect("app-a", None), hub.connect("app-a", None));
-        hub.join(&a, &room, None).await.unwrap();
-        hub.join(&b, &room, None).await.unwrap();
+        hub.join(&a, &room, None, None).await.unwrap();
+        hub.join(&b, &room, None, None).await.unwrap();
         let ev = EventName::parse("m").unwrap();
         hub.broadcast("app-a", &room, &ev, &raw("1"), Some(&a.id), PublishKind::Broadcast).await.unwrap();
         let (mut delivered, mut published) = (Vec::new(), 0);

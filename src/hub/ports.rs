@@ -7,7 +7,8 @@
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 
-use super::registry::{FanoutOutcome, RoomInfo};
+use super::registry::{FanoutOutcome, HistoryPage, RoomInfo};
+use super::stream::{Keep, Since, StreamRead};
 use crate::domain::{Member, RoomKey};
 use crate::protocol::EventName;
 
@@ -21,13 +22,16 @@ pub struct Publication<'a> {
     /// published it).
     pub exclude: Option<u64>,
     pub timestamp: i64,
+    /// What the room keeps of it: the app's `history` (DESIGN §11).
+    pub keep: Keep,
 }
 
-/// What publishing assigned: the event's offset in its room, and the room's subscribers over
-/// the cluster at that moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What publishing assigned: the event's offset in its room's stream and the stream's epoch,
+/// and the room's subscribers over the cluster at that moment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Published {
     pub offset: u64,
+    pub epoch: std::sync::Arc<str>,
     pub subscribers: usize,
 }
 
@@ -88,6 +92,22 @@ pub trait ClusterState: Send + Sync + std::fmt::Debug + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Option<(Vec<Member>, usize)>, BrokerError>;
+    /// Where the room's stream stands for a connection that just joined it (held pending by
+    /// the registry), and with `since` what it missed, the app keeping `keep`.
+    async fn read_stream(
+        &self,
+        key: &RoomKey,
+        since: Option<&Since>,
+        keep: Keep,
+    ) -> Result<StreamRead, BrokerError>;
+    /// The room's retained events after offset `since`, at most `limit`.
+    async fn history(
+        &self,
+        key: &RoomKey,
+        since: u64,
+        limit: usize,
+        keep: Keep,
+    ) -> Result<HistoryPage, BrokerError>;
     /// Occupied rooms of `app_id` whose names start with `prefix`, in name order after `after`:
     /// at most `limit`, and whether more follow.
     async fn rooms_page(

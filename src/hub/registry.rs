@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use indexmap::IndexMap;
 use serde_json::value::RawValue;
 
+use super::stream::{History, HistoryEvent, Keep, Since, StreamRead};
 use super::{ConnHandle, Delivery, Frame};
 use crate::protocol::RoomName;
 
@@ -23,16 +24,38 @@ struct MemberState {
     connections: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RoomState {
     /// Keyed by the connection's sequence number: O(1) removal, dense iteration for fan-out.
     subscribers: IndexMap<u64, Arc<ConnHandle>>,
-    /// Offset of the last publication; offsets count from 1 while the room is occupied.
+    /// Offset of the last publication; offsets count from 1 in each epoch.
     offset: u64,
+    /// The stream's incarnation: made with the room, which lives while it has subscribers or
+    /// retained history.
+    epoch: Arc<str>,
+    /// What this node retains of the stream, when it assigns the offsets (one node).
+    history: History,
+    /// Subscribers that joined and wait for what they missed (their recovery): what is
+    /// published meanwhile is held for them with its offset.
+    pending: Vec<(u64, Vec<(u64, Frame)>)>,
     /// When the room got its current first subscriber (ms since the epoch).
     occupied_since: i64,
     /// Presence rooms only: members by user id, ordered for stable pagination.
     members: Option<BTreeMap<Arc<str>, MemberState>>,
+}
+
+impl Default for RoomState {
+    fn default() -> Self {
+        Self {
+            subscribers: IndexMap::new(),
+            offset: 0,
+            epoch: Arc::from(crate::domain::random_base62(8)),
+            history: History::default(),
+            pending: Vec::new(),
+            occupied_since: 0,
+            members: None,
+        }
+    }
 }
 
 /// Presence details of a join.
@@ -55,6 +78,8 @@ pub struct JoinOutcome {
     pub subscribers: usize,
     /// The connection was not in the room before (a repeated join changes nothing).
     pub added: bool,
+    /// Where the room's stream stood when the connection joined (filled in by the hub).
+    pub stream: StreamRead,
     /// Set for presence joins.
     pub presence: Option<PresenceJoin>,
 }
@@ -68,6 +93,17 @@ pub struct LeaveOutcome {
     pub subscribers: usize,
     /// The user's last connection left a presence room (others learn `user-left`).
     pub left: Option<Member>,
+}
+
+/// A room's retained events, for the history route.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// `None` when the room has no stream.
+    pub epoch: Option<Arc<str>>,
+    pub offset: u64,
+    /// Whether no event after the asked offset is missing.
+    pub complete: bool,
+    pub events: Vec<HistoryEvent>,
 }
 
 /// A room as introspection shows it.
@@ -91,7 +127,7 @@ impl Room {
 }
 
 /// What a publish reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FanoutOutcome {
     /// Subscribers in the room at publish time.
     pub subscribers: usize,
@@ -99,16 +135,31 @@ pub struct FanoutOutcome {
     pub delivered: usize,
     /// Subscribers closed because their queue was full.
     pub dropped: usize,
-    /// The publication's offset; 0 when the room was empty.
+    /// The publication's offset; 0 when the room had no stream (no subscriber, no history).
     pub offset: u64,
+    /// The stream's epoch, when this node assigned the offset.
+    pub epoch: Option<Arc<str>>,
 }
 
 /// The room → subscribers map.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     rooms: DashMap<RoomKey, Arc<Room>>,
     /// (connection, room) pairs on this node.
     subscriptions: AtomicUsize,
+    /// Rooms with at least one subscriber.
+    occupied: AtomicUsize,
+    /// Bytes of history retained over all rooms, and the most allowed.
+    history_bytes: AtomicUsize,
+    max_history_bytes: usize,
+    /// Woken when retained history passes its bound.
+    over_bound: tokio::sync::Notify,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::with_history_bound(usize::MAX)
+    }
 }
 
 /// Who joins a presence room, and how many members the caller wants listed back.
@@ -120,14 +171,28 @@ pub struct PresenceRequest<'a> {
 }
 
 impl Registry {
+    /// A registry retaining at most `max_bytes` of history over all rooms.
+    pub fn with_history_bound(max_bytes: usize) -> Self {
+        Self {
+            rooms: DashMap::new(),
+            subscriptions: AtomicUsize::new(0),
+            occupied: AtomicUsize::new(0),
+            history_bytes: AtomicUsize::new(0),
+            max_history_bytes: max_bytes,
+            over_bound: tokio::sync::Notify::new(),
+        }
+    }
+
     /// Adds `conn` to the room (a presence room when `presence` is given); a repeated join
-    /// changes nothing.
+    /// changes nothing. With `pending`, what is published to the room is held for the new
+    /// subscriber until [`Registry::settle`].
     pub fn join(
         &self,
         key: &RoomKey,
         conn: &Arc<ConnHandle>,
         presence: Option<PresenceRequest<'_>>,
         now_ms: i64,
+        pending: bool,
     ) -> JoinOutcome {
         // The entry guard (shard lock) is held while the room is changed, so a concurrent last
         // leave cannot remove the room between lookup and insert.
@@ -140,6 +205,12 @@ impl Registry {
         let new = room.subscribers.insert(conn.seq, conn.clone()).is_none();
         if new {
             self.subscriptions.fetch_add(1, Ordering::Relaxed);
+            if pending {
+                room.pending.push((conn.seq, Vec::new()));
+            }
+        }
+        if occupied {
+            self.occupied.fetch_add(1, Ordering::Relaxed);
         }
         let presence = presence.map(|p| {
             let members = room.members.get_or_insert_with(BTreeMap::new);
@@ -155,30 +226,38 @@ impl Registry {
             }
             PresenceJoin { joined, members: list(members, None, p.list_at_most), member_count: members.len() }
         });
-        JoinOutcome { occupied, subscribers: room.subscribers.len(), added: new, presence }
+        JoinOutcome {
+            occupied,
+            subscribers: room.subscribers.len(),
+            added: new,
+            stream: StreamRead::default(),
+            presence,
+        }
     }
 
     /// Removes `conn` from the room; `None` when it was not in it.
     pub fn leave(&self, key: &RoomKey, conn: &ConnHandle) -> Option<LeaveOutcome> {
         let mut outcome = None;
-        let vacated = self
-            .rooms
-            .remove_if(key, |_, room| {
-                let mut room = room.lock();
-                if room.subscribers.swap_remove(&conn.seq).is_none() {
-                    return false;
-                }
-                let left = match (room.members.as_mut(), conn.user_id.as_ref()) {
-                    (Some(members), Some(user_id)) => leave_member(members, user_id),
-                    _ => None,
-                };
-                outcome = Some(LeaveOutcome { vacated: false, subscribers: room.subscribers.len(), left });
-                room.subscribers.is_empty()
-            })
-            .is_some();
-        if let Some(outcome) = outcome.as_mut() {
+        // The room goes when nobody is in it and it retains nothing; else its stream lives on.
+        self.rooms.remove_if(key, |_, room| {
+            let mut room = room.lock();
+            if room.subscribers.swap_remove(&conn.seq).is_none() {
+                return false;
+            }
+            room.pending.retain(|(seq, _)| *seq != conn.seq);
+            let left = match (room.members.as_mut(), conn.user_id.as_ref()) {
+                (Some(members), Some(user_id)) => leave_member(members, user_id),
+                _ => None,
+            };
+            let vacated = room.subscribers.is_empty();
+            outcome = Some(LeaveOutcome { vacated, subscribers: room.subscribers.len(), left });
+            vacated && room.history.is_empty()
+        });
+        if let Some(outcome) = &outcome {
             self.subscriptions.fetch_sub(1, Ordering::Relaxed);
-            outcome.vacated = vacated;
+            if outcome.vacated {
+                self.occupied.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         outcome
     }
@@ -192,23 +271,29 @@ impl Registry {
         exclude: Option<u64>,
         build: impl FnOnce(u64) -> Frame,
     ) -> FanoutOutcome {
-        self.publish_at(key, exclude, None, build)
+        self.publish_at(key, exclude, None, None, build)
     }
 
     /// [`Registry::publish`] with the offset chosen elsewhere (cluster-wide, by the broker)
-    /// when `offset` is given; the room's own counter follows it.
+    /// when `offset` is given; the room's own counter follows it. Without `offset` this node
+    /// owns the stream: the event is retained as `keep` says, with `keep.1` its time (ms), and
+    /// a room with no subscriber gets it into its history too.
     pub fn publish_at(
         &self,
         key: &RoomKey,
         exclude: Option<u64>,
         offset: Option<u64>,
+        keep: Option<(Keep, i64)>,
         build: impl FnOnce(u64) -> Frame,
     ) -> FanoutOutcome {
-        let Some(room) = self.rooms.get(key).map(|r| r.clone()) else {
-            return FanoutOutcome::default();
+        let retains = offset.is_none() && keep.is_some_and(|(k, _)| k.size > 0);
+        let room = match self.rooms.get(key) {
+            Some(room) => room.clone(),
+            None if retains => self.rooms.entry(key.clone()).or_default().clone(),
+            None => return FanoutOutcome::default(),
         };
         let mut state = room.lock();
-        if state.subscribers.is_empty() {
+        if state.subscribers.is_empty() && offset.is_some() {
             return FanoutOutcome::default();
         }
         state.offset = offset.unwrap_or(state.offset + 1);
@@ -216,10 +301,25 @@ impl Registry {
         let mut outcome = FanoutOutcome {
             subscribers: state.subscribers.len(),
             offset: state.offset,
+            epoch: offset.is_none().then(|| state.epoch.clone()),
             ..Default::default()
         };
-        for (&seq, conn) in &state.subscribers {
+        if offset.is_none()
+            && let Some((keep, at)) = keep
+        {
+            let offset = state.offset;
+            let change = state.history.append(offset, at, &frame, keep);
+            self.account(change);
+        }
+        let RoomState { subscribers, pending, .. } = &mut *state;
+        for (&seq, conn) in subscribers.iter() {
             if Some(seq) == exclude {
+                continue;
+            }
+            if !pending.is_empty()
+                && let Some((_, held)) = pending.iter_mut().find(|(s, _)| *s == seq)
+            {
+                held.push((outcome.offset, frame.clone()));
                 continue;
             }
             match conn.deliver(&frame) {
@@ -231,19 +331,120 @@ impl Registry {
         outcome
     }
 
+    /// Adds `change` to the retained bytes; wakes the trimmer past the bound.
+    fn account(&self, change: isize) {
+        let now = if change >= 0 {
+            self.history_bytes.fetch_add(change as usize, Ordering::Relaxed) + change as usize
+        } else {
+            self.history_bytes.fetch_sub(change.unsigned_abs(), Ordering::Relaxed) - change.unsigned_abs()
+        };
+        if change > 0 && now > self.max_history_bytes {
+            self.over_bound.notify_one();
+        }
+    }
+
+    /// Where the room's stream stands for a connection that joined it, and (with `since`) what
+    /// it missed, the app keeping `keep` now. This node's own stream: on one node.
+    pub fn read_stream(&self, key: &RoomKey, since: Option<&Since>, keep: Keep, now: i64) -> StreamRead {
+        let room = self.rooms.entry(key.clone()).or_default().clone();
+        let state = room.lock();
+        StreamRead {
+            epoch: state.epoch.clone(),
+            offset: state.offset,
+            recovery: since.map(|s| state.history.recover(&state.epoch, state.offset, s, keep, now)),
+        }
+    }
+
+    /// Ends the wait of a subscriber that joined with `pending`: `replay` (what it missed, up
+    /// to offset `top`) goes to its queue first, then what was held for it after `top`, and from
+    /// now on it gets publications as they come.
+    pub fn settle(&self, key: &RoomKey, conn: &ConnHandle, top: u64, replay: Vec<Frame>) {
+        let Some(room) = self.rooms.get(key).map(|r| r.clone()) else { return };
+        let mut state = room.lock();
+        let Some(at) = state.pending.iter().position(|(seq, _)| *seq == conn.seq) else { return };
+        let (_, held) = state.pending.swap_remove(at);
+        conn.deliver_replay(
+            replay.into_iter().chain(held.into_iter().filter(|(o, _)| *o > top).map(|(_, f)| f)),
+        );
+    }
+
+    /// The room's retained events after `since`, at most `limit`, for the history route: the
+    /// epoch, the last offset, the events and whether none after `since` is missing.
+    pub fn history(&self, key: &RoomKey, since: u64, limit: usize, keep: Keep, now: i64) -> HistoryPage {
+        let Some(room) = self.rooms.get(key).map(|r| r.clone()) else {
+            return HistoryPage { complete: true, ..Default::default() };
+        };
+        let state = room.lock();
+        let (events, complete) = state.history.page(since, limit, keep.ttl_ms, now);
+        HistoryPage {
+            epoch: Some(state.epoch.clone()),
+            offset: state.offset,
+            complete: complete && (keep.size > 0 || state.offset <= since),
+            events: events.into_iter().filter_map(|k| HistoryEvent::from_frame(&k.frame, k.at)).collect(),
+        }
+    }
+
+    /// Bytes of history retained on this node.
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Waits until retained history passes its bound.
+    pub async fn over_bound(&self) {
+        self.over_bound.notified().await
+    }
+
+    /// Drops what rooms retain past their app's time (`keep_of` says it), then, past the bound,
+    /// the oldest events of the least recently published rooms until a tenth under it; forgets
+    /// rooms left with no subscriber and nothing retained.
+    pub fn trim(&self, now: i64, keep_of: impl Fn(&RoomKey) -> Keep) {
+        let mut kept: Vec<(i64, RoomKey, Arc<Room>)> = Vec::new();
+        for entry in self.rooms.iter() {
+            let mut state = entry.value().lock();
+            if state.history.is_empty() {
+                continue;
+            }
+            let freed = state.history.expire(now - keep_of(entry.key()).ttl_ms);
+            self.account(-(freed as isize));
+            if !state.history.is_empty() {
+                kept.push((state.history.last_publish_ms, entry.key().clone(), entry.value().clone()));
+            }
+        }
+        let target = self.max_history_bytes - self.max_history_bytes / 10;
+        if self.history_bytes() > self.max_history_bytes {
+            kept.sort_unstable_by_key(|(at, _, _)| *at);
+            for (_, _, room) in &kept {
+                let over = self.history_bytes().saturating_sub(target);
+                if over == 0 {
+                    break;
+                }
+                let freed = room.lock().history.evict(over);
+                self.account(-(freed as isize));
+            }
+        }
+        self.rooms.retain(|_, room| {
+            let state = room.lock();
+            !(state.subscribers.is_empty() && state.history.is_empty())
+        });
+    }
+
     /// Subscribers of one room right now.
     pub fn subscriber_count(&self, key: &RoomKey) -> usize {
         self.rooms.get(key).map(|r| r.lock().subscribers.len()).unwrap_or(0)
     }
 
-    /// Every occupied room of the node (a broker re-subscribes them after reconnecting).
+    /// Every room of the node with subscribers.
     pub fn room_keys(&self) -> Vec<RoomKey> {
-        self.rooms.iter().map(|r| r.key().clone()).collect()
+        self.rooms
+            .iter()
+            .filter(|r| !r.value().lock().subscribers.is_empty())
+            .map(|r| r.key().clone())
+            .collect()
     }
 
     /// Rooms with at least one subscriber.
     pub fn room_count(&self) -> usize {
-        self.rooms.len()
+        self.occupied.load(Ordering::Relaxed)
     }
 
     /// (connection, room) pairs on this node.
@@ -369,11 +570,11 @@ mod tests {
         let r = Registry::default();
         let (a, b) = (conn(1, "app", None), conn(2, "app", None));
         let k = key("app", "room");
-        let first = r.join(&k, &a, None, 7);
+        let first = r.join(&k, &a, None, 7, false);
         assert!(first.occupied && first.subscribers == 1);
-        let second = r.join(&k, &b, None, 8);
+        let second = r.join(&k, &b, None, 8, false);
         assert!(!second.occupied && second.subscribers == 2);
-        let again = r.join(&k, &b, None, 9);
+        let again = r.join(&k, &b, None, 9, false);
         assert_eq!(
             (again.occupied, again.subscribers, again.added),
             (false, 2, false),
@@ -393,14 +594,14 @@ mod tests {
         let r = Registry::default();
         let (a, b) = (conn(1, "app", None), conn(2, "app", None));
         let k = key("app", "room");
-        r.join(&k, &a, None, 0);
-        r.join(&k, &b, None, 0);
+        r.join(&k, &a, None, 0, false);
+        r.join(&k, &b, None, 0, false);
         let one = r.publish(&k, Some(1), frame);
         assert_eq!((one.offset, one.subscribers, one.delivered), (1, 2, 1));
         assert!(a.next_frame().is_none() && b.next_frame().unwrap().as_str() == r#"{"offset":1}"#);
         assert_eq!(r.publish(&k, None, frame).offset, 2);
         // A broker's offset is taken as given, and the room's counter follows it.
-        assert_eq!(r.publish_at(&k, None, Some(40), frame).offset, 40);
+        assert_eq!(r.publish_at(&k, None, Some(40), None, frame).offset, 40);
         assert_eq!(r.publish(&k, None, frame).offset, 41);
         assert_eq!(
             r.publish(&key("other-app", "room"), None, frame),
@@ -417,11 +618,11 @@ mod tests {
         let info: Arc<RawValue> = Arc::from(RawValue::from_string(r#"{"n":1}"#.into()).unwrap());
         let (ann1, ann2, bob1) =
             (conn(1, "app", Some("ann")), conn(2, "app", Some("ann")), conn(3, "app", Some("bob")));
-        let joined = r.join(&k, &ann1, presence(&ann, &info), 0).presence.unwrap();
+        let joined = r.join(&k, &ann1, presence(&ann, &info), 0, false).presence.unwrap();
         assert_eq!(joined.joined.unwrap().user_id.as_ref(), "ann");
-        let again = r.join(&k, &ann2, presence(&ann, &info), 0).presence.unwrap();
+        let again = r.join(&k, &ann2, presence(&ann, &info), 0, false).presence.unwrap();
         assert!(again.joined.is_none(), "a second connection of ann is no new member");
-        let with_bob = r.join(&k, &bob1, presence(&bob, &info), 0).presence.unwrap();
+        let with_bob = r.join(&k, &bob1, presence(&bob, &info), 0, false).presence.unwrap();
         assert_eq!(with_bob.member_count, 2);
         let (page, total) = r.members(&k, Some("ann"), 10).unwrap();
         assert_eq!((page.len(), page[0].user_id.as_ref(), total), (1, "bob", 2));
@@ -436,9 +637,9 @@ mod tests {
     fn rooms_are_listed_by_name_in_pages() {
         let r = Registry::default();
         for (i, name) in ["b-2", "a-1", "b-1", "c-1"].iter().enumerate() {
-            r.join(&key("app", name), &conn(i as u64, "app", None), None, 0);
+            r.join(&key("app", name), &conn(i as u64, "app", None), None, 0, false);
         }
-        r.join(&key("other", "b-0"), &conn(9, "other", None), None, 0);
+        r.join(&key("other", "b-0"), &conn(9, "other", None), None, 0, false);
         let names = |(rooms, more): (Vec<RoomInfo>, bool)| {
             (rooms.into_iter().map(|i| i.room.as_str().to_owned()).collect::<Vec<_>>(), more)
         };

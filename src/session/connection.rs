@@ -16,10 +16,10 @@ use crate::apps::is_active;
 use crate::auth::token::Identity;
 use crate::http::AppState;
 use crate::hub::events::PublishKind;
-use crate::hub::registry::PresenceJoin;
+use crate::hub::registry::JoinOutcome;
 use crate::hub::{ConnHandle, Wake};
 use crate::metrics::{DropReason, HubMetrics};
-use crate::protocol::{ClientFrame, CloseCode, ErrorCode, RoomName, ServerFrame};
+use crate::protocol::{ClientFrame, CloseCode, ErrorCode, RoomName, ServerFrame, Since, StreamAck};
 
 /// Most queued frames written before one flush.
 const MAX_BATCH: usize = 64;
@@ -133,7 +133,19 @@ async fn finish(mut session: Session, mut socket: WebSocket, end: End) {
     if let Some((code, reason)) = close {
         let frame = CloseFrame { code, reason: reason.into() };
         let wait = if code == CloseCode::SlowConsumer.code() { SLOW_CLOSE_TIMEOUT } else { CLOSE_TIMEOUT };
-        let _ = tokio::time::timeout(wait, socket.send(Message::Close(Some(frame)))).await;
+        let closing = async {
+            socket.send(Message::Close(Some(frame))).await?;
+            // The closing handshake: what the client still sends is read (and dropped) until
+            // its close frame, so the socket is not torn down with unread data, which would
+            // reset it before the client reads the close frame.
+            while let Some(message) = socket.next().await {
+                if matches!(message?, Message::Close(_)) {
+                    break;
+                }
+            }
+            Ok::<_, axum::Error>(())
+        };
+        let _ = tokio::time::timeout(wait, closing).await;
     }
     tracing::info!(connection_id = %conn.id, app_id = %conn.app_id, close_code = close.map_or(0, |c| c.0), rooms = rooms.len(), "connection closed");
 }
@@ -256,11 +268,24 @@ impl Session {
     async fn on_frame(&mut self, frame: ClientFrame) -> Option<String> {
         match frame {
             ClientFrame::Ping { id } => Some(ServerFrame::pong(id)),
-            ClientFrame::Subscribe { room, id } => Some(match self.subscribe(&room).await {
-                Ok(Some(p)) => ServerFrame::subscribed_presence(&room, id, &p.members, p.member_count),
-                Ok(None) => ServerFrame::subscribed(&room, id),
-                Err((code, detail)) => self.refuse(code, &detail, Some(&room), id),
-            }),
+            ClientFrame::Subscribe { room, id, since } => {
+                Some(match self.subscribe(&room, since.as_ref()).await {
+                    Ok(joined) => {
+                        let stream = &joined.stream;
+                        let recovery = stream.recovery.as_ref();
+                        let ack = StreamAck {
+                            offset: stream.offset,
+                            epoch: &stream.epoch,
+                            recovered: recovery.map(Result::is_ok),
+                            reason: recovery.and_then(|r| r.as_ref().err()).map(|r| r.as_str()),
+                        };
+                        let presence =
+                            joined.presence.as_ref().map(|p| (p.members.as_slice(), p.member_count));
+                        ServerFrame::subscribed(&room, id, ack, presence)
+                    }
+                    Err((code, detail)) => self.refuse(code, &detail, Some(&room), id),
+                })
+            }
             ClientFrame::Unsubscribe { room, id } => Some(if self.leave_room(&room) {
                 self.state.hub.leave(&self.conn, &room).await;
                 ServerFrame::unsubscribed(&room, id)
@@ -276,8 +301,13 @@ impl Session {
         }
     }
 
-    /// Joins `room`; for a presence room, returns its members.
-    async fn subscribe(&mut self, room: &RoomName) -> Result<Option<PresenceJoin>, (ErrorCode, String)> {
+    /// Joins `room` (recovering what was missed since `since`); returns where its stream stands
+    /// and, for a presence room, its members.
+    async fn subscribe(
+        &mut self,
+        room: &RoomName,
+        since: Option<&Since>,
+    ) -> Result<JoinOutcome, (ErrorCode, String)> {
         if !self.identity.grants.allows(room) {
             return Err((ErrorCode::RoomForbidden, format!("the token does not grant room {room}")));
         }
@@ -295,13 +325,13 @@ impl Session {
         let outcome = self
             .state
             .hub
-            .join(&self.conn, room, self.user_info.as_ref())
+            .join(&self.conn, room, self.user_info.as_ref(), since)
             .await
             .map_err(|e| (ErrorCode::Unavailable, format!("cannot subscribe now: {e}")))?;
         if !self.rooms.contains(room) {
             self.rooms.push(room.clone());
         }
-        Ok(outcome.presence)
+        Ok(outcome)
     }
 
     async fn publish(

@@ -49,6 +49,18 @@ pub struct AppRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub deleted_at: Option<i64>,
+    /// What its rooms retain for recovery; `None` takes the configured defaults.
+    #[serde(default)]
+    pub history: Option<Retention>,
+}
+
+/// How much history an app's rooms keep (DESIGN §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Retention {
+    /// Events per room; 0 turns history off.
+    pub size: u32,
+    /// Seconds each event is kept after it was published.
+    pub ttl_s: u32,
 }
 
 /// Admin keys act on every app; app keys on one.

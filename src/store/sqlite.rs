@@ -122,6 +122,10 @@ fn app_from_row(row: &Row<'_>) -> rusqlite::Result<AppRecord> {
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
         deleted_at: row.get("deleted_at")?,
+        history: match row.get::<_, Option<String>>("history")? {
+            Some(text) => Some(serde_json::from_str(&text).map_err(|_| corrupt("history", &text))?),
+            None => None,
+        },
     })
 }
 
@@ -148,12 +152,13 @@ fn to_json(list: &[String]) -> String {
 }
 
 const INSERT_APP: &str = "INSERT INTO apps (app_id, name, secret, status, allowed_domains, rate_limit,
-                      max_connections, client_events, created_at, updated_at, deleted_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+                      max_connections, client_events, created_at, updated_at, deleted_at, history)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 /// Takes the same parameters as [`INSERT_APP`]; `created_at` (?9) never changes.
 const UPDATE_APP: &str = "UPDATE apps SET name = ?2, secret = ?3, status = ?4, allowed_domains = ?5,
-        rate_limit = ?6, max_connections = ?7, client_events = ?8, updated_at = ?10, deleted_at = ?11
+        rate_limit = ?6, max_connections = ?7, client_events = ?8, updated_at = ?10, deleted_at = ?11,
+        history = ?12
     WHERE app_id = ?1";
 
 fn write_app(conn: &Connection, sql: &str, app: &AppRecord) -> rusqlite::Result<usize> {
@@ -170,7 +175,8 @@ fn write_app(conn: &Connection, sql: &str, app: &AppRecord) -> rusqlite::Result<
             app.client_events,
             app.created_at,
             app.updated_at,
-            app.deleted_at
+            app.deleted_at,
+            app.history.map(|h| serde_json::to_string(&h).expect("two numbers serialize"))
         ],
     )
 }

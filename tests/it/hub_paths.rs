@@ -65,7 +65,7 @@ async fn joins_count_in_redis_and_publications_come_back_through_the_inbox() {
     let (hub, token) = cluster_hub(&redis).await;
     let room = RoomName::parse("chat").unwrap();
     let conn = hub.connect("app-paths", None);
-    hub.join(&conn, &room, None).await.unwrap();
+    hub.join(&conn, &room, None, None).await.unwrap();
     assert_eq!(count_in_redis(&redis, "chat").await.as_deref(), Some("1"));
     assert_eq!(channel_subscribers(&redis, "chat").await, "1");
     let data = RawValue::from_string("{\"n\":1}".into()).unwrap();
@@ -93,7 +93,7 @@ async fn a_join_redis_refuses_midway_is_undone_whole() {
     let room = RoomName::parse("counted").unwrap();
     let conn = hub.connect("app-paths", None);
     redis.cli(&["ACL", "SETUSER", "default", "-hincrby"]).await;
-    assert!(hub.join(&conn, &room, None).await.is_err());
+    assert!(hub.join(&conn, &room, None, None).await.is_err());
     assert_eq!(hub.subscriber_count("app-paths", &room), 0, "not in the registry");
     assert_eq!(channel_subscribers(&redis, "counted").await, "0", "the channel was unsubscribed");
     assert_eq!(count_in_redis(&redis, "counted").await, None, "never counted");
@@ -104,7 +104,7 @@ async fn a_join_redis_refuses_midway_is_undone_whole() {
     let presence = RoomName::parse("presence-team").unwrap();
     let ann = hub.connect("app-paths", Some("ann"));
     redis.cli(&["ACL", "SETUSER", "default", "-hsetnx"]).await;
-    assert!(hub.join(&ann, &presence, None).await.is_err());
+    assert!(hub.join(&ann, &presence, None, None).await.is_err());
     redis.cli(&["ACL", "SETUSER", "default", "+hsetnx"]).await;
     assert_eq!(hub.subscriber_count("app-paths", &presence), 0);
     assert_eq!(count_in_redis(&redis, "presence-team").await, None, "the count was undone");
@@ -122,8 +122,8 @@ async fn a_join_redis_refuses_midway_is_undone_whole() {
     assert_eq!(seen.iter().filter(|e| e.starts_with("RoomVacated")).count(), 1, "{seen:?}");
 
     // And with Redis whole again the same joins go through.
-    hub.join(&conn, &room, None).await.unwrap();
-    let joined = hub.join(&ann, &presence, None).await.unwrap();
+    hub.join(&conn, &room, None, None).await.unwrap();
+    let joined = hub.join(&ann, &presence, None, None).await.unwrap();
     assert_eq!(joined.presence.unwrap().member_count, 1);
     assert_eq!(count_in_redis(&redis, "presence-team").await.as_deref(), Some("1"));
     token.cancel();

@@ -25,6 +25,7 @@ fn app(id: &str) -> AppRecord {
         created_at: 1,
         updated_at: 1,
         deleted_at: None,
+        history: None,
     }
 }
 

@@ -112,6 +112,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (app_id, level, start)
     ) WITHOUT ROWID;
 ",
+    // An app's history retention (JSON `{"size","ttl_s"}`), NULL for the configured defaults.
+    "
+    ALTER TABLE apps ADD COLUMN history TEXT;
+",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

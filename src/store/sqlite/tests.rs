@@ -16,6 +16,7 @@ fn app(id: &str) -> AppRecord {
         created_at: 1,
         updated_at: 1,
         deleted_at: None,
+        history: None,
     }
 }
 

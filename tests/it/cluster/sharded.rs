@@ -36,7 +36,7 @@ async fn a_redis_cluster_with_sharded_pubsub_carries_the_hub() {
     // channels (SSUBSCRIBE) live on several servers.
     let (mut counters, mut channels) = (0, 0);
     for server in &redis.servers {
-        counters += server.cli(&["--scan", "--pattern", "rc:offset:*"]).await.lines().count();
+        counters += server.cli(&["--scan", "--pattern", "rc:stream:*"]).await.lines().count();
         let shard = server.cli(&["pubsub", "shardchannels", "rc:room:*"]).await;
         assert!(shard.lines().count() < 12, "every room on one shard: {shard}");
         channels += shard.lines().count();
@@ -79,7 +79,7 @@ async fn a_redis_cluster_primary_failing_over_to_its_replica_loses_no_room() {
     // A primary that holds rooms is killed for good; its replica takes its slots over.
     let mut victim = None;
     for i in redis.primaries().await {
-        if !redis.servers[i].cli(&["--scan", "--pattern", "rc:offset:*"]).await.trim().is_empty() {
+        if !redis.servers[i].cli(&["--scan", "--pattern", "rc:stream:*"]).await.trim().is_empty() {
             victim = Some(i);
         }
     }

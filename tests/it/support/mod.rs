@@ -202,6 +202,17 @@ impl TestHub {
     }
 }
 
+/// Asserts `ack` is the `subscribed` frame of `room` (DESIGN §4, §11): its `id`, the stream's
+/// `offset` and a non-empty `epoch`, and nothing else but a presence room's members.
+pub fn assert_subscribed(ack: &Value, room: &str, id: Option<u64>) {
+    assert_eq!((ack["type"].as_str(), ack["room"].as_str()), (Some("subscribed"), Some(room)), "{ack}");
+    assert_eq!(ack["id"].as_u64(), id, "{ack}");
+    assert!(ack["offset"].is_u64(), "{ack}");
+    assert!(ack["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{ack}");
+    let known = ["type", "room", "id", "offset", "epoch", "recovered", "reason", "presence", "member_count"];
+    assert!(ack.as_object().unwrap().keys().all(|k| known.contains(&k.as_str())), "{ack}");
+}
+
 /// Opens `ws://{addr}/ws?{query}`: the socket and its first frame, or the refusal's status and
 /// body.
 pub async fn open_ws(addr: impl std::fmt::Display, query: &str) -> Result<(Ws, Value), (u16, Value)> {
@@ -296,10 +307,11 @@ impl Ws {
     }
 
     /// Subscribes and waits for `subscribed`.
-    pub async fn subscribe(&mut self, room: &str) {
+    pub async fn subscribe(&mut self, room: &str) -> Value {
         self.send_json(json!({"type": "subscribe", "room": room, "id": 1})).await;
         let ack = self.next_json().await;
-        assert_eq!(ack, json!({"type": "subscribed", "room": room, "id": 1}));
+        assert_subscribed(&ack, room, Some(1));
+        ack
     }
 
     /// Sends a ping with `id` and asserts the next frame is its pong: proof that every frame
