@@ -42,6 +42,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod hub;
+pub mod idempotency;
 pub mod limits;
 pub mod lookups;
 pub mod metrics;

@@ -142,6 +142,10 @@ impl Server {
         let (filter, sink) = (webhooks.clone(), webhooks.clone());
         hub.events().set_payload_filter(Arc::new(move |app_id| filter.app_has_webhooks(app_id)));
         hub.events().add_sink(Arc::new(move |event| sink.observe(event)));
+        let idempotency = Arc::new(crate::idempotency::Idempotency::new(
+            config.history.idempotency_window_s,
+            commands.clone(),
+        ));
         let tickets = match commands {
             Some(commands) => crate::auth::ticket::TicketBook::in_redis(commands),
             None => Default::default(),
@@ -172,7 +176,18 @@ impl Server {
             tracker: TaskTracker::new(),
             cluster,
         };
-        let state = AppState::new(Shared { config, hub, apps, auth, webhooks, stats, metrics, guards, node });
+        let state = AppState::new(Shared {
+            config,
+            hub,
+            apps,
+            auth,
+            webhooks,
+            stats,
+            idempotency,
+            metrics,
+            guards,
+            node,
+        });
         Ok(Self { listener, state, bootstrap_key, marker, news })
     }
 
@@ -217,6 +232,7 @@ impl Server {
         state.hub.start_history_upkeep(&token, &tracker);
         state.auth.start(&token, &tracker);
         state.stats.start(&token, &tracker);
+        state.idempotency.start(&token, &tracker);
         state.metrics.start(&token, &tracker);
         state.guards.limits.start(&token, &tracker);
         state.guards.capacity.start(&token, &tracker);

@@ -17,6 +17,7 @@ use crate::auth::api_key::Scope;
 use crate::domain::AppId;
 use crate::hub::events::PublishKind;
 use crate::hub::registry::RoomKey;
+use crate::idempotency::Claim;
 use crate::protocol::{EventName, MAX_DATA_DEPTH, RoomName, compact_json, json_depth};
 
 /// Routes of this area.
@@ -45,6 +46,11 @@ pub struct BroadcastRequest {
     /// A `c_…` connection that must not receive the event (usually the sender's own).
     #[serde(default, alias = "socket_id")]
     pub exclude_connection_id: Option<String>,
+    /// 1–64 characters of `[A-Za-z0-9_.:-]`: a repeat within `history.idempotency_window_s`
+    /// (300 s) for the same app publishes nothing and answers the first result, on any node.
+    #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,64}$")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Body of `POST /api/broadcast/batch`.
@@ -55,8 +61,8 @@ pub struct BatchRequest {
     pub events: Vec<BroadcastRequest>,
 }
 
-/// What one publication reached.
-#[derive(Debug, Serialize, ToSchema)]
+/// What one publication reached (recorded whole for an `idempotency_key`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BroadcastResult {
     pub success: bool,
     /// Namespaced `app-{app_id}-{room}`.
@@ -103,6 +109,14 @@ async fn check<'a>(
     if !is_active(&app) {
         return Err(ApiError::AppDisabled);
     }
+    if let Some(key) = &req.idempotency_key
+        && !crate::idempotency::is_key(key)
+    {
+        return Err(ApiError::field(
+            &format!("{field}idempotency_key"),
+            "must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+        ));
+    }
     let limit = state.config.limits.max_message_bytes;
     let data: Cow<'a, RawValue> = match &req.data {
         None => Cow::Borrowed(RawValue::NULL),
@@ -129,7 +143,36 @@ async fn check<'a>(
     Ok(Checked { app_id, req, data })
 }
 
+/// Publishes a checked event; one with an `idempotency_key` at most once within the window.
 async fn publish(state: &AppState, checked: Checked<'_>) -> Result<BroadcastResult, ApiError> {
+    let Some(key) = checked.req.idempotency_key.clone() else { return publish_now(state, checked).await };
+    let app_id = checked.app_id.clone();
+    let claim = state
+        .idempotency
+        .claim(&app_id, &key)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("idempotency keys: {e}")))?;
+    match claim {
+        Claim::Done(first) => serde_json::from_str(&first).map_err(|e| ApiError::Internal(e.to_string())),
+        Claim::Pending => Err(ApiError::Conflict(
+            "a broadcast with this idempotency_key is being published; retry in a moment".into(),
+        )),
+        Claim::New => match publish_now(state, checked).await {
+            Ok(result) => {
+                let recorded =
+                    serde_json::to_string(&result).map_err(|e| ApiError::Internal(e.to_string()))?;
+                state.idempotency.settle(&app_id, &key, Some(&recorded)).await;
+                Ok(result)
+            }
+            Err(e) => {
+                state.idempotency.settle(&app_id, &key, None).await;
+                Err(e)
+            }
+        },
+    }
+}
+
+async fn publish_now(state: &AppState, checked: Checked<'_>) -> Result<BroadcastResult, ApiError> {
     let req = checked.req;
     let outcome = state
         .hub

@@ -49,6 +49,8 @@ pub struct Shared {
     pub auth: Arc<Auth>,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub stats: Arc<crate::analytics::Stats>,
+    /// Broadcasts' idempotency keys.
+    pub idempotency: Arc<crate::idempotency::Idempotency>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Rate limits and connection bounds.
     pub guards: Guards,

@@ -1,5 +1,5 @@
-//! Room introspection: occupied rooms, one room, and a presence room's members (scope
-//! `rooms:read`, always within the caller's app).
+//! Room introspection: occupied rooms, one room, a presence room's members and a room's
+//! retained history (scope `rooms:read`, always within the caller's app).
 
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/rooms", get(list_rooms))
         .route("/api/rooms/{room}", get(get_room))
         .route("/api/rooms/{room}/presence", get(presence))
+        .route("/api/rooms/{room}/history", get(history))
 }
 
 /// Largest page of rooms or members.
@@ -54,6 +55,50 @@ pub struct RoomParams {
     pub cursor: Option<String>,
     /// The app, for admin keys.
     pub app_id: Option<String>,
+}
+
+/// Query of `GET /api/rooms/{room}/history`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// Events after this offset (default 0: every retained event).
+    #[param(minimum = 0)]
+    pub since: Option<u64>,
+    /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// The app, for admin keys.
+    pub app_id: Option<String>,
+}
+
+/// Largest page of history.
+const MAX_HISTORY_PAGE: usize = 1000;
+
+/// One retained event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryEventView {
+    pub event: String,
+    #[schema(value_type = Object)]
+    pub data: Box<serde_json::value::RawValue>,
+    pub offset: u64,
+    /// Milliseconds since the epoch.
+    pub timestamp: i64,
+}
+
+/// `{"success", "room", "epoch", "offset", "complete", "events"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryView {
+    pub success: bool,
+    pub room: String,
+    /// The stream's epoch: offsets compare within one epoch only (`null` when the room has no
+    /// stream).
+    pub epoch: Option<String>,
+    /// The room's last offset.
+    pub offset: u64,
+    /// False when events after `since` are no longer retained (a gap before the first one).
+    pub complete: bool,
+    /// Oldest first.
+    pub events: Vec<HistoryEventView>,
 }
 
 /// One room.
@@ -223,4 +268,42 @@ async fn presence(
         .map(|m| MemberView { user_id: m.user_id.to_string(), user_info: m.user_info.as_ref().to_owned() })
         .collect();
     Ok(axum::Json(MemberList { success: true, members, member_count, next_cursor }))
+}
+
+#[utoipa::path(get, path = "/api/rooms/{room}/history", tag = "rooms",
+    params(("room" = String, Path, description = "the room"), HistoryParams),
+    responses((status = 200, body = HistoryView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn history(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(room): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<axum::Json<HistoryView>, ApiError> {
+    let app_id = rooms_app(&state, &principal, params.app_id.as_deref()).await?;
+    let room = room_name("room", &room)?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=MAX_HISTORY_PAGE).contains(&limit) {
+        return Err(ApiError::field("limit", format!("must be between 1 and {MAX_HISTORY_PAGE}")));
+    }
+    let since = params.since.unwrap_or(0);
+    let page = state.hub.history(&app_id, &room, since, limit).await?;
+    Ok(axum::Json(HistoryView {
+        success: true,
+        room: room.to_string(),
+        epoch: page.epoch.map(|e| e.to_string()),
+        offset: page.offset,
+        complete: page.complete,
+        events: page
+            .events
+            .into_iter()
+            .map(|e| HistoryEventView {
+                event: e.event,
+                data: e.data,
+                offset: e.offset,
+                timestamp: e.timestamp,
+            })
+            .collect(),
+    }))
 }

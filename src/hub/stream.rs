@@ -10,6 +10,9 @@ use super::Frame;
 
 /// Bytes a retained event costs beyond its frame (its entry and the frame's header).
 pub const ENTRY_OVERHEAD: usize = 64;
+/// Bytes a room that retains anything costs beyond its events (a room kept for its history
+/// alone: its entry, its key, its state).
+pub const ROOM_OVERHEAD: usize = 1024;
 
 pub use crate::protocol::Since;
 
@@ -125,6 +128,9 @@ impl History {
             self.bytes = 0;
             return -before;
         }
+        if self.events.is_empty() {
+            self.bytes += ROOM_OVERHEAD;
+        }
         self.bytes += cost(frame);
         self.events.push_back(Kept { offset, at, frame: frame.clone() });
         while self.events.len() > keep.size {
@@ -136,7 +142,10 @@ impl History {
     fn drop_oldest(&mut self) -> usize {
         match self.events.pop_front() {
             Some(kept) => {
-                let freed = cost(&kept.frame);
+                let mut freed = cost(&kept.frame);
+                if self.events.is_empty() {
+                    freed += ROOM_OVERHEAD;
+                }
                 self.bytes -= freed;
                 freed
             }
@@ -245,7 +254,10 @@ mod tests {
     fn keeps_the_last_size_events_and_counts_their_bytes() {
         let h = history(1..=5);
         assert_eq!(h.after(0).iter().map(|k| k.offset).collect::<Vec<_>>(), [3, 4, 5]);
-        assert_eq!(h.bytes(), (0..3).map(|n| frame(n + 3).len() + ENTRY_OVERHEAD).sum::<usize>());
+        assert_eq!(
+            h.bytes(),
+            ROOM_OVERHEAD + (0..3).map(|n| frame(n + 3).len() + ENTRY_OVERHEAD).sum::<usize>()
+        );
         let mut off = history(1..=2);
         let before = off.bytes() as isize;
         assert_eq!(off.append(3, 30, &frame(3), Keep::default()), -before);

@@ -21,6 +21,7 @@ mod limits;
 mod metrics;
 mod overload;
 mod presence;
+mod recovery;
 mod smoke;
 mod stores;
 mod support;
