@@ -9,6 +9,7 @@
 //! Cluster and TLS.
 
 mod nodes;
+mod recovery;
 mod sharded;
 mod state;
 
