@@ -15,7 +15,8 @@
 //!    [`redis_conn::Link`], the state of a node's subscription connection).
 //! 3. **Hub**: [`hub`] joins, leaves and broadcasts. Its [`hub::registry::Registry`] maps each
 //!    room to its subscribers; its [`hub::Fanout`] encodes a publication once and hands each
-//!    subscriber queue a clone. The hub defines its ports in [`hub::ports`]: a
+//!    subscriber queue a clone; [`hub::stream`] is a room's stream (epoch, retained history,
+//!    recovery). The hub defines its ports in [`hub::ports`]: a
 //!    [`hub::Broker`] (publish, subscribe, unsubscribe), a [`hub::ClusterState`] (counts,
 //!    presence, room lists) and the [`hub::Inbox`] every broker delivers through;
 //!    [`hub::local`] implements them for one node. [`hub::events`] tells listeners what
@@ -26,7 +27,8 @@
 //!    store, caches, lifecycle, reload and purge), [`auth`] (key cache, tickets, key-use flush),
 //!    [`analytics`] ([`analytics::Stats`], whatever the store), [`webhooks`] (intake, durable
 //!    dispatch), [`metrics`] (Prometheus), [`lookups`] (bounded store reads for credentials the
-//!    caches do not know yet), [`limits`] (rate limits).
+//!    caches do not know yet), [`limits`] (rate limits), [`idempotency`] (broadcasts published
+//!    once per key).
 //! 6. **Edges**: [`accept`] (the listener: per-IP caps, timeouts, the node's bounds), [`http`]
 //!    (the JSON API; [`http::AppState`] holds the hub and the services) and [`session`] (`/ws`:
 //!    one task per connection).

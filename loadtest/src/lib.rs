@@ -10,6 +10,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod forged;
+pub mod jitter;
 pub mod storm;
 pub mod target;
 pub mod webhook;
@@ -48,6 +49,9 @@ pub enum Scenario {
     /// Broadcasts signed with forged API keys (a new one each request) beside a legitimate
     /// publisher: what unknown credentials cost the hub's store.
     Forged,
+    /// N subscribers over M rooms while broadcasts go on at `rate`, each cut every 5–15 s and
+    /// recovering with `since`: every event once, in order, and how long recovery takes.
+    Jitter,
 }
 
 /// One run's settings.
@@ -156,6 +160,7 @@ pub struct Report {
     pub webhook: Option<WebhookReport>,
     pub forged: Option<forged::ForgedReport>,
     pub storm: Option<storm::StormReport>,
+    pub jitter: Option<jitter::JitterReport>,
 }
 
 impl Report {
@@ -212,6 +217,22 @@ impl Report {
                 w.latency.p50_ms,
                 w.latency.p99_ms,
                 w.latency.max_ms
+            );
+        }
+        if let Some(j) = &self.jitter {
+            s += &format!(
+                "  jitter: {} of {} events delivered ({:.3} %), {} duplicated, {} gaps; {} cuts, {} recovered, failed {:?}; recovery ms: p50 {:.1}  p99 {:.1}  max {:.1}\n",
+                j.delivered,
+                j.expected,
+                j.delivered_percent,
+                j.duplicated,
+                j.out_of_order,
+                j.recoveries,
+                j.recovered,
+                j.failed,
+                j.recovery_latency.p50_ms,
+                j.recovery_latency.p99_ms,
+                j.recovery_latency.max_ms
             );
         }
         if let Some(r) = &self.storm {
@@ -293,7 +314,7 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
-fn source(i: usize, spread: u8) -> Ipv4Addr {
+pub(crate) fn source(i: usize, spread: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 1 + (i % spread.max(1) as usize) as u8)
 }
 
@@ -375,7 +396,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     let target = Arc::new(opts.target.clone());
     let rooms = match opts.scenario {
         Scenario::Fanout | Scenario::Publish | Scenario::Churn | Scenario::Forged => 1,
-        Scenario::Idle | Scenario::Rooms | Scenario::Storm => opts.rooms.max(1),
+        Scenario::Idle | Scenario::Rooms | Scenario::Storm | Scenario::Jitter => opts.rooms.max(1),
     };
     let mut report = Report {
         scenario: format!("{:?}", opts.scenario).to_lowercase(),
@@ -390,6 +411,21 @@ pub async fn run(opts: Options) -> Result<Report> {
     if opts.scenario == Scenario::Forged {
         report.connections = 0;
         report.forged = Some(forged::run(&opts, &target).await?);
+        report.hub_cpu_seconds =
+            opts.hub_pid.and_then(|p| cpu_seconds(Some(p))).zip(hub_cpu_before).map(|(a, b)| a - b);
+        report.generator_cpu_seconds = cpu_seconds(None).zip(gen_cpu_before).map(|(a, b)| a - b);
+        return Ok(report);
+    }
+
+    if opts.scenario == Scenario::Jitter {
+        let jitter = jitter::run(&opts, target.clone()).await?;
+        report.connects_per_second = 0.0;
+        report.delivered = jitter.delivered;
+        report.expected_deliveries = jitter.expected;
+        report.duplicated = jitter.duplicated;
+        report.lost = jitter.expected.saturating_sub(jitter.delivered);
+        report.latency = jitter.recovery_latency.clone();
+        report.jitter = Some(jitter);
         report.hub_cpu_seconds =
             opts.hub_pid.and_then(|p| cpu_seconds(Some(p))).zip(hub_cpu_before).map(|(a, b)| a - b);
         report.generator_cpu_seconds = cpu_seconds(None).zip(gen_cpu_before).map(|(a, b)| a - b);

@@ -56,7 +56,9 @@ impl Target {
         let res = http
             .post(format!("{base}/api/applications"))
             .header("X-ADMIN-API-KEY", admin_key)
-            .json(&json!({"app_id": app_id, "max_connections": connections as u64 + 1000, "rate_limit": 1_000_000}))
+            // Twice the clients: a client that reconnects at once (the jitter scenario) may be counted
+            // twice while the node is still closing its old connection.
+            .json(&json!({"app_id": app_id, "max_connections": 2 * connections as u64 + 1000, "rate_limit": 1_000_000}))
             .send()
             .await
             .context("creating the load-test app")?;
@@ -116,6 +118,18 @@ impl Target {
     /// Opens a socket from `source` (a 127.0.0.x address, to spread the ephemeral ports), waits
     /// for the hub's hello, subscribes to `room` and waits for the acknowledgement.
     pub async fn connect(&self, source: Ipv4Addr, room: &str, user: u64) -> Result<Socket> {
+        Ok(self.connect_since(source, room, user, None).await?.0)
+    }
+
+    /// [`Target::connect`] asking to recover after `since` (`offset`, `epoch`: roomcast only);
+    /// returns the socket and the `subscribed` frame.
+    pub async fn connect_since(
+        &self,
+        source: Ipv4Addr,
+        room: &str,
+        user: u64,
+        since: Option<(u64, &str)>,
+    ) -> Result<(Socket, Value)> {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
         let tcp = socket.connect(self.host).await.context("TCP connect")?;
@@ -138,7 +152,13 @@ impl Target {
                 if !hello.contains("\"connected\"") {
                     bail!("unexpected first frame {hello}");
                 }
-                json!({"type": "subscribe", "room": room}).to_string()
+                match since {
+                    Some((offset, epoch)) => {
+                        json!({"type": "subscribe", "room": room, "since": {"offset": offset, "epoch": epoch}})
+                    }
+                    None => json!({"type": "subscribe", "room": room}),
+                }
+                .to_string()
             }
             Protocol::Pusher => {
                 if !hello.contains("pusher:connection_established") {
@@ -156,7 +176,8 @@ impl Target {
         if !ok {
             bail!("subscribe refused: {ack}");
         }
-        Ok(ws)
+        let ack = serde_json::from_str(&ack).unwrap_or(Value::Null);
+        Ok((ws, ack))
     }
 
     /// A client JWT signed here with the app secret, as a backend would.

@@ -35,13 +35,23 @@ struct RoomState {
     epoch: Arc<str>,
     /// What this node retains of the stream, when it assigns the offsets (one node).
     history: History,
-    /// Subscribers that joined and wait for what they missed (their recovery): what is
-    /// published meanwhile is held for them with its offset.
-    pending: Vec<(u64, Vec<(u64, Frame)>)>,
+    /// Subscribers that joined and wait for what they missed (their recovery), or that just
+    /// got it: see [`Hold`].
+    pending: Vec<(u64, Hold)>,
     /// When the room got its current first subscriber (ms since the epoch).
     occupied_since: i64,
     /// Presence rooms only: members by user id, ordered for stable pagination.
     members: Option<BTreeMap<Arc<str>, MemberState>>,
+}
+
+/// A new subscriber's place between what it missed and the live stream.
+#[derive(Debug)]
+enum Hold {
+    /// Its place is being read: what is published meanwhile is held, with its offset.
+    Waiting(Vec<(u64, Frame)>),
+    /// It got everything up to this offset; a publication at or below it still on its way
+    /// (through a cluster broker, published before the read) is not delivered twice.
+    Floor(u64),
 }
 
 impl Default for RoomState {
@@ -206,7 +216,7 @@ impl Registry {
         if new {
             self.subscriptions.fetch_add(1, Ordering::Relaxed);
             if pending {
-                room.pending.push((conn.seq, Vec::new()));
+                room.pending.push((conn.seq, Hold::Waiting(Vec::new())));
             }
         }
         if occupied {
@@ -317,10 +327,19 @@ impl Registry {
                 continue;
             }
             if !pending.is_empty()
-                && let Some((_, held)) = pending.iter_mut().find(|(s, _)| *s == seq)
+                && let Some(at) = pending.iter().position(|(s, _)| *s == seq)
             {
-                held.push((outcome.offset, frame.clone()));
-                continue;
+                match &mut pending[at].1 {
+                    Hold::Waiting(held) => {
+                        held.push((outcome.offset, frame.clone()));
+                        continue;
+                    }
+                    Hold::Floor(floor) if outcome.offset <= *floor => continue,
+                    // Past the floor: from here on it is an ordinary subscriber.
+                    Hold::Floor(_) => {
+                        pending.swap_remove(at);
+                    }
+                }
             }
             match conn.deliver(&frame) {
                 Delivery::Queued => outcome.delivered += 1,
@@ -356,13 +375,21 @@ impl Registry {
     }
 
     /// Ends the wait of a subscriber that joined with `pending`: `replay` (what it missed, up
-    /// to offset `top`) goes to its queue first, then what was held for it after `top`, and from
-    /// now on it gets publications as they come.
+    /// to offset `top`) goes to its queue first, then what was held for it after `top`; from
+    /// now on it gets publications as they come, but none at or below what it already has (a
+    /// cluster broker may still bring one published before the read).
     pub fn settle(&self, key: &RoomKey, conn: &ConnHandle, top: u64, replay: Vec<Frame>) {
         let Some(room) = self.rooms.get(key).map(|r| r.clone()) else { return };
         let mut state = room.lock();
         let Some(at) = state.pending.iter().position(|(seq, _)| *seq == conn.seq) else { return };
-        let (_, held) = state.pending.swap_remove(at);
+        let held = match std::mem::replace(&mut state.pending[at].1, Hold::Floor(top)) {
+            Hold::Waiting(held) => held,
+            Hold::Floor(_) => Vec::new(),
+        };
+        // The newest frame handed over is the floor: anything at or below it still on its way
+        // is dropped, until a newer one arrives.
+        let floor = held.iter().map(|(o, _)| *o).filter(|o| *o > top).max().unwrap_or(top);
+        state.pending[at].1 = Hold::Floor(floor);
         conn.deliver_replay(
             replay.into_iter().chain(held.into_iter().filter(|(o, _)| *o > top).map(|(_, f)| f)),
         );
@@ -646,5 +673,28 @@ mod tests {
         assert_eq!(names(r.rooms_of("app", "", None, 2)), (vec!["a-1".into(), "b-1".into()], true));
         assert_eq!(names(r.rooms_of("app", "", Some("b-1"), 2)), (vec!["b-2".into(), "c-1".into()], false));
         assert_eq!(names(r.rooms_of("app", "b-", None, 10)), (vec!["b-1".into(), "b-2".into()], false));
+    }
+
+    #[test]
+    fn a_held_subscriber_gets_the_replay_then_what_came_after_it_and_nothing_twice() {
+        let r = Registry::default();
+        let k = key("app", "room");
+        let (old, new) = (conn(1, "app", None), conn(2, "app", None));
+        r.join(&k, &old, None, 0, false);
+        r.join(&k, &new, None, 0, true);
+        // Published while the newcomer's place is read (a cluster broker's offsets).
+        r.publish_at(&k, None, Some(6), None, frame);
+        r.publish_at(&k, None, Some(7), None, frame);
+        assert!(new.next_frame().is_none(), "held");
+        // Its place was offset 6: 5 and 6 come from the replay, 7 from what was held.
+        r.settle(&k, &new, 6, vec![frame(5), frame(6)]);
+        let got: Vec<String> = std::iter::from_fn(|| new.next_frame()).map(|f| f.to_string()).collect();
+        assert_eq!(got, [frame(5), frame(6), frame(7)].map(|f| f.to_string()));
+        // A publication at or below 7 still on its way is not delivered again; 8 is.
+        r.publish_at(&k, None, Some(7), None, frame);
+        assert!(new.next_frame().is_none());
+        r.publish_at(&k, None, Some(8), None, frame);
+        assert_eq!(new.next_frame().unwrap().as_str(), r#"{"offset":8}"#);
+        assert_eq!(std::iter::from_fn(|| old.next_frame()).count(), 4, "the others get every publication");
     }
 }
