@@ -199,7 +199,7 @@ async fn publish_now(state: &AppState, checked: Checked<'_>) -> Result<Broadcast
 
 #[utoipa::path(post, path = "/api/broadcast", tag = "broadcast", request_body = BroadcastRequest,
     responses((status = 200, body = BroadcastResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 async fn broadcast(
@@ -213,7 +213,7 @@ async fn broadcast(
 
 #[utoipa::path(post, path = "/api/broadcast/batch", tag = "broadcast", request_body = BatchRequest,
     responses((status = 200, body = BatchResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 async fn broadcast_batch(

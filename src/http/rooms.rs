@@ -78,7 +78,8 @@ const MAX_HISTORY_PAGE: usize = 1000;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HistoryEventView {
     pub event: String,
-    #[schema(value_type = Object)]
+    /// As published.
+    #[schema(value_type = serde_json::Value)]
     pub data: Box<serde_json::value::RawValue>,
     pub offset: u64,
     /// Milliseconds since the epoch.
