@@ -221,7 +221,10 @@ fn count(tally: &mut Tally, offset: u64) {
     if offset != tally.last + 1 {
         tally.out_of_order += 1;
         if std::env::var_os("LT_JITTER_DEBUG").is_some() {
-            eprintln!("jitter gap: after {} came {} (recoveries so far {})", tally.last, offset, tally.recoveries);
+            eprintln!(
+                "jitter gap: after {} came {} (recoveries so far {})",
+                tally.last, offset, tally.recoveries
+            );
         }
     }
     tally.received += 1;
