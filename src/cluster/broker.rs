@@ -11,7 +11,7 @@
 //! fail with `unavailable`. Other channels can be watched on the same connection
 //! ([`RedisBroker::notify_on`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,9 +147,10 @@ pub struct RedisBroker {
     inbox: Arc<dyn Inbox>,
     /// The subscription connection's command half; `None` while disconnected.
     subscriptions: tokio::sync::Mutex<Option<Subscriptions>>,
-    /// The rooms subscribed to, subscribed again after a reconnect; changed under
-    /// `subscriptions`' lock.
-    rooms: Mutex<HashSet<RoomKey>>,
+    /// The rooms subscribed to, with how many local subscribers asked for each (subscribed
+    /// again after a reconnect). A room enters and leaves under `subscriptions`' lock, so the
+    /// channel is never dropped while a subscriber counts on it.
+    rooms: Mutex<HashMap<RoomKey, usize>>,
     /// Whether the subscription connection is up, for everyone who depends on it.
     link: Arc<Link>,
     /// Other channels watched on the subscription connection, and whom each wakes.
@@ -180,7 +181,7 @@ impl RedisBroker {
             script: redis::Script::new(PUBLISH_SCRIPT),
             inbox,
             subscriptions: tokio::sync::Mutex::new(None),
-            rooms: Mutex::new(HashSet::new()),
+            rooms: Mutex::new(HashMap::new()),
             link,
             watched: Mutex::new(Vec::new()),
         }
@@ -195,7 +196,7 @@ impl RedisBroker {
         notify
     }
 
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashSet<RoomKey>> {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, usize>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -206,7 +207,7 @@ impl RedisBroker {
         let mut backoff = Duration::from_millis(100);
         loop {
             let session = async {
-                let channels: Vec<String> = self.rooms().iter().map(channel).collect();
+                let channels: Vec<String> = self.rooms().keys().map(channel).collect();
                 let rooms = channels.len();
                 let mut incoming = self.subscribe_all(channels).await?;
                 // Whatever changed while disconnected is read now.
@@ -394,15 +395,40 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
+        // One more subscriber of a room whose channel is on: nothing to ask Redis.
+        let more = |rooms: &mut HashMap<RoomKey, usize>| rooms.get_mut(key).map(|n| *n += 1).is_some();
+        if more(&mut self.rooms()) {
+            return Ok(());
+        }
+        // The first: it (and whoever joins meanwhile) waits until Redis confirms the channel.
         let mut guard = self.subscriptions.lock().await;
+        if more(&mut self.rooms()) {
+            return Ok(());
+        }
         let subscriptions = guard.as_mut().ok_or_else(|| unavailable("Redis is not connected"))?;
         self.set_subscribed(subscriptions, key, true).await?;
-        self.rooms().insert(key.clone());
+        self.rooms().insert(key.clone(), 1);
         Ok(())
     }
 
     async fn unsubscribe(&self, key: &RoomKey) -> Result<(), BrokerError> {
+        let fewer = |rooms: &mut HashMap<RoomKey, usize>| match rooms.get_mut(key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        };
+        if fewer(&mut self.rooms()) {
+            return Ok(());
+        }
+        // Perhaps the last: decided under the lock subscribes take, so a join racing with this
+        // leave either counts on the channel before it goes (and it stays) or subscribes after.
         let mut guard = self.subscriptions.lock().await;
+        if fewer(&mut self.rooms()) {
+            return Ok(());
+        }
         self.rooms().remove(key);
         // Disconnected: nothing to undo; the reconnect subscribes only to the rooms left.
         let Some(subscriptions) = guard.as_mut() else { return Ok(()) };

@@ -311,8 +311,8 @@ impl Hub {
         match self.join_cluster(conn, &key, &mut outcome, &mut done, since, keep).await {
             Ok(()) => Ok(outcome),
             Err(e) => {
-                // The one rollback: a join not yet counted in the cluster leaves uncounted.
-                self.leave_key(conn, &key, done == JoinStep::Counted).await;
+                // The one rollback: a join leaves as far as it got.
+                self.leave_key(conn, &key, done).await;
                 Err(e)
             }
         }
@@ -328,9 +328,10 @@ impl Hub {
         since: Option<&Since>,
         keep: Keep,
     ) -> Result<(), BrokerError> {
-        if outcome.occupied {
-            self.broker.subscribe(key).await?;
-        }
+        // Every joiner, not only the first: the second must not read its place in the stream
+        // before the first's subscription reaches the node.
+        self.broker.subscribe(key).await?;
+        *done = JoinStep::Subscribed;
         self.count_and_announce(conn, key, outcome, done).await?;
         // Publications flow to the held connection: its place in the stream is read now, and
         // whatever came meanwhile with a later offset follows what it missed.
@@ -433,12 +434,13 @@ impl Hub {
     /// Unsubscribes `conn` from `room`; `false` when it was not subscribed.
     pub async fn leave(&self, conn: &ConnHandle, room: &RoomName) -> bool {
         let key = RoomKey { app_id: conn.app_id.clone(), room: room.clone() };
-        self.leave_key(conn, &key, true).await
+        self.leave_key(conn, &key, JoinStep::Counted).await
     }
 
-    /// [`Hub::leave`]; `counted` says whether the cluster counted this subscriber (a join that
-    /// failed before was not).
-    async fn leave_key(&self, conn: &ConnHandle, key: &RoomKey, counted: bool) -> bool {
+    /// [`Hub::leave`] of a subscriber whose join got as far as `joined` (a join that failed
+    /// midway was not subscribed, or not counted).
+    async fn leave_key(&self, conn: &ConnHandle, key: &RoomKey, joined: JoinStep) -> bool {
+        let counted = joined == JoinStep::Counted;
         let Some(outcome) = self.registry().leave(key, conn) else {
             return false;
         };
@@ -469,7 +471,7 @@ impl Hub {
                     .emit(HubEvent::MemberLeft { room: key.clone(), user_id: member.user_id.to_string() });
             }
         }
-        if outcome.vacated
+        if joined != JoinStep::Registered
             && let Err(e) = self.broker.unsubscribe(key).await
         {
             tracing::warn!(room = ?key, error = %e, "broker unsubscribe failed");
@@ -654,8 +656,10 @@ impl Hub {
 /// How far a join got: what its rollback must undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JoinStep {
-    /// In this node's registry (and subscribed through the broker if it was the first).
+    /// In this node's registry.
     Registered,
+    /// Subscribed through the broker too.
+    Subscribed,
     /// Counted in the cluster's subscriber count too.
     Counted,
 }

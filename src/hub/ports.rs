@@ -49,8 +49,10 @@ pub trait Inbox: Send + Sync + std::fmt::Debug + 'static {
     fn deliver(&self, publication: &Publication<'_>, offset: Option<u64>) -> FanoutOutcome;
 }
 
-/// Carries publications to every node that has subscribers of the room. A node subscribes to
-/// a room when its first local subscriber joins and unsubscribes after the last one leaves.
+/// Carries publications to every node that has subscribers of the room. Every local subscriber
+/// of a room subscribes when it joins and unsubscribes when it leaves; a broker that needs to
+/// (Redis) counts them, subscribes the node when the first one comes and unsubscribes it when
+/// the last one goes, and `subscribe` returns only once the room's publications reach the node.
 #[async_trait]
 pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// Publishes; this node's subscribers get it through the [`Inbox`] like every other
