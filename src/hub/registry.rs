@@ -407,7 +407,7 @@ impl Registry {
             epoch: Some(state.epoch.clone()),
             offset: state.offset,
             complete: complete && (keep.size > 0 || state.offset <= since),
-            events: events.into_iter().filter_map(|k| HistoryEvent::from_frame(&k.frame, k.at)).collect(),
+            events: events.into_iter().filter_map(|k| HistoryEvent::from_frame(&k.frame)).collect(),
         }
     }
 

@@ -69,7 +69,7 @@ pub struct HistoryEvent {
 
 impl HistoryEvent {
     /// Read back from its `event` frame (the history keeps frames, shared with the fan-out).
-    pub fn from_frame(frame: &Frame, _at: i64) -> Option<Self> {
+    pub fn from_frame(frame: &Frame) -> Option<Self> {
         #[derive(serde::Deserialize)]
         struct EventFrame<'a> {
             event: String,

@@ -288,13 +288,7 @@ async fn redis_down_is_reported_and_refused_then_rooms_resume() {
     assert_eq!(refused["message"], "the hub cannot do this right now; retrying later is safe");
 
     redis.restart().await;
-    for hub in [&a, &b] {
-        let deadline = Instant::now() + WAIT;
-        while health(hub).await.0 != StatusCode::OK {
-            assert!(Instant::now() < deadline, "a node never came back");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    health_becomes(&[&a, &b], StatusCode::OK).await;
     // Both nodes subscribed their rooms again and wrote their counts and room list back into
     // the empty Redis: events flow, each once.
     let v = b.broadcast(&app, "room", "e", json!("after")).await;

@@ -122,13 +122,7 @@ async fn a_redis_that_lost_its_data_gives_rooms_a_new_epoch() {
     assert_eq!(offsets(&mut ws, 4).await, [1, 2, 3, 4]);
     drop(ws);
     redis.restart().await;
-    for hub in [&a, &b] {
-        let deadline = Instant::now() + WAIT;
-        while health(hub).await.0 != StatusCode::OK {
-            assert!(Instant::now() < deadline, "a node never came back");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    health_becomes(&[&a, &b], StatusCode::OK).await;
     // The restored stream says offset 2 in the old epoch; the next events would take the
     // offsets of the lost 3 and 4.
     let stream = format!("rc:stream:{{{}:room}}", app.app_id);
