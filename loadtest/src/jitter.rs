@@ -95,16 +95,24 @@ pub async fn run(opts: &Options, target: Arc<Target>) -> Result<JitterReport> {
             loop {
                 let cut_in: u64 = rand::rng().random_range(5_000..15_000);
                 let cut_at = Instant::now() + Duration::from_millis(cut_in);
-                let end = stop_at.min(cut_at);
+                // A cut falls inside the run only: nobody is cut when publishing stops (that
+                // would cut every subscriber at once, which is a stampede, not jitter).
+                let cuts = cut_at < stop_at;
                 // Read until the cut (or the end of publishing, then until caught up).
                 loop {
                     let finished = done_flag.load(Ordering::Acquire);
                     if finished && tally.last >= tops[r].load(Ordering::Acquire) {
                         return Ok::<Tally, anyhow::Error>(tally);
                     }
-                    let until = if finished { Instant::now() + drain } else { end };
+                    let until = match (finished, cuts) {
+                        (true, _) => Instant::now() + drain,
+                        (false, true) => cut_at,
+                        // Look at the flag again now and then until the publishers are done.
+                        (false, false) => Instant::now().max(stop_at) + Duration::from_millis(50),
+                    };
                     let msg = match tokio::time::timeout_at(until.into(), ws.next()).await {
                         Err(_) if finished => return Ok(tally),
+                        Err(_) if !cuts => continue,
                         Err(_) => break,
                         Ok(Some(Ok(Message::Text(t)))) => t,
                         Ok(Some(Ok(_))) => continue,
@@ -134,6 +142,7 @@ pub async fn run(opts: &Options, target: Arc<Target>) -> Result<JitterReport> {
                     }
                 };
                 ws = back;
+                let acked = reconnect.elapsed();
                 if ack["recovered"].as_bool() != Some(true) {
                     let reason = ack["reason"].as_str().unwrap_or("unknown").to_owned();
                     *tally.failed.entry(reason).or_default() += 1;
@@ -155,6 +164,9 @@ pub async fn run(opts: &Options, target: Arc<Target>) -> Result<JitterReport> {
                     }
                 }
                 let took = reconnect.elapsed().as_micros() as u64;
+                if took > 100_000 && std::env::var_os("LT_JITTER_DEBUG").is_some() {
+                    eprintln!("slow recovery: ack after {acked:?}, done after {took} us, top {top}");
+                }
                 let _ = latencies.lock().await.record(took.max(1));
             }
         }));

@@ -170,10 +170,12 @@ impl Report {
             "{} against {}: {} connections in {} rooms\n",
             self.scenario, self.protocol, self.connections, self.rooms
         );
-        s += &format!(
-            "  connect: {:.2} s, {:.0}/s, {} errors\n",
-            self.connect_seconds, self.connects_per_second, self.connect_errors
-        );
+        if self.jitter.is_none() {
+            s += &format!(
+                "  connect: {:.2} s, {:.0}/s, {} errors\n",
+                self.connect_seconds, self.connects_per_second, self.connect_errors
+            );
+        }
         if let (Some(before), Some(after)) = (self.hub_rss_before_kib, self.hub_rss_after_kib) {
             s += &format!(
                 "  hub RSS: {before} KiB -> {after} KiB ({:.0} bytes per connection)\n",
