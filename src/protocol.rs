@@ -345,6 +345,15 @@ struct MemberView<'a> {
 }
 
 #[derive(Serialize)]
+struct Published<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    id: u64,
+    offset: u64,
+}
+
+#[derive(Serialize)]
 struct RoomAck<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -436,6 +445,11 @@ impl ServerFrame {
     /// `{"type":"unsubscribed",…}`.
     pub fn unsubscribed(room: &RoomName, id: Option<u64>) -> String {
         to_text(&RoomAck { kind: "unsubscribed", room: room.as_str(), id })
+    }
+
+    /// `{"type":"published",…}`: a client event with an `id` was published at `offset`.
+    pub fn published(room: &RoomName, id: u64, offset: u64) -> String {
+        to_text(&Published { kind: "published", room: room.as_str(), id, offset })
     }
 
     /// `{"type":"event",…}`: the one frame a broadcast becomes, shared by all its receivers.

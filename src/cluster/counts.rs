@@ -7,20 +7,44 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
 
+use redis::Value;
+
+use super::streams::ReadArgs;
 use super::{COUNT_PREFIX, RedisCluster, each_room, room_from_id, room_id, room_key};
 use crate::domain::RoomKey;
 
 /// The rooms a node has counted subscribers in: `rc:node-rooms:{node}` (members `{app}:{room}`).
 pub(super) const NODE_ROOMS_PREFIX: &str = "rc:node-rooms:";
 
-/// Adds ARGV[2] to node ARGV[1]'s subscribers of a room (KEYS[1]); returns the room's
-/// subscribers over the cluster.
-const COUNT_SCRIPT: &str = r"
-if redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+/// Adds `delta` to node `node`'s subscribers of the room counted in `counted`; leaves the
+/// room's subscribers over the cluster in `total`.
+const COUNT_BODY: &str = r"
+if redis.call('HINCRBY', counted, node, delta) <= 0 then redis.call('HDEL', counted, node) end
 local total = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
-return total
+for _, v in ipairs(redis.call('HVALS', counted)) do total = total + tonumber(v) end
 ";
+
+/// The count alone: KEYS[1] is the room's count, ARGV[1] the node, ARGV[2] the change; returns
+/// the total.
+fn count_script() -> redis::Script {
+    redis::Script::new(&format!(
+        "local counted, node, delta = KEYS[1], ARGV[1], ARGV[2]\n{COUNT_BODY}\nreturn total"
+    ))
+}
+
+/// A joiner's count and its place in the stream in one step (the keys share the room's hash
+/// tag): KEYS[1..2] and ARGV[1..8] as the stream read takes them (`streams::read_lua`),
+/// KEYS[3] the count, ARGV[9] the node, ARGV[10] the change. The read comes first: a count
+/// refused half way through the script would still have been written. Returns the total, then
+/// the read's answer.
+fn count_read_script() -> redis::Script {
+    redis::Script::new(&format!(
+        "local function read()\n{}\nend\nlocal answer = read()\n\
+         local counted, node, delta = KEYS[3], ARGV[9], ARGV[10]\n{COUNT_BODY}\n\
+         table.insert(answer, 1, total)\nreturn answer",
+        super::streams::read_lua()
+    ))
+}
 
 /// Removes node ARGV[1]'s count of a room (KEYS[1]); returns 1 when this call removed it and
 /// nobody is left in the room. Of several nodes cleaning up after a dead one, only one gets 1.
@@ -44,6 +68,7 @@ struct Counted {
 pub(super) struct Counts {
     counted: DashMap<String, Arc<Counted>>,
     count: redis::Script,
+    count_read: redis::Script,
     forget: redis::Script,
 }
 
@@ -51,7 +76,8 @@ impl Default for Counts {
     fn default() -> Self {
         Self {
             counted: DashMap::new(),
-            count: redis::Script::new(COUNT_SCRIPT),
+            count: count_script(),
+            count_read: count_read_script(),
             forget: redis::Script::new(FORGET_COUNT_SCRIPT),
         }
     }
@@ -80,12 +106,17 @@ impl RedisCluster {
         format!("{NODE_ROOMS_PREFIX}{}", self.node_id)
     }
 
-    /// Adds `delta` (1 or -1) to this node's count in room `id`; returns the cluster's total.
-    /// The room enters the node's room set before its first subscriber here is counted and
+    /// Adds `delta` (1 or -1) to this node's count in room `id`; returns the cluster's total,
+    /// and with `read` (a joiner) the stream read's answer from the same script. The room enters the node's room set before its first subscriber here is counted and
     /// leaves it after the last one left, so the set holds every room the node has a count
     /// in (what a dead node's cleanup relies on). Changes that keep the count above zero run
     /// side by side; the ones to and from zero, and recounts, one at a time.
-    pub(super) async fn change_count(&self, id: &str, delta: i64) -> redis::RedisResult<i64> {
+    pub(super) async fn change_count(
+        &self,
+        id: &str,
+        delta: i64,
+        read: Option<&ReadArgs<'_>>,
+    ) -> redis::RedisResult<(i64, Vec<Value>)> {
         let entry = self.counts.entry(id);
         let changed = async {
             {
@@ -98,7 +129,7 @@ impl RedisCluster {
                     })
                     .is_ok()
                 {
-                    let counted = self.count_once(id, delta).await;
+                    let counted = self.count_once(id, delta, read).await;
                     // A failed increment was not counted (the hub takes the subscriber back); a
                     // failed decrement still happened here, and a recount writes it.
                     if counted.is_err() && delta > 0 {
@@ -116,7 +147,7 @@ impl RedisCluster {
                     .query_async::<()>(&mut self.commands())
                     .await?;
             }
-            let counted = self.count_once(id, delta).await;
+            let counted = self.count_once(id, delta, read).await;
             if counted.is_ok() || delta < 0 {
                 entry.n.store((before + delta).max(0), Ordering::Release);
             }
@@ -134,15 +165,36 @@ impl RedisCluster {
         changed
     }
 
-    /// Adds `delta` to this node's count in room `id` in Redis; returns the cluster's total.
-    async fn count_once(&self, id: &str, delta: i64) -> redis::RedisResult<i64> {
-        self.counts
-            .count
-            .key(room_key(COUNT_PREFIX, id))
-            .arg(&self.node_id)
-            .arg(delta)
-            .invoke_async(&mut self.commands())
-            .await
+    /// Adds `delta` to this node's count in room `id` in Redis, with `read` also reading the
+    /// stream; returns the cluster's total and the read's answer (empty without `read`).
+    async fn count_once(
+        &self,
+        id: &str,
+        delta: i64,
+        read: Option<&ReadArgs<'_>>,
+    ) -> redis::RedisResult<(i64, Vec<Value>)> {
+        let counted = room_key(COUNT_PREFIX, id);
+        let Some(read) = read else {
+            let total = self
+                .counts
+                .count
+                .key(counted)
+                .arg(&self.node_id)
+                .arg(delta)
+                .invoke_async(&mut self.commands())
+                .await?;
+            return Ok((total, Vec::new()));
+        };
+        let mut invocation = self.counts.count_read.prepare_invoke();
+        read.add_to(&mut invocation);
+        invocation.key(counted).arg(&self.node_id).arg(delta);
+        let mut answer: Vec<Value> = invocation.invoke_async(&mut self.commands()).await?;
+        let total = match answer.first() {
+            Some(Value::Int(total)) => *total,
+            _ => return Err((redis::ErrorKind::UnexpectedReturnType, "count answer without a total").into()),
+        };
+        answer.remove(0);
+        Ok((total, answer))
     }
 
     /// Rewrites this node's counts: every room it counts now or is listed in Redis for, each

@@ -34,6 +34,7 @@ use crate::hub::registry::{HistoryPage, Registry, RoomInfo};
 use crate::hub::stream::{Keep, Since, StreamRead};
 use crate::protocol::RoomName;
 use crate::redis_conn::{Commands, Link};
+use streams::ReadArgs;
 
 pub use nodes::NODES;
 
@@ -134,6 +135,18 @@ impl RedisCluster {
         self.commands.clone()
     }
 
+    /// After a count that changed the room's subscribers by `delta` to `total` over the
+    /// cluster: the room enters the room list with its first subscriber and leaves it with its
+    /// last. Returns `total` as a count.
+    async fn counted(&self, key: &RoomKey, delta: i64, total: i64) -> Result<usize, BrokerError> {
+        if delta > 0 && total == delta {
+            self.list_room(key, false).await.map_err(unavailable)?;
+        } else if total <= 0 {
+            self.unlist_if_empty(key).await.map_err(unavailable)?;
+        }
+        Ok(total.max(0) as usize)
+    }
+
     /// Hands news to the hub.
     async fn tell(&self, news: impl IntoIterator<Item = ClusterNews>) {
         for item in news {
@@ -146,13 +159,20 @@ impl RedisCluster {
 #[async_trait]
 impl ClusterState for RedisCluster {
     async fn count(&self, key: &RoomKey, delta: i64, _here: usize) -> Result<usize, BrokerError> {
-        let total = self.change_count(&room_id(key), delta).await.map_err(unavailable)?;
-        if delta > 0 && total == delta {
-            self.list_room(key, false).await.map_err(unavailable)?;
-        } else if total <= 0 {
-            self.unlist_if_empty(key).await.map_err(unavailable)?;
-        }
-        Ok(total.max(0) as usize)
+        let (total, _) = self.change_count(&room_id(key), delta, None).await.map_err(unavailable)?;
+        self.counted(key, delta, total).await
+    }
+
+    async fn count_and_read(
+        &self,
+        key: &RoomKey,
+        _here: usize,
+        since: Option<&Since>,
+        keep: Keep,
+    ) -> Result<(usize, StreamRead), BrokerError> {
+        let read = ReadArgs { key, since, keep };
+        let (total, answer) = self.change_count(&room_id(key), 1, Some(&read)).await.map_err(unavailable)?;
+        Ok((self.counted(key, 1, total).await?, read.answer(&answer)?))
     }
 
     async fn subscribers(&self, key: &RoomKey) -> Result<usize, BrokerError> {

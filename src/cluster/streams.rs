@@ -80,6 +80,11 @@ end
 return {offset, epoch, items}
 ";
 
+/// The stream read's Lua: [`PROLOGUE`] then [`READ_BODY`].
+pub(super) fn read_lua() -> String {
+    format!("{PROLOGUE}{READ_BODY}")
+}
+
 /// The scripts.
 pub(super) struct Scripts {
     read: redis::Script,
@@ -89,10 +94,63 @@ pub(super) struct Scripts {
 impl Default for Scripts {
     fn default() -> Self {
         Self {
-            read: redis::Script::new(&format!("{PROLOGUE}{READ_BODY}")),
+            read: redis::Script::new(&read_lua()),
             page: redis::Script::new(&format!("{PROLOGUE}{PAGE_BODY}")),
         }
     }
+}
+
+/// What a stream read is given: the room, `since` and what the app keeps; added to
+/// the read script or to a script that embeds its Lua ([`read_lua`]).
+pub(super) struct ReadArgs<'a> {
+    pub key: &'a RoomKey,
+    pub since: Option<&'a Since>,
+    pub keep: Keep,
+}
+
+impl ReadArgs<'_> {
+    /// Adds the read's keys and arguments (KEYS[1..2], ARGV[1..8]) to `invocation`.
+    pub(super) fn add_to(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        let since = self.since;
+        invocation
+            .key(&stream_keys(self.key)[..])
+            .arg(new_epoch())
+            .arg(STREAM_TTL_MS)
+            .arg(if since.is_some() { "1" } else { "0" })
+            .arg(since.map_or(String::new(), |s| s.offset.to_string()))
+            .arg(since.map_or("", |s| s.epoch.as_str()))
+            .arg(self.keep.size)
+            .arg(self.keep.ttl_ms)
+            .arg(crate::clock::now_ms());
+    }
+
+    /// The read's answer as the hub takes it.
+    pub(super) fn answer(&self, answer: &[Value]) -> Result<StreamRead, BrokerError> {
+        let (offset, epoch) = head(answer)?;
+        let recovery = match answer.get(2).and_then(text).as_deref() {
+            None => None,
+            Some("recovered") => {
+                let frames: Vec<Frame> = entries(answer.get(3))
+                    .iter()
+                    .filter_map(|e| frame(self.key, e))
+                    .map(|(_, _, f)| f)
+                    .collect();
+                Some(Ok(frames))
+            }
+            Some("epoch_changed") => Some(Err(NotRecovered::EpochChanged)),
+            Some("too_old") => Some(Err(NotRecovered::TooOld)),
+            Some("history_disabled") => Some(Err(NotRecovered::HistoryDisabled)),
+            Some(_) => return Err(bad_answer()),
+        };
+        Ok(StreamRead { epoch, offset, recovery })
+    }
+}
+
+/// The `{offset, epoch}` every read script's answer starts with.
+fn head(answer: &[Value]) -> Result<(u64, Arc<str>), BrokerError> {
+    let offset = answer.first().and_then(int).ok_or_else(bad_answer)?;
+    let epoch = answer.get(1).and_then(text).ok_or_else(bad_answer)?;
+    Ok((offset, Arc::from(epoch)))
 }
 
 /// A room's stream and history keys.
@@ -150,36 +208,12 @@ impl RedisCluster {
         since: Option<&Since>,
         keep: Keep,
     ) -> Result<StreamRead, BrokerError> {
-        let answer: Vec<Value> = self
-            .streams
-            .read
-            .key(&stream_keys(key)[..])
-            .arg(new_epoch())
-            .arg(STREAM_TTL_MS)
-            .arg(if since.is_some() { "1" } else { "0" })
-            .arg(since.map_or(String::new(), |s| s.offset.to_string()))
-            .arg(since.map_or("", |s| s.epoch.as_str()))
-            .arg(keep.size)
-            .arg(keep.ttl_ms)
-            .arg(crate::clock::now_ms())
-            .invoke_async(&mut self.commands())
-            .await
-            .map_err(super::unavailable)?;
-        let offset = answer.first().and_then(int).ok_or_else(bad_answer)?;
-        let epoch: Arc<str> = Arc::from(answer.get(1).and_then(text).ok_or_else(bad_answer)?);
-        let recovery = match answer.get(2).and_then(text).as_deref() {
-            None => None,
-            Some("recovered") => {
-                let frames: Vec<Frame> =
-                    entries(answer.get(3)).iter().filter_map(|e| frame(key, e)).map(|(_, _, f)| f).collect();
-                Some(Ok(frames))
-            }
-            Some("epoch_changed") => Some(Err(NotRecovered::EpochChanged)),
-            Some("too_old") => Some(Err(NotRecovered::TooOld)),
-            Some("history_disabled") => Some(Err(NotRecovered::HistoryDisabled)),
-            Some(_) => return Err(bad_answer()),
-        };
-        Ok(StreamRead { epoch, offset, recovery })
+        let read = ReadArgs { key, since, keep };
+        let mut invocation = self.streams.read.prepare_invoke();
+        read.add_to(&mut invocation);
+        let answer: Vec<Value> =
+            invocation.invoke_async(&mut self.commands()).await.map_err(super::unavailable)?;
+        read.answer(&answer)
     }
 
     /// [`crate::hub::ClusterState::history`] in Redis.
@@ -202,8 +236,7 @@ impl RedisCluster {
             .invoke_async(&mut self.commands())
             .await
             .map_err(super::unavailable)?;
-        let offset = answer.first().and_then(int).ok_or_else(bad_answer)?;
-        let epoch: Arc<str> = Arc::from(answer.get(1).and_then(text).ok_or_else(bad_answer)?);
+        let (offset, epoch) = head(&answer)?;
         let cutoff = crate::clock::now_ms() - keep.ttl_ms;
         let events: Vec<HistoryEvent> = entries(answer.get(2))
             .iter()

@@ -4,6 +4,7 @@
 pub mod analytics;
 pub mod apps;
 pub mod broadcast;
+pub mod client;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -226,6 +227,7 @@ pub fn router(state: AppState, edges: Router<AppState>) -> Router {
         .merge(webhooks::router())
         .merge(edges)
         .merge(openapi::router())
+        .merge(client::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::limits::headers))

@@ -332,10 +332,11 @@ impl Hub {
         // before the first's subscription reaches the node.
         self.broker.subscribe(key).await?;
         *done = JoinStep::Subscribed;
-        self.count_and_announce(conn, key, outcome, done).await?;
-        // Publications flow to the held connection: its place in the stream is read now, and
-        // whatever came meanwhile with a later offset follows what it missed.
-        let mut read = self.cluster.read_stream(key, since, keep).await?;
+        // Publications flow to the held connection: its place in the stream is read with its
+        // count, and whatever came meanwhile with a later offset follows what it missed.
+        let (total, mut read) = self.cluster.count_and_read(key, outcome.subscribers, since, keep).await?;
+        *done = JoinStep::Counted;
+        self.announce_join(conn, key, outcome, total).await?;
         let replay = match &mut read.recovery {
             Some(Ok(frames)) => std::mem::take(frames),
             _ => Vec::new(),
@@ -349,17 +350,15 @@ impl Hub {
         Ok(())
     }
 
-    /// The cluster count and, for presence, the member steps of a join.
-    async fn count_and_announce(
+    /// What a join counted as `total` subscribers over the cluster tells: the room is occupied
+    /// when its first subscriber anywhere joins; a presence join takes its member steps.
+    async fn announce_join(
         &self,
         conn: &Arc<ConnHandle>,
         key: &RoomKey,
         outcome: &mut JoinOutcome,
-        done: &mut JoinStep,
+        total: usize,
     ) -> Result<(), BrokerError> {
-        // The room is occupied when its first subscriber anywhere joins.
-        let total = self.cluster.count(key, 1, outcome.subscribers).await?;
-        *done = JoinStep::Counted;
         if total == 1 {
             self.events().emit(HubEvent::RoomOccupied { room: key.clone() });
         }

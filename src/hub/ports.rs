@@ -102,6 +102,19 @@ pub trait ClusterState: Send + Sync + std::fmt::Debug + 'static {
         since: Option<&Since>,
         keep: Keep,
     ) -> Result<StreamRead, BrokerError>;
+    /// A connection joined `key` on this node (held pending by the registry), leaving `here`:
+    /// [`ClusterState::count`] and [`ClusterState::read_stream`] in one step where the state
+    /// allows it (one Redis round trip in cluster mode).
+    async fn count_and_read(
+        &self,
+        key: &RoomKey,
+        here: usize,
+        since: Option<&Since>,
+        keep: Keep,
+    ) -> Result<(usize, StreamRead), BrokerError> {
+        let total = self.count(key, 1, here).await?;
+        Ok((total, self.read_stream(key, since, keep).await?))
+    }
     /// The room's retained events after offset `since`, at most `limit`.
     async fn history(
         &self,

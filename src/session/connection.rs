@@ -294,7 +294,8 @@ impl Session {
             }),
             ClientFrame::Publish { room, event, data, id } => {
                 match self.publish(&room, &event, &data).await {
-                    Ok(()) => None,
+                    // Answered only when asked (an `id`): the offset the event took.
+                    Ok(offset) => id.map(|id| ServerFrame::published(&room, id, offset)),
                     Err((code, detail)) => Some(self.refuse(code, &detail, Some(&room), id)),
                 }
             }
@@ -339,7 +340,7 @@ impl Session {
         room: &RoomName,
         event: &crate::protocol::EventName,
         data: &RawValue,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<u64, (ErrorCode, String)> {
         let app_allows = self
             .state
             .apps
@@ -359,7 +360,7 @@ impl Session {
             .hub
             .broadcast(&self.identity.app_id, room, event, data, Some(&self.conn.id), PublishKind::Client)
             .await
-            .map(drop)
+            .map(|published| published.offset)
             .map_err(|e| (ErrorCode::Unavailable, format!("cannot publish now: {e}")))
     }
 }

@@ -188,6 +188,16 @@ async fn client_events_reach_others_and_never_echo() {
     assert_eq!(mute.next_json().await["event"], "typing");
     talker.roundtrip(1).await;
 
+    // With an id, the publisher hears the offset its event took; the others get that event.
+    talker
+        .send_json(json!({"type": "publish", "room": "room", "event": "typing", "data": {}, "id": 7}))
+        .await;
+    let ack = talker.next_json().await;
+    let ev = listener.next_json().await;
+    assert_eq!(ack, json!({"type": "published", "room": "room", "id": 7, "offset": ev["offset"]}));
+    assert_eq!(ev["offset"], 2);
+    assert_eq!(mute.next_json().await["offset"], 2);
+
     // A token without can_publish is refused even though the app allows client events.
     mute.send_json(json!({"type": "publish", "room": "room", "event": "typing", "id": 2})).await;
     assert_eq!(mute.next_json().await["code"], "client_events_disabled");
