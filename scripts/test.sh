@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the integration binary (real server, real SQLite file, real
-# HTTP/WebSocket clients), the browser test (Debian's Chromium driven by playwright-core) and the
-# webhook verification examples (Node and Python), and cluster tests against real redis-server
-# processes.
+# HTTP/WebSocket clients), the browser tests (Debian's Chromium driven by playwright-core), the
+# webhook verification examples (Node and Python), cluster tests against real redis-server
+# processes, and the JavaScript client's tests against the built hub.
 # Installs the browser tooling when it is missing; needs root (or sudo) for apt-get then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +42,15 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+if [ ! -d clients/js/node_modules/typescript ] || [ ! -d clients/js/node_modules/ws ]; then
+  echo "test.sh: installing the JavaScript client's test tools (typescript, terser, ws, playwright-core)"
+  (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 cargo test --locked --workspace
+# The JavaScript client (clients/js) against the hub binary cargo just built: Node tests, its
+# size and types, and examples/browser.html in Chromium.
+(cd clients/js && HUB_BIN="$PWD/../../target/debug/roomcast" npm test)
 bash scripts/schemathesis.sh
 # The soak lane's short run: two nodes, churn of distinct users through presence rooms,
 # broadcasts and webhooks, a Redis restart half way; fails on a lost event or webhook.

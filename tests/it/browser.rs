@@ -1,11 +1,11 @@
-//! Pages in a real browser (Debian's Chromium via playwright-core): `examples/browser.html`
-//! connects, subscribes and prints a broadcast; the API reference pages render with every
-//! request to another host blocked. `scripts/test.sh` installs both.
+//! Pages in a real browser (Debian's Chromium via playwright-core): the API reference pages
+//! render with every request to another host blocked. `scripts/test.sh` installs both.
+//! (`examples/browser.html`, which runs the JavaScript client, is tested with it in
+//! `clients/js/test/browser.test.mjs`.)
 
 use std::path::Path;
 use std::process::Stdio;
 
-use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::{WAIT, spawn_hub};
@@ -25,30 +25,6 @@ fn node_script(script: &str, args: &[&str]) -> (tokio::process::Child, Lines) {
         .expect("node is installed (scripts/test.sh installs the browser tooling)");
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     (child, lines)
-}
-
-#[tokio::test]
-async fn the_browser_example_prints_broadcast_events() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let hub = spawn_hub().await;
-    let app = hub.create_app(json!({"app_id": "browser-app"})).await;
-    let token = hub.token(&app, json!({"user_id": "browser"})).await;
-    let page = format!(
-        "file://{}?url=ws://{}/ws&token={token}&room=chat",
-        root.join("examples/browser.html").display(),
-        hub.addr
-    );
-    let shot = hub.dir.path().join("browser.png");
-    let (mut child, mut lines) = node_script("browser.mjs", &[page.as_str(), &shot.to_string_lossy()]);
-    let mut next = async || tokio::time::timeout(WAIT * 3, lines.next_line()).await.unwrap().unwrap();
-
-    assert_eq!(next().await.as_deref(), Some("READY"));
-    let v = hub.broadcast(&app, "chat", "new-message", json!({"text": "hello browser"})).await;
-    assert_eq!(v["subscriber_count"], 1);
-    assert_eq!(next().await.as_deref(), Some(r#"EVENT #1 chat new-message {"text":"hello browser"}"#));
-    assert!(next().await.is_some_and(|l| l.starts_with("SHOT ")));
-    assert!(child.wait().await.unwrap().success());
-    screenshot_taken(&shot);
 }
 
 /// Opens `path` of `hub` with every request to another host blocked; returns the blocked URLs

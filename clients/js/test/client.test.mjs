@@ -3,10 +3,12 @@
 // dead link.
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import WebSocket from 'ws';
 
-import { api, broadcast, client, createApp, freePort, next, proxy, startHub, token, within } from './support.mjs';
+import { api, broadcast, cleanup, client, createApp, freePort, next, proxy, startHub, token, within } from './support.mjs';
+
+after(cleanup);
 
 const hub = await startHub();
 

@@ -1,5 +1,5 @@
 // What the client's tests run against: the real roomcast binary (built by `cargo test` or
-// `cargo build`; `ROOMCAST_BIN` picks another), real redis-server processes, and a TCP proxy
+// `cargo build`; `HUB_BIN` picks another), real redis-server processes, and a TCP proxy
 // that the tests use to cut, stall and redirect connections. Loopback addresses only.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -12,25 +12,27 @@ import WebSocket from 'ws';
 
 import { Roomcast } from '../src/roomcast.js';
 
-export const BIN = process.env.ROOMCAST_BIN ?? join(import.meta.dirname, '../../../target/debug/roomcast');
+export const BIN = process.env.HUB_BIN ?? join(import.meta.dirname, '../../../target/debug/roomcast');
 export const ADMIN = 'rc_admin_ClientTests0_' + 'a'.repeat(32);
 /** How long any awaited step may take before the test fails. */
 export const WAIT = 15000;
 
 const cleanups = [];
-/** Runs `fn` when the test file ends (hubs, proxies, Redis). */
+/** Has `fn` run by {@link cleanup} (hubs, proxies, Redis, clients). */
 export function atEnd(fn) {
   cleanups.push(fn);
 }
-process.on('exit', () => {
-  for (const fn of cleanups.splice(0)) {
+/** Ends what the tests started; each test file calls it after its tests, and it runs at exit. */
+export function cleanup() {
+  for (const fn of cleanups.splice(0).reverse()) {
     try {
       fn();
     } catch {
-      // Best effort at exit.
+      // Best effort.
     }
   }
-});
+}
+process.on('exit', cleanup);
 
 /** A port nobody listens on right now. */
 export async function freePort() {
@@ -216,8 +218,7 @@ export async function proxy(targets) {
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
-  atEnd(() => server.close());
-  return Object.assign(state, {
+  const relay = Object.assign(state, {
     addr: `127.0.0.1:${server.address().port}`,
     /** Ends every connection through the proxy at once, as a network change would. */
     cut() {
@@ -236,4 +237,6 @@ export async function proxy(targets) {
       server.close();
     },
   });
+  atEnd(() => relay.close());
+  return relay;
 }

@@ -1,0 +1,15 @@
+// Debian's Chromium driven by playwright-core, as the suite launches it: headless, in a fresh
+// temporary profile, with nothing that phones home.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+export function launch() {
+  return chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'roomcast-chromium-')), {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
