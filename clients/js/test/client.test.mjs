@@ -109,6 +109,58 @@ test('getToken runs on every connection: a fresh token replaces one that expired
   rc.close();
 });
 
+test('getToken may return one-time tickets: each connection buys a new one', async () => {
+  const app = await createApp(hub, { app_id: 'tickets' });
+  const relay = await proxy([hub.addr]);
+  const bought = [];
+  const rc = client(`ws://${relay.addr}/ws`, {
+    getToken: async () => {
+      const { ticket } = await api(hub, 'POST', '/api/tickets', { key: app.api_key, body: { user_id: 'tu' } });
+      bought.push(ticket);
+      return ticket;
+    },
+  });
+  rc.connect();
+  const sub = rc.subscribe('presence-t');
+  await next(sub, 'subscribed');
+  assert.deepEqual(sub.members().map((m) => m.user_id), ['tu'], 'the ticket carried the user');
+  relay.cut();
+  await next(sub, 'subscribed');
+  assert.equal(bought.length, 2);
+  assert.ok(bought.every((t) => t.startsWith('tk_')) && bought[0] !== bought[1]);
+  // A used ticket is refused, so the client could not have reused the first one.
+  assert.equal(await refused(hub, bought[0], 'ticket'), 401);
+  rc.close();
+});
+
+test('4029 (the client kept sending over its limit) backs off longer than other closes', async () => {
+  const strict = await startHub({
+    env: {
+      ROOMCAST_LIMITS__CLIENT_MESSAGES_PER_SECOND: '1',
+      ROOMCAST_LIMITS__CLIENT_MESSAGES_BURST: '1',
+      ROOMCAST_LIMITS__CLIENT_ABUSE_CLOSE_AFTER: '3',
+    },
+  });
+  const app = await createApp(strict, { app_id: 'abuse', client_events: true });
+  const rc = client(strict.ws, { getToken: () => token(strict, app, { can_publish: true }), minDelayMs: 50, maxDelayMs: 1000 });
+  rc.connect();
+  const sub = rc.subscribe('r');
+  await next(sub, 'subscribed');
+  const closed = next(rc, 'state', (s) => s === 'disconnected');
+  const again = next(rc, 'state', (s) => s === 'connecting');
+  for (let i = 0; i < 6; i++) sub.publish('spam', { i }).catch(() => {});
+  const [, info] = await closed;
+  const at = Date.now();
+  assert.equal(info.code, 4029);
+  await again;
+  const waited = Date.now() - at;
+  // Half of maxDelayMs at least; any other close would wait at most minDelayMs × 2ⁿ here.
+  assert.ok(waited >= 500 - 5 && waited <= 1000 + 100, `waited ${waited} ms`);
+  await next(sub, 'subscribed');
+  rc.close();
+  await strict.stop();
+});
+
 test('cut at random moments while 2,000 events are published: all arrive once, in order', async () => {
   const app = await createApp(hub, { app_id: 'cuts', history: { size: 2000, ttl_s: 300 }, rate_limit: 100000 });
   const relay = await proxy([hub.addr]);
@@ -221,10 +273,10 @@ function jwt(app, claims) {
   return `${body}.${createHmac('sha256', app.app_secret).update(body).digest('base64url')}`;
 }
 
-/** The HTTP status the hub answers an upgrade with `credential`, or 101. */
-function refused(target, credential) {
+/** The HTTP status the hub answers an upgrade with `credential` (a `kind`), or 101. */
+function refused(target, credential, kind = 'token') {
   return new Promise((resolve) => {
-    const ws = new WebSocket(`${target.ws}?token=${credential}`);
+    const ws = new WebSocket(`${target.ws}?${kind}=${credential}`);
     ws.on('open', () => resolve(101) || ws.close());
     ws.on('unexpected-response', (_, res) => resolve(res.statusCode));
     ws.on('error', () => {});
