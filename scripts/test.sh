@@ -47,10 +47,17 @@ if [ ! -d clients/js/node_modules/typescript ] || [ ! -d clients/js/node_modules
   (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+if [ ! -d tests/pusher/node_modules/pusher ]; then
+  echo "test.sh: installing Pusher's libraries for the compatibility tests"
+  (cd tests/pusher && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 cargo test --locked --workspace
 # The JavaScript client (clients/js) against the hub binary cargo just built: Node tests, its
 # size and types, and examples/browser.html in Chromium.
 (cd clients/js && HUB_BIN="$PWD/../../target/debug/roomcast" npm test)
+# Pusher's own libraries against the Pusher protocol and API (DESIGN §12).
+(cd tests/pusher && HUB_BIN="$PWD/../../target/debug/roomcast" npm test)
 bash scripts/schemathesis.sh
 # The soak lane's short run: two nodes, churn of distinct users through presence rooms,
 # broadcasts and webhooks, a Redis restart half way; fails on a lost event or webhook.

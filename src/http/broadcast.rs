@@ -87,13 +87,13 @@ pub struct BatchResult {
 }
 
 /// A request checked against the caller, the app and the size limit.
-struct Checked<'a> {
+pub(super) struct Checked<'a> {
     app_id: String,
     req: &'a BroadcastRequest,
     data: Cow<'a, RawValue>,
 }
 
-async fn check<'a>(
+pub(super) async fn check<'a>(
     state: &AppState,
     principal: &Principal,
     req: &'a BroadcastRequest,
@@ -144,7 +144,7 @@ async fn check<'a>(
 }
 
 /// Publishes a checked event; one with an `idempotency_key` at most once within the window.
-async fn publish(state: &AppState, checked: Checked<'_>) -> Result<BroadcastResult, ApiError> {
+pub(super) async fn publish(state: &AppState, checked: Checked<'_>) -> Result<BroadcastResult, ApiError> {
     let Some(key) = checked.req.idempotency_key.clone() else { return publish_now(state, checked).await };
     let app_id = checked.app_id.clone();
     let claim = state

@@ -11,6 +11,7 @@ pub mod health;
 pub mod keys;
 pub mod observe;
 pub mod openapi;
+pub mod pusher;
 pub mod rooms;
 pub mod tickets;
 pub mod token;
@@ -228,6 +229,7 @@ pub fn router(state: AppState, edges: Router<AppState>) -> Router {
         .merge(edges)
         .merge(openapi::router())
         .merge(client::router())
+        .merge(pusher::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::limits::headers))

@@ -1,0 +1,413 @@
+//! Pusher's HTTP API (DESIGN §12) under `/apps/{app_id}/…`, so the `pusher` server SDKs publish
+//! and query unchanged: Pusher's `app_id` and `key` are the roomcast app id, its `secret` the
+//! app secret. Every request is signed as Pusher signs it (`auth_key`, `auth_timestamp`,
+//! `auth_version`, `body_md5`, `auth_signature`); the events land in the same rooms, streams and
+//! webhooks as `POST /api/broadcast`. Errors keep roomcast's JSON shape (the SDKs read the status).
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::routing::{get, post};
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::AppState;
+use super::broadcast::{BroadcastRequest, check, publish};
+use super::error::ApiError;
+use super::extract::{Principal, parse_json};
+use crate::apps::is_active;
+use crate::auth::api_key::Scope;
+use crate::domain::{AppId, RoomKey};
+use crate::limits::RateSlot;
+use crate::protocol::{EventName, RoomName};
+use crate::store::KeyKind;
+
+/// How far `auth_timestamp` may be from the hub's clock, in seconds (Pusher's rule).
+const TIMESTAMP_WINDOW_S: i64 = 600;
+/// Channels one event may go to.
+const MAX_CHANNELS: usize = 100;
+/// Events in one `batch_events` call.
+const MAX_BATCH: usize = 10;
+
+/// Routes of this area.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/apps/{app_id}/events", post(events))
+        .route("/apps/{app_id}/batch_events", post(batch_events))
+        .route("/apps/{app_id}/channels", get(channels))
+        .route("/apps/{app_id}/channels/{channel}", get(channel))
+        .route("/apps/{app_id}/channels/{channel}/users", get(users))
+}
+
+/// A request whose Pusher signature holds: the app it is for, its query parameters (without
+/// the `auth_*` ones) and its body.
+#[derive(Debug)]
+pub struct Signed {
+    app_id: String,
+    params: BTreeMap<String, String>,
+    body: Bytes,
+}
+
+impl FromRequest<AppState> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let Path(path) = <Path<BTreeMap<String, String>> as FromRequestParts<AppState>>::from_request_parts(
+            &mut parts, state,
+        )
+        .await
+        .map_err(|_| ApiError::NotFound("no such route".into()))?;
+        let app_id = path.get("app_id").cloned().unwrap_or_default();
+        let limit = state.config.limits.max_message_bytes * MAX_BATCH + 64 * 1024;
+        let body = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes")))?;
+        let mut params: BTreeMap<String, String> =
+            form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.into_owned()))
+                .collect();
+        let unsigned = || ApiError::InvalidKey;
+        let signature = params.remove("auth_signature").ok_or_else(unsigned)?;
+        if params.get("auth_key") != Some(&app_id) {
+            return Err(ApiError::InvalidKey);
+        }
+        if params.get("auth_version").map(String::as_str) != Some("1.0") {
+            return Err(ApiError::InvalidRequest("auth_version must be 1.0".into()));
+        }
+        let timestamp: i64 =
+            params.get("auth_timestamp").and_then(|t| t.parse().ok()).ok_or_else(unsigned)?;
+        let now = crate::clock::now_ms() / 1000;
+        if (now - timestamp).abs() > TIMESTAMP_WINDOW_S {
+            return Err(ApiError::InvalidToken(format!(
+                "auth_timestamp is more than {TIMESTAMP_WINDOW_S} s from the server's time ({now})"
+            )));
+        }
+        if !body.is_empty()
+            && params.get("body_md5").map(String::as_str) != Some(hex(&Md5::digest(&body)).as_str())
+        {
+            return Err(ApiError::InvalidToken("body_md5 does not match the body".into()));
+        }
+        let app = state.live_app(&app_id).await.map_err(|e| match e {
+            ApiError::NotFound(_) => ApiError::InvalidKey,
+            other => other,
+        })?;
+        let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let signed = format!("{}\n{}\n{}", parts.method.as_str(), parts.uri.path(), query.join("&"));
+        let mut mac = Hmac::<Sha256>::new_from_slice(app.secret.as_bytes())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        mac.update(signed.as_bytes());
+        let given = unhex(&signature).ok_or(ApiError::InvalidKey)?;
+        mac.verify_slice(&given).map_err(|_| ApiError::InvalidKey)?;
+        if !is_active(&app) {
+            return Err(ApiError::AppDisabled);
+        }
+        // The app's own rate limit, as for its API keys.
+        state.charge(&principal(&app_id), parts.extensions.get::<RateSlot>())?;
+        for reserved in ["auth_key", "auth_timestamp", "auth_version", "body_md5"] {
+            params.remove(reserved);
+        }
+        Ok(Self { app_id, params, body })
+    }
+}
+
+/// The app, as a key holding what Pusher's API may do.
+fn principal(app_id: &str) -> Principal {
+    Principal {
+        kind: KeyKind::App,
+        key_id: "pusher".into(),
+        app_id: Some(app_id.to_owned()),
+        scopes: vec![Scope::BroadcastWrite, Scope::RoomsRead],
+        expires_at: None,
+    }
+}
+
+/// One event as Pusher's SDKs send it.
+#[derive(Debug, Deserialize)]
+struct PusherEvent {
+    name: String,
+    /// A string: JSON text (what the SDKs send for objects) or any text.
+    data: Value,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    socket_id: Option<String>,
+    /// `user_count` and/or `subscription_count`, comma separated.
+    #[serde(default)]
+    info: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Batch {
+    batch: Vec<PusherEvent>,
+}
+
+/// What was asked in `info`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Info {
+    users: bool,
+    subscriptions: bool,
+}
+
+impl Info {
+    fn parse(info: Option<&str>) -> Result<Self, ApiError> {
+        let mut asked = Self::default();
+        for item in info.unwrap_or("").split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item {
+                "user_count" => asked.users = true,
+                "subscription_count" => asked.subscriptions = true,
+                other => return Err(ApiError::field("info", format!("unknown attribute {other:?}"))),
+            }
+        }
+        Ok(asked)
+    }
+
+    fn any(self) -> bool {
+        self.users || self.subscriptions
+    }
+}
+
+/// A Pusher channel name as the room it is.
+fn room(field: &str, name: &str) -> Result<RoomName, ApiError> {
+    RoomName::parse(name).map_err(|e| ApiError::field(field, e))
+}
+
+/// Pusher's `data` as roomcast data: JSON text stays that JSON (so native clients get the
+/// object), other text becomes a JSON string.
+fn event_data(field: &str, data: &Value) -> Result<Box<RawValue>, ApiError> {
+    let text = match data {
+        Value::String(s) => s,
+        _ => return Err(ApiError::field(field, "must be a string")),
+    };
+    let raw = match serde_json::from_str::<&RawValue>(text) {
+        Ok(raw) => raw.to_owned(),
+        Err(_) => RawValue::from_string(Value::String(text.clone()).to_string())
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+    };
+    Ok(raw)
+}
+
+/// The broadcasts one Pusher event stands for (one per channel), each checked.
+fn requests(event: &PusherEvent, field: &str) -> Result<(Vec<BroadcastRequest>, Info), ApiError> {
+    let names: Vec<&String> = match (&event.channels, &event.channel) {
+        (Some(list), None) => list.iter().collect(),
+        (None, Some(one)) => vec![one],
+        _ => return Err(ApiError::field(&format!("{field}channels"), "give channels or channel")),
+    };
+    if names.is_empty() || names.len() > MAX_CHANNELS {
+        return Err(ApiError::field(
+            &format!("{field}channels"),
+            format!("must name 1 to {MAX_CHANNELS} channels"),
+        ));
+    }
+    let name = EventName::parse(&event.name).map_err(|e| ApiError::field(&format!("{field}name"), e))?;
+    let data = event_data(&format!("{field}data"), &event.data)?;
+    let info = Info::parse(event.info.as_deref())?;
+    let requests = names
+        .into_iter()
+        .map(|channel| {
+            Ok(BroadcastRequest {
+                app_id: None,
+                room: room(&format!("{field}channels"), channel)?,
+                event: name.clone(),
+                data: Some(data.clone()),
+                exclude_connection_id: event.socket_id.clone(),
+                idempotency_key: None,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok((requests, info))
+}
+
+/// Publishes checked requests; with `info`, what Pusher reports per channel.
+async fn send(
+    state: &AppState,
+    app_id: &str,
+    requests: &[BroadcastRequest],
+    info: Info,
+) -> Result<Value, ApiError> {
+    let principal = principal(app_id);
+    let mut checked = Vec::with_capacity(requests.len());
+    for req in requests {
+        checked.push(check(state, &principal, req, "").await?);
+    }
+    let mut channels = serde_json::Map::new();
+    for (c, req) in checked.into_iter().zip(requests) {
+        let result = publish(state, c).await?;
+        if info.any() {
+            channels.insert(
+                req.room.to_string(),
+                attributes(state, app_id, &req.room, info, Some(result.subscriber_count)).await?,
+            );
+        }
+    }
+    Ok(if info.any() { json!({ "channels": channels }) } else { json!({}) })
+}
+
+/// A channel's `user_count` and `subscription_count`, as asked.
+async fn attributes(
+    state: &AppState,
+    app_id: &str,
+    room: &RoomName,
+    info: Info,
+    subscribers: Option<usize>,
+) -> Result<Value, ApiError> {
+    let mut out = serde_json::Map::new();
+    if info.subscriptions {
+        let n = match subscribers {
+            Some(n) => n,
+            None => state.hub.room_subscribers(app_id, room).await?,
+        };
+        out.insert("subscription_count".into(), n.into());
+    }
+    if info.users && room.is_presence() {
+        out.insert("user_count".into(), user_count(state, app_id, room).await?.into());
+    }
+    Ok(Value::Object(out))
+}
+
+async fn user_count(state: &AppState, app_id: &str, room: &RoomName) -> Result<usize, ApiError> {
+    let key = RoomKey { app_id: AppId::known(app_id), room: room.clone() };
+    Ok(state.hub.presence_page(&key, None, 1).await?.map_or(0, |(_, count)| count))
+}
+
+async fn events(State(state): State<AppState>, call: Signed) -> Result<axum::Json<Value>, ApiError> {
+    let event: PusherEvent = parse_json(&call.body)?;
+    let (requests, info) = requests(&event, "")?;
+    Ok(axum::Json(send(&state, &call.app_id, &requests, info).await?))
+}
+
+async fn batch_events(State(state): State<AppState>, call: Signed) -> Result<axum::Json<Value>, ApiError> {
+    let batch: Batch = parse_json(&call.body)?;
+    if batch.batch.is_empty() || batch.batch.len() > MAX_BATCH {
+        return Err(ApiError::field("batch", format!("must hold 1 to {MAX_BATCH} events")));
+    }
+    // Every event is checked before any is published, so a bad batch publishes nothing.
+    let mut all = Vec::new();
+    for (i, event) in batch.batch.iter().enumerate() {
+        let (requests, info) = requests(event, &format!("batch[{i}]."))?;
+        if requests.len() != 1 {
+            return Err(ApiError::field(&format!("batch[{i}].channel"), "a batch event goes to one channel"));
+        }
+        all.extend(requests.into_iter().map(|r| (r, info)));
+    }
+    let mut answers = Vec::with_capacity(all.len());
+    let mut any_info = false;
+    for (req, info) in &all {
+        any_info |= info.any();
+        let sent = send(&state, &call.app_id, std::slice::from_ref(req), *info).await?;
+        answers.push(sent["channels"].get(req.room.as_str()).cloned().unwrap_or_else(|| json!({})));
+    }
+    Ok(axum::Json(if any_info { json!({ "batch": answers }) } else { json!({}) }))
+}
+
+async fn channels(State(state): State<AppState>, call: Signed) -> Result<axum::Json<Value>, ApiError> {
+    let prefix = call.params.get("filter_by_prefix").cloned().unwrap_or_default();
+    let info = Info::parse(call.params.get("info").map(String::as_str))?;
+    if info.users && !prefix.starts_with("presence-") {
+        return Err(ApiError::field("info", "user_count needs filter_by_prefix=presence-"));
+    }
+    let mut out = serde_json::Map::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (rooms, more) = state.hub.rooms_page(&call.app_id, &prefix, after.as_deref(), 1000).await?;
+        for r in &rooms {
+            let mut attrs = serde_json::Map::new();
+            if info.users {
+                attrs.insert("user_count".into(), r.user_count.unwrap_or(0).into());
+            }
+            if info.subscriptions {
+                attrs.insert("subscription_count".into(), r.subscriber_count.into());
+            }
+            out.insert(r.room.to_string(), Value::Object(attrs));
+        }
+        after = rooms.last().map(|r| r.room.to_string());
+        if !more || after.is_none() {
+            break;
+        }
+    }
+    Ok(axum::Json(json!({ "channels": out })))
+}
+
+async fn channel(
+    State(state): State<AppState>,
+    Path((_, name)): Path<(String, String)>,
+    call: Signed,
+) -> Result<axum::Json<Value>, ApiError> {
+    let room = room("channel", &name)?;
+    let info = Info::parse(call.params.get("info").map(String::as_str))?;
+    if info.users && !room.is_presence() {
+        return Err(ApiError::field("info", "user_count is for presence- channels"));
+    }
+    let subscribers = state.hub.room_subscribers(&call.app_id, &room).await?;
+    let mut answer = serde_json::Map::new();
+    answer.insert("occupied".into(), (subscribers > 0).into());
+    if let Value::Object(attrs) = attributes(&state, &call.app_id, &room, info, Some(subscribers)).await? {
+        answer.extend(attrs);
+    }
+    Ok(axum::Json(Value::Object(answer)))
+}
+
+async fn users(
+    State(state): State<AppState>,
+    Path((_, name)): Path<(String, String)>,
+    call: Signed,
+) -> Result<axum::Json<Value>, ApiError> {
+    let room = room("channel", &name)?;
+    if !room.is_presence() {
+        return Err(ApiError::field("channel", "users are listed for presence- channels only"));
+    }
+    let key = RoomKey { app_id: AppId::known(&call.app_id), room };
+    let mut users = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let Some((members, _)) = state.hub.presence_page(&key, after.as_deref(), 1000).await? else { break };
+        let last = members.last().map(|m| m.user_id.to_string());
+        users.extend(members.iter().map(|m| json!({ "id": m.user_id.to_string() })));
+        if members.len() < 1000 || last.is_none() {
+            break;
+        }
+        after = last;
+    }
+    Ok(axum::Json(json!({ "users": users })))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{event_data, hex, unhex};
+
+    #[test]
+    fn pusher_data_text_becomes_json_or_a_string() {
+        let d = |s: &str| event_data("data", &serde_json::Value::String(s.into())).unwrap().get().to_owned();
+        assert_eq!(d(r#"{"a":1}"#), r#"{"a":1}"#);
+        assert_eq!(d("hello"), r#""hello""#);
+        assert_eq!(d("12"), "12");
+        assert!(event_data("data", &serde_json::json!({"a": 1})).is_err());
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_bad_text() {
+        assert_eq!(unhex(&hex(&[0, 15, 255])).unwrap(), vec![0, 15, 255]);
+        assert!(unhex("abc").is_none());
+        assert!(unhex("zz").is_none());
+    }
+}
