@@ -224,12 +224,13 @@ async fn every_node_delivers_every_event_once_in_one_order() {
                 json!({"type": "publish", "room": "room", "event": "typing", "data": {"x": 1}, "id": 5}),
             )
             .await;
-        talker.send_json(json!({"type": "ping", "id": 6})).await;
+        // `published` once the node knows client events are on; `error` before.
         let reply = talker.next_json().await;
-        if reply["type"] == "pong" {
+        if reply["type"] == "published" {
+            assert_eq!(reply["id"], 5);
             break;
         }
-        assert_eq!(talker.next_json().await["type"], "pong");
+        assert_eq!(reply["code"], "client_events_disabled", "{reply}");
         assert!(Instant::now() < deadline, "client events never enabled: {reply}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
