@@ -51,6 +51,10 @@ if [ ! -d tests/pusher/node_modules/pusher ]; then
   echo "test.sh: installing Pusher's libraries for the compatibility tests"
   (cd tests/pusher && npm ci --no-audit --no-fund --loglevel=error)
 fi
+if ! python3 -c 'import pusher' 2>/dev/null; then
+  echo "test.sh: installing Pusher's Python SDK (PyPI pusher) for the compatibility tests"
+  python3 -m pip install --quiet --disable-pip-version-check pusher==3.3.4
+fi
 
 cargo test --locked --workspace
 # The JavaScript client (clients/js) against the hub binary cargo just built: Node tests, its

@@ -2,7 +2,10 @@
 // roomcast clients, the queries answer, and requests that are not signed right are refused.
 // The hub binary and the client helpers are the JavaScript client's (clients/js/test).
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { createHash, createHmac } from 'node:crypto';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { after, test } from 'node:test';
 import Pusher from 'pusher';
 
@@ -17,8 +20,8 @@ const sdk = (secret = app.app_secret) => new Pusher({ appId: app.app_id, key: ap
 const pusher = sdk();
 
 /** A roomcast client in `rooms`; resolves once subscribed to all. */
-async function listener(rooms, payload = {}) {
-  const rc = client(hub.ws, { getToken: () => token(hub, app, payload) });
+async function listener(rooms, payload = {}, of = app) {
+  const rc = client(hub.ws, { getToken: () => token(hub, of, payload) });
   rc.connect();
   const subs = rooms.map((r) => rc.subscribe(r));
   await Promise.all(subs.map((s) => next(s, 'subscribed')));
@@ -114,6 +117,27 @@ test('a wrong secret, a stale timestamp or a body that is not the signed one is 
   await api(hub, 'POST', '/api/applications', { admin: true, body: { app_id: 'pusher-other' } });
   const elsewhere = signedUrl('POST', path, body).replace(`/apps/${app.app_id}/`, '/apps/pusher-other/');
   assert.equal((await send(elsewhere)).status, 401);
+});
+
+test("Pusher's Python SDK triggers, batches and queries; a wrong secret is PusherBadAuth", async () => {
+  // Pusher's Python SDK takes numeric app ids only; a roomcast app id may be one.
+  const numeric = await createApp(hub, { app_id: '100001' });
+  const room = await listener(['py-room'], {}, numeric);
+  const member = await listener(['presence-py'], { user_id: 'pyuser' }, numeric);
+  const got = [next(room.subs[0], 'event', (e) => e.event === 'from-python'), next(room.subs[0], 'event', (e) => e.event === 'batched')];
+  const script = join(import.meta.dirname, 'python_sdk.py');
+  const { stdout } = await promisify(execFile)('python3', [script, host, port, numeric.app_id, numeric.app_secret]);
+  const out = JSON.parse(stdout);
+  assert.deepEqual(out.trigger, {});
+  assert.deepEqual(out.trigger_batch, {});
+  assert.deepEqual(out.channels_info, { channels: { 'presence-py': { user_count: 1 } } });
+  assert.deepEqual(out.channel_info, { occupied: true, subscription_count: 1 });
+  assert.deepEqual(out.users_info, { users: [{ id: 'pyuser' }] });
+  assert.equal(out.forged, 'PusherBadAuth');
+  const [[first], [second]] = await Promise.all(got);
+  assert.deepEqual([first.data, second.data], [{ n: 1 }, { n: 2 }]);
+  room.rc.close();
+  member.rc.close();
 });
 
 test('a disabled app is refused with 403', async () => {
