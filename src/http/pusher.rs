@@ -227,29 +227,27 @@ fn requests(event: &PusherEvent, field: &str) -> Result<(Vec<BroadcastRequest>, 
     Ok((requests, info))
 }
 
-/// Publishes checked requests; with `info`, what Pusher reports per channel.
+/// Checks every request, then publishes each (so a bad one publishes nothing); returns, per
+/// request, the attributes its `info` asked for (an empty object when none).
+/// Fields are named as in a batch when `batch`.
 async fn send(
     state: &AppState,
     app_id: &str,
-    requests: &[BroadcastRequest],
-    info: Info,
-) -> Result<Value, ApiError> {
+    requests: &[(BroadcastRequest, Info)],
+    batch: bool,
+) -> Result<Vec<Value>, ApiError> {
     let principal = principal(app_id);
     let mut checked = Vec::with_capacity(requests.len());
-    for req in requests {
-        checked.push(check(state, &principal, req, "").await?);
+    for (i, (req, _)) in requests.iter().enumerate() {
+        let field = if batch { format!("batch[{i}].") } else { String::new() };
+        checked.push(check(state, &principal, req, &field).await?);
     }
-    let mut channels = serde_json::Map::new();
-    for (c, req) in checked.into_iter().zip(requests) {
+    let mut answers = Vec::with_capacity(requests.len());
+    for (c, (req, info)) in checked.into_iter().zip(requests) {
         let result = publish(state, c).await?;
-        if info.any() {
-            channels.insert(
-                req.room.to_string(),
-                attributes(state, app_id, &req.room, info, Some(result.subscriber_count)).await?,
-            );
-        }
+        answers.push(attributes(state, app_id, &req.room, *info, result.subscriber_count).await?);
     }
-    Ok(if info.any() { json!({ "channels": channels }) } else { json!({}) })
+    Ok(answers)
 }
 
 /// A channel's `user_count` and `subscription_count`, as asked.
@@ -258,15 +256,11 @@ async fn attributes(
     app_id: &str,
     room: &RoomName,
     info: Info,
-    subscribers: Option<usize>,
+    subscribers: usize,
 ) -> Result<Value, ApiError> {
     let mut out = serde_json::Map::new();
     if info.subscriptions {
-        let n = match subscribers {
-            Some(n) => n,
-            None => state.hub.room_subscribers(app_id, room).await?,
-        };
-        out.insert("subscription_count".into(), n.into());
+        out.insert("subscription_count".into(), subscribers.into());
     }
     if info.users && room.is_presence() {
         out.insert("user_count".into(), user_count(state, app_id, room).await?.into());
@@ -282,7 +276,14 @@ async fn user_count(state: &AppState, app_id: &str, room: &RoomName) -> Result<u
 async fn events(State(state): State<AppState>, call: Signed) -> Result<axum::Json<Value>, ApiError> {
     let event: PusherEvent = parse_json(&call.body)?;
     let (requests, info) = requests(&event, "")?;
-    Ok(axum::Json(send(&state, &call.app_id, &requests, info).await?))
+    let rooms: Vec<String> = requests.iter().map(|r| r.room.to_string()).collect();
+    let requests: Vec<_> = requests.into_iter().map(|r| (r, info)).collect();
+    let answers = send(&state, &call.app_id, &requests, false).await?;
+    if !info.any() {
+        return Ok(axum::Json(json!({})));
+    }
+    let channels: serde_json::Map<String, Value> = rooms.into_iter().zip(answers).collect();
+    Ok(axum::Json(json!({ "channels": channels })))
 }
 
 async fn batch_events(State(state): State<AppState>, call: Signed) -> Result<axum::Json<Value>, ApiError> {
@@ -290,7 +291,6 @@ async fn batch_events(State(state): State<AppState>, call: Signed) -> Result<axu
     if batch.batch.is_empty() || batch.batch.len() > MAX_BATCH {
         return Err(ApiError::field("batch", format!("must hold 1 to {MAX_BATCH} events")));
     }
-    // Every event is checked before any is published, so a bad batch publishes nothing.
     let mut all = Vec::new();
     for (i, event) in batch.batch.iter().enumerate() {
         let (requests, info) = requests(event, &format!("batch[{i}]."))?;
@@ -299,13 +299,8 @@ async fn batch_events(State(state): State<AppState>, call: Signed) -> Result<axu
         }
         all.extend(requests.into_iter().map(|r| (r, info)));
     }
-    let mut answers = Vec::with_capacity(all.len());
-    let mut any_info = false;
-    for (req, info) in &all {
-        any_info |= info.any();
-        let sent = send(&state, &call.app_id, std::slice::from_ref(req), *info).await?;
-        answers.push(sent["channels"].get(req.room.as_str()).cloned().unwrap_or_else(|| json!({})));
-    }
+    let any_info = all.iter().any(|(_, info)| info.any());
+    let answers = send(&state, &call.app_id, &all, true).await?;
     Ok(axum::Json(if any_info { json!({ "batch": answers }) } else { json!({}) }))
 }
 
@@ -350,7 +345,7 @@ async fn channel(
     let subscribers = state.hub.room_subscribers(&call.app_id, &room).await?;
     let mut answer = serde_json::Map::new();
     answer.insert("occupied".into(), (subscribers > 0).into());
-    if let Value::Object(attrs) = attributes(&state, &call.app_id, &room, info, Some(subscribers)).await? {
+    if let Value::Object(attrs) = attributes(&state, &call.app_id, &room, info, subscribers).await? {
         answer.extend(attrs);
     }
     Ok(axum::Json(Value::Object(answer)))

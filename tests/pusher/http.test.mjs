@@ -71,6 +71,15 @@ test('triggerBatch publishes each event; info answers the counts', async () => {
   assert.deepEqual(await res.json(), { batch: [{}, { subscription_count: 1 }] });
   const [[x], [y]] = await Promise.all(got);
   assert.deepEqual([x.data, y.data], [{ v: 1 }, { v: 2 }]);
+  // A batch with one bad event publishes none of them.
+  const tooBig = [
+    { channel: 'b1', name: 'never', data: { v: 3 } },
+    { channel: 'b1', name: 'never', data: { pad: 'x'.repeat(70000) } },
+  ];
+  await assert.rejects(pusher.triggerBatch(tooBig), (e) => e.status === 413);
+  const afterBad = next(subs[0], 'event');
+  await pusher.trigger('b1', 'after-bad', {});
+  assert.equal((await afterBad)[0].event, 'after-bad');
   const counted = await pusher.trigger(['b1', 'b2'], 'z', {}, { info: 'subscription_count' });
   assert.deepEqual(await counted.json(), { channels: { b1: { subscription_count: 1 }, b2: { subscription_count: 1 } } });
   rc.close();

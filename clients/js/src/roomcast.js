@@ -318,14 +318,20 @@ export class Roomcast extends Emitter {
       return this._lost(1006, 'getToken failed');
     }
     if (gen !== this._gen) return;
-    const url = new URL(this.url, globalThis.location?.href);
-    url.protocol = url.protocol.replace('http', 'ws');
-    if (typeof credential === 'string') {
-      credential = credential.startsWith('tk_') ? { ticket: credential } : { token: credential };
+    let ws;
+    try {
+      const url = new URL(this.url, globalThis.location?.href);
+      url.protocol = url.protocol.replace('http', 'ws');
+      if (typeof credential === 'string') {
+        credential = credential.startsWith('tk_') ? { ticket: credential } : { token: credential };
+      }
+      for (const [name, value] of Object.entries(credential ?? {})) url.searchParams.set(name, value);
+      const Socket = this.options.WebSocket ?? globalThis.WebSocket;
+      ws = new Socket(url.href);
+    } catch (e) {
+      this._emit('error', fail('connect_failed', `cannot open a WebSocket: ${e}`));
+      return this._lost(1006, 'cannot open a WebSocket');
     }
-    for (const [name, value] of Object.entries(credential ?? {})) url.searchParams.set(name, value);
-    const Socket = this.options.WebSocket ?? globalThis.WebSocket;
-    const ws = new Socket(url.href);
     this._ws = ws;
     ws.onmessage = (/** @type {{data: any}} */ m) => this._frame(m.data);
     ws.onclose = (/** @type {CloseInfo} */ e) => ws === this._ws && this._lost(e.code, e.reason);

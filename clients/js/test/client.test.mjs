@@ -80,6 +80,15 @@ test('errors from the hub reach the subscription with their code', async () => {
   rc.close();
 });
 
+test('a URL no WebSocket can open is an error and a retry, never a crash', async () => {
+  const rc = client('not a url', { token: 't' });
+  const [[err]] = await Promise.all([next(rc, 'error'), rc.connect()]);
+  assert.equal(err.code, 'connect_failed');
+  await next(rc, 'state', (s) => s === 'connecting', 'a retry');
+  rc.close();
+  assert.equal(rc.state, 'closed');
+});
+
 test('getToken runs on every connection: a fresh token replaces one that expired', async () => {
   const app = await createApp(hub, { app_id: 'refresh' });
   const relay = await proxy([hub.addr]);
