@@ -16,18 +16,11 @@ out_dir cluster
 RUNS=${RUNS:-2}
 REDIS_PORT=16390 A=18101 B=18102 SHARDS=(16391 16392 16393)
 ADMIN=$(admin_key ClusterBench)
-command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+need_redis
 build_release
 work=$(mktemp -d)
 trap 'stop_all; rm -rf "$work"' EXIT
 
-redis() { # port, extra redis-server args...
-  local port=$1; shift
-  mkdir -p "$work/redis-$port"
-  (cd "$work/redis-$port" && exec redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no "$@" >/dev/null) &
-  pids+=($!)
-  wait_port "$port"
-}
 node() { # binary, port, node id, redis url or -, more env...
   local bin=$1 port=$2 id=$3 url=$4; shift 4
   local env=(ROOMCAST_CLUSTER__NODE_ID=$id ROOMCAST_STORE__PATH=$work/roomcast.db ROOMCAST_STORE__RELOAD_INTERVAL_MS=100 "$@")
@@ -49,7 +42,7 @@ for i in $(seq "$RUNS"); do
   for side in $sides; do
     bin=$AFTER; [ "$side" = before ] && bin=$BEFORE
     rm -f "$work"/roomcast.db*
-    redis $REDIS_PORT
+    start_redis_at $REDIS_PORT
     node "$bin" $A node-a redis://127.0.0.1:$REDIS_PORT
     node "$bin" $B node-b redis://127.0.0.1:$REDIS_PORT
     cross "$side-$i"
@@ -59,7 +52,7 @@ for i in $(seq "$RUNS"); do
 done
 
 rm -f "$work"/roomcast.db*
-for port in "${SHARDS[@]}"; do redis "$port" --cluster-enabled yes --cluster-config-file nodes.conf; done
+for port in "${SHARDS[@]}"; do start_redis_at "$port" --cluster-enabled yes --cluster-config-file nodes.conf; done
 redis-cli --cluster create "${SHARDS[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >/dev/null
 until redis-cli -p "${SHARDS[0]}" cluster info | grep -q cluster_state:ok; do sleep 0.1; done
 seeds=$(printf 'redis://127.0.0.1:%s,' "${SHARDS[@]}"); seeds=${seeds%,}

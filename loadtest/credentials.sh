@@ -17,15 +17,11 @@ out_dir credentials
 RUNS=${RUNS:-2}
 PORT=18201 REDIS_PORT=16401
 ADMIN=$(admin_key CredsBench01)
-command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null; }
+need_redis
 build_release
 work=$(mktemp -d)
 trap 'stop_all; rm -rf "$work"' EXIT
 
-run() { # name, loadtest args...
-  local name=$1; shift
-  "$LT" "$@" --url "http://127.0.0.1:$PORT" --admin-key "$ADMIN" --hub-pid "$hub_pid" --json "$OUT/$name.json" | report "$name"
-}
 hgets() {
   local n
   n=$(redis-cli -p $REDIS_PORT info commandstats | tr -d '\r' | sed -n 's/^cmdstat_hget:calls=\([0-9]*\),.*/\1/p')
@@ -37,23 +33,20 @@ for i in $(seq "$RUNS"); do
   for side in $sides; do
     bin=$AFTER; [ "$side" = before ] && bin=$BEFORE
     start_roomcast "$bin" $PORT "$OUT/hub.err" ROOMCAST_STORE__PATH="$work/$side-$i.db"
-    run "idle-$side-$i" idle -n 10000 -m 100 -d 1
+    run_local "idle-$side-$i" idle -n 10000 -m 100 -d 1
     stop_all
     start_roomcast "$bin" $PORT "$OUT/hub.err" ROOMCAST_STORE__PATH="$work/$side-$i.db"
-    run "publish-$side-$i" publish -n 10 -r 0 -p 8 -d 8
+    run_local "publish-$side-$i" publish -n 10 -r 0 -p 8 -d 8
     stop_all
     start_roomcast "$bin" $PORT "$OUT/hub.err" ROOMCAST_STORE__PATH="$work/$side-$i.db"
-    run "forged-sqlite-$side-$i" forged -r 0 -p 8 -d 10
+    run_local "forged-sqlite-$side-$i" forged -r 0 -p 8 -d 10
     stop_all
 
-    mkdir -p "$work/redis"
-    (cd "$work/redis" && exec redis-server --bind 127.0.0.1 --port $REDIS_PORT --save "" --appendonly no >/dev/null) &
-    pids+=($!)
-    wait_port $REDIS_PORT
+    start_redis_at $REDIS_PORT
     start_roomcast "$bin" $PORT "$OUT/hub.err" ROOMCAST_CLUSTER__REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
       ROOMCAST_STORE__KIND=redis ROOMCAST_CLUSTER__NODE_ID=credentials
     before_hgets=$(hgets)
-    run "forged-redis-$side-$i" forged -r 0 -p 8 -d 10
+    run_local "forged-redis-$side-$i" forged -r 0 -p 8 -d 10
     echo "[forged-redis-$side-$i]   Redis HGET calls during the run (records, tickets and the rest): $(( $(hgets) - before_hgets ))"
     stop_all
   done

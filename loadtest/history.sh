@@ -17,15 +17,10 @@ RUNS=${RUNS:-2}
 JITTER_S=${JITTER_S:-60}
 PORT=18301 B=18302 REDIS_PORT=16396
 ADMIN=$(admin_key HistoryBench)
-command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+need_redis
 build_release
 work=$(mktemp -d)
 trap 'stop_all; rm -rf "$work"' EXIT
-
-run() { # name, loadtest args...
-  local name=$1; shift
-  "$LT" "$@" --url "http://127.0.0.1:$PORT" --admin-key "$ADMIN" --hub-pid "$hub_pid" --json "$OUT/$name.json" | report "$name"
-}
 
 for i in $(seq "$RUNS"); do
   for side in off on; do
@@ -33,9 +28,9 @@ for i in $(seq "$RUNS"); do
     for scenario in peak publish idle; do
       start_roomcast "$AFTER" $PORT "$OUT/hub.err" ROOMCAST_STORE__PATH="$work/$side-$i-$scenario.db" ROOMCAST_HISTORY__SIZE=$size
       case $scenario in
-        peak) run "peak-$side-$i" fanout -n 5000 -r 0 -p 4 -d 10 ;;
-        publish) run "publish-$side-$i" publish -n 10 -r 0 -p 8 -d 8 ;;
-        idle) run "idle-$side-$i" idle -n 10000 -m 100 -d 1 ;;
+        peak) run_local "peak-$side-$i" fanout -n 5000 -r 0 -p 4 -d 10 ;;
+        publish) run_local "publish-$side-$i" publish -n 10 -r 0 -p 8 -d 8 ;;
+        idle) run_local "idle-$side-$i" idle -n 10000 -m 100 -d 1 ;;
       esac
       stop_all
     done
@@ -43,13 +38,10 @@ for i in $(seq "$RUNS"); do
 done
 
 start_roomcast "$AFTER" $PORT "$OUT/hub.err" ROOMCAST_STORE__PATH="$work/jitter.db"
-run "jitter-single" jitter -n 5000 -m 100 -r 500 -p 4 -d "$JITTER_S" --connect-concurrency 128
+run_local "jitter-single" jitter -n 5000 -m 100 -r 500 -p 4 -d "$JITTER_S" --connect-concurrency 128
 stop_all
 
-mkdir -p "$work/redis"
-(cd "$work/redis" && exec redis-server --bind 127.0.0.1 --port $REDIS_PORT --save "" --appendonly no >/dev/null) &
-pids+=($!)
-wait_port $REDIS_PORT
+start_redis_at $REDIS_PORT
 for node in "$PORT node-a" "$B node-b"; do
   set -- $node
   start_roomcast "$AFTER" "$1" "$OUT/nodes.err" ROOMCAST_STORE__PATH="$work/cluster.db" ROOMCAST_STORE__RELOAD_INTERVAL_MS=100 \

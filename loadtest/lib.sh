@@ -49,5 +49,30 @@ start_roomcast() {
   wait_port "$port"
 }
 
+# run_local NAME [loadtest args...]: the generator against the hub on $PORT (whose process,
+# $hub_pid, it measures); its JSON report goes to $OUT/NAME.json, its summary is printed.
+run_local() {
+  local name=$1
+  shift
+  "$LT" "$@" --url "http://127.0.0.1:$PORT" --admin-key "$ADMIN" --hub-pid "$hub_pid" --json "$OUT/$name.json" | report "$name"
+}
+
+# need_redis: installs redis-server and redis-cli when either is missing (as root).
+need_redis() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+  apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null
+}
+
+# start_redis_at PORT [redis-server args...]: an empty redis-server that writes nothing to disk, on
+# 127.0.0.1:PORT in a directory under $work; stop_all ends it. Waits for its port.
+start_redis_at() {
+  local port=$1
+  shift
+  mkdir -p "$work/redis-$port"
+  (cd "$work/redis-$port" && exec redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no "$@" >/dev/null) &
+  pids+=($!)
+  wait_port "$port"
+}
+
 # report NAME: the generator's text summary without its JSON lines, each line prefixed [NAME].
 report() { grep -v '^ *["{}]' | sed "s/^/[$1] /"; }

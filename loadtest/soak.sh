@@ -28,7 +28,7 @@ CHURN=${CHURN:-50}
 REDIS_PORT=${REDIS_PORT:-16601} A=${A:-18401} B=${B:-18402}
 ADMIN=$(admin_key SoakLaneKey1)
 [ "$SOAK_S" -le 86400 ] || { echo "soak.sh: SOAK_S is at most a day"; exit 2; }
-command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null; }
+need_redis
 
 if [ "$PROFILE" = release ]; then
   build_release

@@ -20,7 +20,7 @@ trap stop_all EXIT
 run() { # name, binary, env (one word or -), loadtest args...
   local name=$1 bin=$2 env=$3; shift 3
   if [ "$env" = - ]; then start_roomcast "$bin" $PORT "$OUT/hub.err"; else start_roomcast "$bin" $PORT "$OUT/hub.err" "$env"; fi
-  "$LT" "$@" --url "http://127.0.0.1:$PORT" --admin-key "$ADMIN" --hub-pid "$hub_pid" --json "$OUT/$name.json" | report "$name"
+  run_local "$name" "$@"
   stop_all
 }
 
