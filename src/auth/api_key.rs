@@ -133,7 +133,8 @@ pub fn key_prefix(kind: KeyKind, key_id: &str) -> String {
     format!("rc_{}_{}", kind.as_str(), key_id)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -141,7 +142,8 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn unhex(s: &str) -> Option<[u8; 32]> {
+/// 64 hex digits (a SHA-256 digest or MAC) as bytes; `None` for anything else.
+pub fn unhex(s: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     if s.len() != 64 {
         return None;
@@ -282,6 +284,14 @@ mod tests {
             assert_eq!(key.prefix(), text[..text.len() - SECRET_LEN - 1]);
             assert!(!format!("{key:?}").contains(&key.secret));
         }
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_bad_text() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| (i * 8) as u8);
+        assert_eq!(unhex(&hex(&bytes)), Some(bytes));
+        assert!(unhex(&"a".repeat(63)).is_none());
+        assert!(unhex(&"zz".repeat(32)).is_none());
     }
 
     #[test]

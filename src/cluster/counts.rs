@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
-
 use redis::Value;
 
 use super::streams::ReadArgs;
@@ -34,9 +33,9 @@ fn count_script() -> redis::Script {
 
 /// A joiner's count and its place in the stream in one step (the keys share the room's hash
 /// tag): KEYS[1..2] and ARGV[1..8] as the stream read takes them (`streams::read_lua`),
-/// KEYS[3] the count, ARGV[9] the node, ARGV[10] the change. The read comes first: a count
-/// refused half way through the script would still have been written. Returns the total, then
-/// the read's answer.
+/// KEYS[3] the count, ARGV[9] the node, ARGV[10] the change. The read comes first, so a script
+/// that fails (a Redis error, an ACL refusal) has not counted the joiner: Redis does not undo a
+/// script's writes made before its error. Returns the total, then the read's answer.
 fn count_read_script() -> redis::Script {
     redis::Script::new(&format!(
         "local function read()\n{}\nend\nlocal answer = read()\n\
@@ -107,8 +106,9 @@ impl RedisCluster {
     }
 
     /// Adds `delta` (1 or -1) to this node's count in room `id`; returns the cluster's total,
-    /// and with `read` (a joiner) the stream read's answer from the same script. The room enters the node's room set before its first subscriber here is counted and
-    /// leaves it after the last one left, so the set holds every room the node has a count
+    /// and with `read` (a joiner) the stream read's answer from the same script. The room
+    /// enters the node's room set before its first subscriber here is counted and leaves it
+    /// after the last one left, so the set holds every room the node has a count
     /// in (what a dead node's cleanup relies on). Changes that keep the count above zero run
     /// side by side; the ones to and from zero, and recounts, one at a time.
     pub(super) async fn change_count(

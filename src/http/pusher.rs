@@ -22,7 +22,7 @@ use super::broadcast::{BroadcastRequest, check, publish};
 use super::error::ApiError;
 use super::extract::{Principal, parse_json};
 use crate::apps::is_active;
-use crate::auth::api_key::Scope;
+use crate::auth::api_key::{Scope, hex, unhex};
 use crate::domain::{AppId, RoomKey};
 use crate::limits::RateSlot;
 use crate::protocol::{EventName, RoomName};
@@ -375,20 +375,9 @@ async fn users(
     Ok(axum::Json(json!({ "users": users })))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{event_data, hex, unhex};
+    use super::event_data;
 
     #[test]
     fn pusher_data_text_becomes_json_or_a_string() {
@@ -397,12 +386,5 @@ mod tests {
         assert_eq!(d("hello"), r#""hello""#);
         assert_eq!(d("12"), "12");
         assert!(event_data("data", &serde_json::json!({"a": 1})).is_err());
-    }
-
-    #[test]
-    fn hex_round_trips_and_refuses_bad_text() {
-        assert_eq!(unhex(&hex(&[0, 15, 255])).unwrap(), vec![0, 15, 255]);
-        assert!(unhex("abc").is_none());
-        assert!(unhex("zz").is_none());
     }
 }
