@@ -279,7 +279,8 @@ impl fmt::Display for AppId {
     }
 }
 
-/// A connection's public id, `c_` and 16 base62 characters; unique per node run.
+/// A connection's public id: `c_` and 16 base62 characters for a native connection, Pusher's
+/// `{digits}.{digits}` socket id for a Pusher one; unique per node run.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ConnectionId(Arc<str>);
 
@@ -287,6 +288,15 @@ impl ConnectionId {
     /// A fresh id.
     pub fn generate() -> Self {
         Self(Arc::from(format!("c_{}", random_base62(16))))
+    }
+
+    /// A fresh Pusher socket id: two numbers of up to 10 digits joined by a dot, the form
+    /// Pusher's SDKs check before they send a `socket_id`.
+    pub fn pusher() -> Self {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let (a, b): (u32, u32) = (rng.random(), rng.random());
+        Self(Arc::from(format!("{a}.{b}")))
     }
 
     pub fn as_str(&self) -> &str {
@@ -339,6 +349,27 @@ pub fn random_base62(len: usize) -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     (0..len).map(|_| BASE62[rng.random_range(0..BASE62.len())] as char).collect()
+}
+
+/// `bytes` as lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// 64 hex digits (a SHA-256 digest or MAC) as bytes; `None` for anything else.
+pub fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Whether `s` is exactly `len` base62 characters.

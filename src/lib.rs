@@ -8,7 +8,8 @@
 //!
 //! 1. **Domain and wire**: [`domain`] (room and event names, [`domain::AppId`],
 //!    [`domain::ConnectionId`], [`domain::RoomKey`], [`domain::Member`]: parsed once where bytes
-//!    enter), [`protocol`] (client and server frames, error and close codes), [`clock`],
+//!    enter), [`protocol`] (client and server frames, error and close codes), [`pusher`] (the
+//!    same for Pusher's protocol 7, and its channel signatures), [`clock`],
 //!    [`config`], [`shutdown`] (signals, and the loop every background job runs in).
 //! 2. **Storage**: [`store`] (apps, keys, webhooks, deliveries, analytics: [`store::sqlite`]
 //!    embedded, [`store::redis`] shared) and [`redis_conn`] (Redis connections, and
@@ -51,6 +52,7 @@ pub mod metrics;
 #[cfg(test)]
 mod props;
 pub mod protocol;
+pub mod pusher;
 pub mod redis_conn;
 pub mod server;
 pub mod session;

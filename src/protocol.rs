@@ -288,11 +288,32 @@ pub enum CloseCode {
     AppDisabled,
     /// 4008: the client read too slowly and its queue filled; reconnect and catch up.
     SlowConsumer,
+    /// 4009: the app ended its user's connections (Pusher's `terminate_connections`).
+    Terminated,
     /// 4029: the client kept sending over its rate limit; reconnect later, slower.
     RateLimited,
 }
 
 impl CloseCode {
+    /// Every code.
+    pub const ALL: [CloseCode; 10] = [
+        CloseCode::Normal,
+        CloseCode::ProtocolError,
+        CloseCode::InvalidPayload,
+        CloseCode::MessageTooBig,
+        CloseCode::ServiceRestart,
+        CloseCode::IdleTimeout,
+        CloseCode::AppDisabled,
+        CloseCode::SlowConsumer,
+        CloseCode::Terminated,
+        CloseCode::RateLimited,
+    ];
+
+    /// The code numbered `code`.
+    pub fn of(code: u16) -> Option<CloseCode> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
     /// The numeric code.
     pub fn code(self) -> u16 {
         match self {
@@ -304,6 +325,7 @@ impl CloseCode {
             CloseCode::IdleTimeout => 4000,
             CloseCode::AppDisabled => 4003,
             CloseCode::SlowConsumer => 4008,
+            CloseCode::Terminated => 4009,
             CloseCode::RateLimited => 4029,
         }
     }
@@ -319,6 +341,7 @@ impl CloseCode {
             CloseCode::IdleTimeout => "idle timeout",
             CloseCode::AppDisabled => "app disabled",
             CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::Terminated => "terminated",
             CloseCode::RateLimited => "rate limited",
         }
     }

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{is_base62, random_base62};
+pub use crate::domain::{hex, unhex};
 use crate::store::{KeyKind, KeyRecord};
 
 /// Length of the public key id, which finds the key without scanning.
@@ -131,27 +132,6 @@ impl PresentedKey {
 /// `rc_<kind>_<key_id>`.
 pub fn key_prefix(kind: KeyKind, key_id: &str) -> String {
     format!("rc_{}_{}", kind.as_str(), key_id)
-}
-
-/// `bytes` as lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// 64 hex digits (a SHA-256 digest or MAC) as bytes; `None` for anything else.
-pub fn unhex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// A key held in memory: its record, its decoded hash, and when it was last used.

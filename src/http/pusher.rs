@@ -25,7 +25,7 @@ use crate::apps::is_active;
 use crate::auth::api_key::{Scope, hex, unhex};
 use crate::domain::{AppId, RoomKey};
 use crate::limits::RateSlot;
-use crate::protocol::{EventName, RoomName};
+use crate::protocol::{CloseCode, EventName, RoomName};
 use crate::store::KeyKind;
 
 /// How far `auth_timestamp` may be from the hub's clock, in seconds (Pusher's rule).
@@ -43,6 +43,7 @@ pub fn router() -> Router<AppState> {
         .route("/apps/{app_id}/channels", get(channels))
         .route("/apps/{app_id}/channels/{channel}", get(channel))
         .route("/apps/{app_id}/channels/{channel}/users", get(users))
+        .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(terminate))
 }
 
 /// A request whose Pusher signature holds: the app it is for, its query parameters (without
@@ -373,6 +374,18 @@ async fn users(
         after = last;
     }
     Ok(axum::Json(json!({ "users": users })))
+}
+
+/// Closes every connection of the user (signed in, or subscribed to a presence channel as
+/// them, or holding a token for them) with 4009: Pusher's clients do not reconnect after it.
+async fn terminate(
+    State(state): State<AppState>,
+    Path((_, user_id)): Path<(String, String)>,
+    call: Signed,
+) -> Result<axum::Json<Value>, ApiError> {
+    let closed = state.hub.close_user(&call.app_id, &user_id, CloseCode::Terminated);
+    tracing::info!(app_id = %call.app_id, user_id, closed, "user's connections terminated");
+    Ok(axum::Json(json!({})))
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
@@ -23,6 +23,15 @@ pub enum Delivery {
     Full,
     /// The connection is already closing.
     Gone,
+}
+
+/// The protocol a connection speaks, which decides the frames it is handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// roomcast's own (`/ws`).
+    Native,
+    /// Pusher Channels protocol 7 (`/app/{key}`).
+    Pusher,
 }
 
 /// Bounds of one connection's outbox.
@@ -50,10 +59,13 @@ const KEEP_CAPACITY: usize = 8;
 pub struct ConnHandle {
     /// Process-unique number; registry maps key on it.
     pub seq: u64,
-    /// `c_…`, the id clients see (and `exclude_connection_id` names).
+    /// `c_…` (or a Pusher socket id), the id clients see (and `exclude_connection_id` names).
     pub id: ConnectionId,
     pub app_id: AppId,
-    pub user_id: Option<Arc<str>>,
+    pub protocol: Protocol,
+    /// The user: from a native token at connect; a Pusher connection's first presence
+    /// subscription or sign-in sets it, and it never changes after.
+    user_id: OnceLock<Arc<str>>,
     /// The client's address when it came through a trusted proxy: such connections are counted
     /// per address by the hub (a direct client's are counted per TCP connection at accept).
     pub client_ip: Option<std::net::IpAddr>,
@@ -80,7 +92,7 @@ pub enum Wake {
 impl ConnHandle {
     pub(super) fn new(
         seq: u64,
-        id: ConnectionId,
+        (id, protocol): (ConnectionId, Protocol),
         app_id: AppId,
         user_id: Option<Arc<str>>,
         client_ip: Option<std::net::IpAddr>,
@@ -91,7 +103,8 @@ impl ConnHandle {
             seq,
             id,
             app_id,
-            user_id,
+            protocol,
+            user_id: user_id.map(OnceLock::from).unwrap_or_default(),
             client_ip,
             limits,
             outbox: Mutex::new(Outbox::default()),
@@ -101,6 +114,16 @@ impl ConnHandle {
             ping_due: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(now_ms),
         }
+    }
+
+    /// The connection's user, if it has one yet.
+    pub fn user_id(&self) -> Option<&Arc<str>> {
+        self.user_id.get()
+    }
+
+    /// Makes `user_id` the connection's user; `false` when it already is another one.
+    pub fn become_user(&self, user_id: &str) -> bool {
+        &**self.user_id.get_or_init(|| Arc::from(user_id)) == user_id
     }
 
     fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
@@ -232,7 +255,7 @@ mod tests {
     fn handle(messages: usize, bytes: usize) -> ConnHandle {
         ConnHandle::new(
             1,
-            ConnectionId::generate(),
+            (ConnectionId::generate(), Protocol::Native),
             AppId::known("app"),
             None,
             None,

@@ -20,7 +20,7 @@ use self::metrics::{DropReason, HubMetrics};
 use crate::clock::now_ms;
 use crate::domain::{AppId, ConnectionId};
 use crate::protocol::{CloseCode, EventName, RoomName, ServerFrame};
-pub use conn::{ConnHandle, Delivery, OutboxLimits, Wake};
+pub use conn::{ConnHandle, Delivery, OutboxLimits, Protocol, Wake};
 use events::{EventBus, HubEvent, PublishKind};
 pub use ports::{Broker, BrokerError, ClusterNews, ClusterState, Inbox, Publication, Published};
 use registry::{
@@ -78,16 +78,13 @@ impl Fanout {
 impl Inbox for Fanout {
     fn deliver(&self, publication: &Publication<'_>, offset: Option<u64>) -> FanoutOutcome {
         let keep = offset.is_none().then_some((publication.keep, publication.timestamp));
-        let outcome =
-            self.registry.publish_at(&publication.key, publication.exclude, offset, keep, |offset| {
-                Frame::from(ServerFrame::event(
-                    &publication.key.room,
-                    &publication.event,
-                    publication.data,
-                    offset,
-                    publication.timestamp,
-                ))
-            });
+        let outcome = self.registry.publish_at(
+            &publication.key,
+            publication.exclude,
+            offset,
+            keep,
+            &PublicationFrames(publication),
+        );
         if outcome.subscribers == 0 {
             return outcome;
         }
@@ -101,6 +98,21 @@ impl Inbox for Fanout {
             dropped: outcome.dropped,
         });
         outcome
+    }
+}
+
+/// A publication's frames: the native one, and Pusher's for Pusher subscribers.
+struct PublicationFrames<'a>(&'a Publication<'a>);
+
+impl registry::Encode for PublicationFrames<'_> {
+    fn native(&self, offset: u64) -> Frame {
+        let p = self.0;
+        Frame::from(ServerFrame::event(&p.key.room, &p.event, p.data, offset, p.timestamp))
+    }
+
+    fn pusher(&self, _offset: u64) -> Frame {
+        let p = self.0;
+        Frame::from(crate::pusher::event(&p.key.room, &p.event, p.data))
     }
 }
 
@@ -219,9 +231,25 @@ impl Hub {
         user_id: Option<&str>,
         client_ip: Option<std::net::IpAddr>,
     ) -> Arc<ConnHandle> {
+        self.connect_as(Protocol::Native, app_id, user_id, client_ip)
+    }
+
+    /// [`Hub::connect_from`] for a connection speaking `protocol`; a Pusher connection gets a
+    /// Pusher socket id.
+    pub fn connect_as(
+        &self,
+        protocol: Protocol,
+        app_id: &str,
+        user_id: Option<&str>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Arc<ConnHandle> {
+        let id = match protocol {
+            Protocol::Native => ConnectionId::generate(),
+            Protocol::Pusher => ConnectionId::pusher(),
+        };
         let handle = Arc::new(ConnHandle::new(
             self.next_seq.fetch_add(1, Ordering::Relaxed),
-            ConnectionId::generate(),
+            (id, protocol),
             AppId::known(app_id),
             user_id.map(Arc::from),
             client_ip,
@@ -262,7 +290,7 @@ impl Hub {
         self.events().emit(HubEvent::ConnectionClosed {
             app_id: conn.app_id.to_string(),
             connection_id: conn.id.to_string(),
-            user_id: conn.user_id.as_deref().map(str::to_owned),
+            user_id: conn.user_id().map(|u| u.to_string()),
         });
     }
 
@@ -280,7 +308,7 @@ impl Hub {
         let key = RoomKey { app_id: conn.app_id.clone(), room: room.clone() };
         // Only a presence join needs a user_info; a missing one is JSON null.
         let null: Arc<RawValue>;
-        let presence = match (&conn.user_id, room.is_presence()) {
+        let presence = match (conn.user_id(), room.is_presence()) {
             (Some(user_id), true) => {
                 let user_info = match user_info {
                     Some(info) => info,
@@ -575,6 +603,18 @@ impl Hub {
         let mut closed = 0;
         for conn in self.connections.iter() {
             if app_id.is_none_or(|a| *conn.app_id == *a) {
+                conn.close(code);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Asks every connection of `user_id` in `app_id` to close with `code`; how many.
+    pub fn close_user(&self, app_id: &str, user_id: &str, code: CloseCode) -> usize {
+        let mut closed = 0;
+        for conn in self.connections.iter() {
+            if *conn.app_id == *app_id && conn.user_id().is_some_and(|u| **u == *user_id) {
                 conn.close(code);
                 closed += 1;
             }

@@ -12,7 +12,7 @@ use indexmap::IndexMap;
 use serde_json::value::RawValue;
 
 use super::stream::{History, HistoryEvent, Keep, Since, StreamRead};
-use super::{ConnHandle, Delivery, Frame};
+use super::{ConnHandle, Delivery, Frame, Protocol};
 use crate::protocol::RoomName;
 
 pub use crate::domain::{Member, RoomKey};
@@ -136,6 +136,24 @@ impl Room {
     }
 }
 
+/// The frames one publication becomes, by protocol.
+pub trait Encode {
+    /// The native frame of the publication at `offset`.
+    fn native(&self, offset: u64) -> Frame;
+    /// Its Pusher frame.
+    fn pusher(&self, offset: u64) -> Frame;
+}
+
+/// One closure for every protocol (tests, and frames no protocol tells apart).
+impl<F: Fn(u64) -> Frame> Encode for F {
+    fn native(&self, offset: u64) -> Frame {
+        self(offset)
+    }
+    fn pusher(&self, offset: u64) -> Frame {
+        self(offset)
+    }
+}
+
 /// What a publish reached.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FanoutOutcome {
@@ -255,7 +273,7 @@ impl Registry {
                 return false;
             }
             room.pending.retain(|(seq, _)| *seq != conn.seq);
-            let left = match (room.members.as_mut(), conn.user_id.as_ref()) {
+            let left = match (room.members.as_mut(), conn.user_id()) {
                 (Some(members), Some(user_id)) => leave_member(members, user_id),
                 _ => None,
             };
@@ -274,27 +292,28 @@ impl Registry {
 
     /// Hands one frame to every subscriber's queue except `exclude`. The frame is built once,
     /// under the room lock, from the offset assigned there, so every subscriber sees offsets in
-    /// the same increasing order.
+    /// the same increasing order. Every protocol gets the same frame (see [`Registry::publish_at`]).
     pub fn publish(
         &self,
         key: &RoomKey,
         exclude: Option<u64>,
-        build: impl FnOnce(u64) -> Frame,
+        build: impl Fn(u64) -> Frame,
     ) -> FanoutOutcome {
-        self.publish_at(key, exclude, None, None, build)
+        self.publish_at(key, exclude, None, None, &build)
     }
 
     /// [`Registry::publish`] with the offset chosen elsewhere (cluster-wide, by the broker)
     /// when `offset` is given; the room's own counter follows it. Without `offset` this node
     /// owns the stream: the event is retained as `keep` says, with `keep.1` its time (ms), and
-    /// a room with no subscriber gets it into its history too.
+    /// a room with no subscriber gets it into its history too. The native frame is encoded for
+    /// every publication; the Pusher frame once, at the first Pusher subscriber it reaches.
     pub fn publish_at(
         &self,
         key: &RoomKey,
         exclude: Option<u64>,
         offset: Option<u64>,
         keep: Option<(Keep, i64)>,
-        build: impl FnOnce(u64) -> Frame,
+        frames: &impl Encode,
     ) -> FanoutOutcome {
         let retains = offset.is_none() && keep.is_some_and(|(k, _)| k.size > 0);
         let room = match self.rooms.get(key) {
@@ -307,7 +326,8 @@ impl Registry {
             return FanoutOutcome::default();
         }
         state.offset = offset.unwrap_or(state.offset + 1);
-        let frame = build(state.offset);
+        let frame = frames.native(state.offset);
+        let mut pusher_frame: Option<Frame> = None;
         let mut outcome = FanoutOutcome {
             subscribers: state.subscribers.len(),
             offset: state.offset,
@@ -326,6 +346,10 @@ impl Registry {
             if Some(seq) == exclude {
                 continue;
             }
+            let frame = match conn.protocol {
+                Protocol::Native => &frame,
+                Protocol::Pusher => pusher_frame.get_or_insert_with(|| frames.pusher(outcome.offset)),
+            };
             if !pending.is_empty()
                 && let Some(at) = pending.iter().position(|(s, _)| *s == seq)
             {
@@ -341,7 +365,7 @@ impl Registry {
                     }
                 }
             }
-            match conn.deliver(&frame) {
+            match conn.deliver(frame) {
                 Delivery::Queued => outcome.delivered += 1,
                 Delivery::Full => outcome.dropped += 1,
                 Delivery::Gone => {}
@@ -571,7 +595,7 @@ mod tests {
     fn conn(seq: u64, app: &str, user: Option<&str>) -> Arc<ConnHandle> {
         Arc::new(ConnHandle::new(
             seq,
-            ConnectionId::generate(),
+            (ConnectionId::generate(), crate::hub::Protocol::Native),
             AppId::known(app),
             user.map(Arc::from),
             None,
@@ -628,7 +652,7 @@ mod tests {
         assert!(a.next_frame().is_none() && b.next_frame().unwrap().as_str() == r#"{"offset":1}"#);
         assert_eq!(r.publish(&k, None, frame).offset, 2);
         // A broker's offset is taken as given, and the room's counter follows it.
-        assert_eq!(r.publish_at(&k, None, Some(40), None, frame).offset, 40);
+        assert_eq!(r.publish_at(&k, None, Some(40), None, &frame).offset, 40);
         assert_eq!(r.publish(&k, None, frame).offset, 41);
         assert_eq!(
             r.publish(&key("other-app", "room"), None, frame),
@@ -683,17 +707,17 @@ mod tests {
         r.join(&k, &old, None, 0, false);
         r.join(&k, &new, None, 0, true);
         // Published while the newcomer's place is read (a cluster broker's offsets).
-        r.publish_at(&k, None, Some(6), None, frame);
-        r.publish_at(&k, None, Some(7), None, frame);
+        r.publish_at(&k, None, Some(6), None, &frame);
+        r.publish_at(&k, None, Some(7), None, &frame);
         assert!(new.next_frame().is_none(), "held");
         // Its place was offset 6: 5 and 6 come from the replay, 7 from what was held.
         r.settle(&k, &new, 6, vec![frame(5), frame(6)]);
         let got: Vec<String> = std::iter::from_fn(|| new.next_frame()).map(|f| f.to_string()).collect();
         assert_eq!(got, [frame(5), frame(6), frame(7)].map(|f| f.to_string()));
         // A publication at or below 7 still on its way is not delivered again; 8 is.
-        r.publish_at(&k, None, Some(7), None, frame);
+        r.publish_at(&k, None, Some(7), None, &frame);
         assert!(new.next_frame().is_none());
-        r.publish_at(&k, None, Some(8), None, frame);
+        r.publish_at(&k, None, Some(8), None, &frame);
         assert_eq!(new.next_frame().unwrap().as_str(), r#"{"offset":8}"#);
         assert_eq!(std::iter::from_fn(|| old.next_frame()).count(), 4, "the others get every publication");
     }

@@ -2,13 +2,15 @@
 //! sends the pings the heartbeat sweeper asks for, and owns the connection's rooms. Nothing here
 //! is shared except the [`ConnHandle`]. The waiting state is kept small, since an idle hub is
 //! mostly this task times the number of clients: rarely used paths (handling a client frame,
-//! closing) run in boxed futures.
+//! closing) run in boxed futures. The loop is the same for every protocol; a [`Speaker`] says
+//! what differs (roomcast's own here, Pusher's in [`super::pusher`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 
@@ -17,7 +19,7 @@ use crate::auth::token::Identity;
 use crate::http::AppState;
 use crate::hub::events::PublishKind;
 use crate::hub::registry::JoinOutcome;
-use crate::hub::{ConnHandle, Wake};
+use crate::hub::{ConnHandle, Protocol, Wake};
 use crate::metrics::{DropReason, HubMetrics};
 use crate::protocol::{ClientFrame, CloseCode, ErrorCode, RoomName, ServerFrame, Since, StreamAck};
 
@@ -30,7 +32,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the loop ended.
-enum End {
+pub(super) enum End {
     /// Send this close code, then drop the socket.
     Close(CloseCode),
     /// A close code requested through the handle (slow consumer, app disabled, idle, restart).
@@ -44,43 +46,113 @@ enum End {
 /// A per-connection limiter of client frames (no key, no shared state).
 type FrameLimiter = governor::DefaultDirectRateLimiter;
 
-struct Session {
-    state: AppState,
-    identity: Identity,
-    conn: Arc<ConnHandle>,
+/// What a protocol's reply to one text frame is: a frame to send, nothing, or the end.
+pub(super) type Reply<'a> = BoxFuture<'a, Result<Option<String>, End>>;
+
+/// What differs between the protocols a socket may speak: the first frame, the answer to a
+/// frame, the refusals the loop makes, and the close codes.
+pub(super) trait Speaker: Send + 'static {
+    /// The first frame the client gets.
+    fn hello(&self, core: &Core) -> String;
+    /// Handles one text frame.
+    fn on_text<'a>(&'a mut self, core: &'a mut Core, text: &'a str) -> Reply<'a>;
+    /// The answer to a frame refused before it was read: over the client frame rate (`text`
+    /// is the frame), or a binary frame (`None`).
+    fn refused(&self, core: &Core, text: Option<&str>) -> String;
+    /// The close code and reason sent for the hub's close `code`.
+    fn close(&self, code: u16) -> (u16, &'static str);
+    /// A last frame sent before the close frame (code and reason as [`Speaker::close`] made them).
+    fn farewell(&self, _code: u16, _reason: &str) -> Option<String> {
+        None
+    }
+}
+
+/// What every session holds, whatever its protocol.
+pub(super) struct Core {
+    pub(super) state: AppState,
+    pub(super) conn: Arc<ConnHandle>,
     /// At most `limits.max_rooms_per_connection` (100): a vector, searched in order, is smaller
     /// than a set for the one or few rooms most connections hold.
-    rooms: Vec<RoomName>,
+    pub(super) rooms: Vec<RoomName>,
     limiter: FrameLimiter,
     /// Frames refused in a row by the limiter.
     refused: u32,
+}
+
+impl Core {
+    /// Forgets `room`; whether the connection was in it.
+    pub(super) fn leave_room(&mut self, room: &RoomName) -> bool {
+        let Some(at) = self.rooms.iter().position(|r| r == room) else { return false };
+        self.rooms.swap_remove(at);
+        true
+    }
+
+    /// Why the connection cannot join one more room, if it cannot.
+    pub(super) fn room_limit(&self, room: &RoomName) -> Option<String> {
+        let max = self.state.config.limits.max_rooms_per_connection;
+        (!self.rooms.contains(room) && self.rooms.len() >= max)
+            .then(|| format!("at most {max} rooms per connection"))
+    }
+
+    /// Notes that the connection joined `room`.
+    pub(super) fn joined(&mut self, room: &RoomName) {
+        if !self.rooms.contains(room) {
+            self.rooms.push(room.clone());
+        }
+    }
+
+    /// Whether the connection's app is active and allows client events.
+    pub(super) fn client_events_allowed(&self) -> bool {
+        self.state.apps.cache().get(&self.conn.app_id).is_some_and(|a| is_active(&a) && a.client_events)
+    }
+}
+
+/// The native protocol (`/ws`).
+struct Native {
+    identity: Identity,
     /// The token's `user_info` as JSON text, made at the first presence join.
     user_info: Option<Arc<RawValue>>,
 }
 
 /// Serves one upgraded socket until it closes; `proxied_ip` is the client's address when it
 /// came through a trusted proxy (the hub counts such connections per address).
-pub async fn run(state: AppState, mut socket: WebSocket, identity: Identity, proxied_ip: Option<IpAddr>) {
-    // Held for the whole session, so shutdown waits for this connection to say goodbye.
-    let _tracked = state.node.tracker.token();
+pub async fn run(state: AppState, socket: WebSocket, identity: Identity, proxied_ip: Option<IpAddr>) {
     let conn = state.hub.connect_from(&identity.app_id, identity.user_id.as_deref(), proxied_ip);
     tracing::info!(connection_id = %conn.id, app_id = %identity.app_id, user_id = identity.user_id.as_deref().unwrap_or("-"), "connection opened");
-    let limiter = frame_limiter(&state.config.limits);
-    let mut session =
-        Session { state, identity, conn, rooms: Vec::new(), limiter, refused: 0, user_info: None };
-    let end = serve(&mut session, &mut socket).await;
-    Box::pin(finish(session, socket, end)).await;
+    serve_socket(state, socket, conn, Native { identity, user_info: None }).await;
 }
 
-async fn serve(session: &mut Session, socket: &mut WebSocket) -> End {
-    let conn = session.conn.clone();
-    let hello = ServerFrame::connected(
-        &conn.id,
-        &conn.app_id,
-        conn.user_id.as_deref(),
-        session.state.config.websocket.heartbeat_s,
-    );
-    if socket.send(Message::Text(hello.into())).await.is_err() {
+/// Registers a connection speaking `protocol` and serves it with `speaker`.
+pub(super) async fn run_as<S: Speaker>(
+    state: AppState,
+    socket: WebSocket,
+    protocol: Protocol,
+    app_id: &str,
+    proxied_ip: Option<IpAddr>,
+    speaker: S,
+) {
+    let conn = state.hub.connect_as(protocol, app_id, None, proxied_ip);
+    tracing::info!(connection_id = %conn.id, app_id, ?protocol, "connection opened");
+    serve_socket(state, socket, conn, speaker).await;
+}
+
+async fn serve_socket<S: Speaker>(
+    state: AppState,
+    mut socket: WebSocket,
+    conn: Arc<ConnHandle>,
+    mut speaker: S,
+) {
+    // Held for the whole session, so shutdown waits for this connection to say goodbye.
+    let _tracked = state.node.tracker.token();
+    let limiter = frame_limiter(&state.config.limits);
+    let mut core = Core { state, conn, rooms: Vec::new(), limiter, refused: 0 };
+    let end = serve(&mut core, &mut speaker, &mut socket).await;
+    Box::pin(finish(core, &speaker, socket, end)).await;
+}
+
+async fn serve<S: Speaker>(core: &mut Core, speaker: &mut S, socket: &mut WebSocket) -> End {
+    let conn = core.conn.clone();
+    if socket.send(Message::Text(speaker.hello(core).into())).await.is_err() {
         return End::Gone;
     }
     loop {
@@ -99,10 +171,10 @@ async fn serve(session: &mut Session, socket: &mut WebSocket) -> End {
             },
             incoming = socket.next() => match incoming {
                 None => return End::Gone,
-                Some(Err(e)) => return read_error(e, session.state.hub.metrics()),
+                Some(Err(e)) => return read_error(e, core.state.hub.metrics()),
                 Some(Ok(message)) => {
-                    conn.touch(session.state.hub.clock_ms());
-                    if let Some(end) = Box::pin(session.on_message(socket, message)).await {
+                    conn.touch(core.state.hub.clock_ms());
+                    if let Some(end) = Box::pin(on_message(core, speaker, socket, message)).await {
                         return end;
                     }
                 }
@@ -111,18 +183,55 @@ async fn serve(session: &mut Session, socket: &mut WebSocket) -> End {
     }
 }
 
-/// Leaves every room, forgets the connection, and says goodbye with the close code if any.
-async fn finish(mut session: Session, mut socket: WebSocket, end: End) {
-    let conn = session.conn.clone();
-    // Leave rooms first so no more frames are queued for a socket that is going away.
-    let rooms = std::mem::take(&mut session.rooms);
-    for room in &rooms {
-        session.state.hub.leave(&conn, room).await;
+/// Handles one frame from the client: the rate limit first, then the protocol.
+async fn on_message<S: Speaker>(
+    core: &mut Core,
+    speaker: &mut S,
+    socket: &mut WebSocket,
+    message: Message,
+) -> Option<End> {
+    if matches!(message, Message::Text(_) | Message::Binary(_)) && core.limiter.check().is_err() {
+        core.state.hub.metrics().dropped(DropReason::RateLimit).increment(1);
+        core.refused += 1;
+        if core.refused >= core.state.config.limits.client_abuse_close_after {
+            return Some(End::Close(CloseCode::RateLimited));
+        }
+        let text = match &message {
+            Message::Text(text) => Some(text.as_str()),
+            _ => None,
+        };
+        let reply = speaker.refused(core, Some(text.unwrap_or("")));
+        return socket.send(Message::Text(reply.into())).await.err().map(|_| End::Gone);
     }
-    session.state.hub.disconnect(&conn);
+    core.refused = 0;
+    let reply = match message {
+        Message::Text(text) => match speaker.on_text(core, text.as_str()).await {
+            Ok(reply) => reply,
+            Err(end) => return Some(end),
+        },
+        Message::Binary(_) => Some(speaker.refused(core, None)),
+        Message::Close(_) => return Some(End::ClientClosed),
+        Message::Ping(_) | Message::Pong(_) => None,
+    };
+    let reply = reply?;
+    match socket.send(Message::Text(reply.into())).await {
+        Ok(()) => None,
+        Err(_) => Some(End::Gone),
+    }
+}
+
+/// Leaves every room, forgets the connection, and says goodbye with the close code if any.
+async fn finish<S: Speaker>(mut core: Core, speaker: &S, mut socket: WebSocket, end: End) {
+    let conn = core.conn.clone();
+    // Leave rooms first so no more frames are queued for a socket that is going away.
+    let rooms = std::mem::take(&mut core.rooms);
+    for room in &rooms {
+        core.state.hub.leave(&conn, room).await;
+    }
+    core.state.hub.disconnect(&conn);
     let close = match end {
-        End::Close(code) => Some((code.code(), code.reason())),
-        End::Requested(code) => Some((code, reason_of(code))),
+        End::Close(code) => Some(speaker.close(code.code())),
+        End::Requested(code) => Some(speaker.close(code)),
         End::ClientClosed => {
             // Completes the closing handshake with the client's own code.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
@@ -130,24 +239,37 @@ async fn finish(mut session: Session, mut socket: WebSocket, end: End) {
         }
         End::Gone => None,
     };
+    let slow = matches!(end, End::Requested(code) if code == CloseCode::SlowConsumer.code());
     if let Some((code, reason)) = close {
-        let frame = CloseFrame { code, reason: reason.into() };
-        let wait = if code == CloseCode::SlowConsumer.code() { SLOW_CLOSE_TIMEOUT } else { CLOSE_TIMEOUT };
-        let closing = async {
-            socket.send(Message::Close(Some(frame))).await?;
-            // The closing handshake: what the client still sends is read (and dropped) until
-            // its close frame, so the socket is not torn down with unread data, which would
-            // reset it before the client reads the close frame.
-            while let Some(message) = socket.next().await {
-                if matches!(message?, Message::Close(_)) {
-                    break;
-                }
-            }
-            Ok::<_, axum::Error>(())
-        };
-        let _ = tokio::time::timeout(wait, closing).await;
+        let wait = if slow { SLOW_CLOSE_TIMEOUT } else { CLOSE_TIMEOUT };
+        if let Some(last) = speaker.farewell(code, reason) {
+            let _ = tokio::time::timeout(wait, socket.feed(Message::Text(last.into()))).await;
+        }
+        close_socket(&mut socket, code, reason, wait).await;
     }
     tracing::info!(connection_id = %conn.id, app_id = %conn.app_id, close_code = close.map_or(0, |c| c.0), rooms = rooms.len(), "connection closed");
+}
+
+/// Sends a close frame and completes the closing handshake, within `wait`.
+pub(super) async fn close_socket(socket: &mut WebSocket, code: u16, reason: &'static str, wait: Duration) {
+    let closing = async {
+        socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await?;
+        // The closing handshake: what the client still sends is read (and dropped) until
+        // its close frame, so the socket is not torn down with unread data, which would
+        // reset it before the client reads the close frame.
+        while let Some(message) = socket.next().await {
+            if matches!(message?, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    let _ = tokio::time::timeout(wait, closing).await;
+}
+
+/// The native reason of a close code.
+pub(super) fn reason_of(code: u16) -> &'static str {
+    CloseCode::of(code).map_or("closed", CloseCode::reason)
 }
 
 fn frame_limiter(limits: &crate::config::LimitsConfig) -> FrameLimiter {
@@ -156,19 +278,6 @@ fn frame_limiter(limits: &crate::config::LimitsConfig) -> FrameLimiter {
     let rate = NonZeroU32::new(limits.client_messages_per_second).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(limits.client_messages_burst).unwrap_or(NonZeroU32::MIN);
     governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
-}
-
-fn reason_of(code: u16) -> &'static str {
-    [
-        CloseCode::SlowConsumer,
-        CloseCode::AppDisabled,
-        CloseCode::ServiceRestart,
-        CloseCode::IdleTimeout,
-        CloseCode::RateLimited,
-    ]
-    .into_iter()
-    .find(|c| c.code() == code)
-    .map_or("closed", CloseCode::reason)
 }
 
 /// A frame the socket could not read: answered with the close code that says why, when the
@@ -201,75 +310,63 @@ async fn write_outbox(socket: &mut WebSocket, conn: &ConnHandle) -> Result<(), a
     if wrote { socket.flush().await } else { Ok(()) }
 }
 
-impl Session {
-    async fn on_message(&mut self, socket: &mut WebSocket, message: Message) -> Option<End> {
-        if matches!(message, Message::Text(_) | Message::Binary(_)) && self.limiter.check().is_err() {
-            self.state.hub.metrics().dropped(DropReason::RateLimit).increment(1);
-            self.refused += 1;
-            if self.refused >= self.state.config.limits.client_abuse_close_after {
-                return Some(End::Close(CloseCode::RateLimited));
+impl Speaker for Native {
+    fn hello(&self, core: &Core) -> String {
+        let conn = &core.conn;
+        ServerFrame::connected(
+            &conn.id,
+            &conn.app_id,
+            conn.user_id().map(|u| &**u),
+            core.state.config.websocket.heartbeat_s,
+        )
+    }
+
+    fn on_text<'a>(&'a mut self, core: &'a mut Core, text: &'a str) -> Reply<'a> {
+        Box::pin(async move {
+            Ok(match ClientFrame::parse(text) {
+                Ok(frame) => self.on_frame(core, frame).await,
+                Err(e) => Some(refuse(core, e.code, &e.detail, None, e.id)),
+            })
+        })
+    }
+
+    fn refused(&self, core: &Core, text: Option<&str>) -> String {
+        match text {
+            Some(text) => {
+                let id = ClientFrame::parse(text).ok().and_then(|f| f.id());
+                refuse(core, ErrorCode::RateLimited, "over the client frame rate", None, id)
             }
-            let id = match &message {
-                Message::Text(text) => ClientFrame::parse(text.as_str()).ok().and_then(|f| f.id()),
-                _ => None,
-            };
-            let reply = self.refuse(ErrorCode::RateLimited, "over the client frame rate", None, id);
-            return socket.send(Message::Text(reply.into())).await.err().map(|_| End::Gone);
-        }
-        self.refused = 0;
-        let reply = match message {
-            Message::Text(text) => match ClientFrame::parse(text.as_str()) {
-                Ok(frame) => self.on_frame(frame).await,
-                Err(e) => Some(self.refuse(e.code, &e.detail, None, e.id)),
-            },
-            Message::Binary(_) => Some(self.refuse(
-                ErrorCode::InvalidMessage,
-                "a binary frame; only JSON text is read",
-                None,
-                None,
-            )),
-            Message::Close(_) => return Some(End::ClientClosed),
-            Message::Ping(_) | Message::Pong(_) => None,
-        };
-        let reply = reply?;
-        match socket.send(Message::Text(reply.into())).await {
-            Ok(()) => None,
-            Err(_) => Some(End::Gone),
+            None => {
+                refuse(core, ErrorCode::InvalidMessage, "a binary frame; only JSON text is read", None, None)
+            }
         }
     }
 
-    /// Forgets `room`; whether the connection was in it.
-    fn leave_room(&mut self, room: &RoomName) -> bool {
-        let Some(at) = self.rooms.iter().position(|r| r == room) else { return false };
-        self.rooms.swap_remove(at);
-        true
+    fn close(&self, code: u16) -> (u16, &'static str) {
+        (code, reason_of(code))
     }
+}
 
-    /// The error frame for a refused client frame: the code's fixed message for the client, the
-    /// detail for the log (a broker failure at warn level, the client's own mistakes at debug).
-    fn refuse(&self, code: ErrorCode, detail: &str, room: Option<&RoomName>, id: Option<u64>) -> String {
-        let connection_id = &*self.conn.id;
-        let named = room.map_or("-", RoomName::as_str);
-        if code == ErrorCode::Unavailable {
-            tracing::warn!(connection_id, room = named, code = code.as_str(), detail, "client frame refused");
-        } else {
-            tracing::debug!(
-                connection_id,
-                room = named,
-                code = code.as_str(),
-                detail,
-                "client frame refused"
-            );
-        }
-        ServerFrame::error(code, room, id)
+/// The error frame for a refused client frame: the code's fixed message for the client, the
+/// detail for the log (a broker failure at warn level, the client's own mistakes at debug).
+fn refuse(core: &Core, code: ErrorCode, detail: &str, room: Option<&RoomName>, id: Option<u64>) -> String {
+    let connection_id = &*core.conn.id;
+    let named = room.map_or("-", RoomName::as_str);
+    if code == ErrorCode::Unavailable {
+        tracing::warn!(connection_id, room = named, code = code.as_str(), detail, "client frame refused");
+    } else {
+        tracing::debug!(connection_id, room = named, code = code.as_str(), detail, "client frame refused");
     }
+    ServerFrame::error(code, room, id)
+}
 
+impl Native {
     /// Handles one valid frame; returns the reply to send, if any.
-    async fn on_frame(&mut self, frame: ClientFrame) -> Option<String> {
+    async fn on_frame(&mut self, core: &mut Core, frame: ClientFrame) -> Option<String> {
         match frame {
             ClientFrame::Ping { id } => Some(ServerFrame::pong(id)),
             ClientFrame::Subscribe { room, id, since } => {
-                Some(match self.subscribe(&room, since.as_ref()).await {
+                Some(match self.subscribe(core, &room, since.as_ref()).await {
                     Ok(joined) => {
                         let stream = &joined.stream;
                         let recovery = stream.recovery.as_ref();
@@ -283,20 +380,20 @@ impl Session {
                             joined.presence.as_ref().map(|p| (p.members.as_slice(), p.member_count));
                         ServerFrame::subscribed(&room, id, ack, presence)
                     }
-                    Err((code, detail)) => self.refuse(code, &detail, Some(&room), id),
+                    Err((code, detail)) => refuse(core, code, &detail, Some(&room), id),
                 })
             }
-            ClientFrame::Unsubscribe { room, id } => Some(if self.leave_room(&room) {
-                self.state.hub.leave(&self.conn, &room).await;
+            ClientFrame::Unsubscribe { room, id } => Some(if core.leave_room(&room) {
+                core.state.hub.leave(&core.conn, &room).await;
                 ServerFrame::unsubscribed(&room, id)
             } else {
-                self.refuse(ErrorCode::NotSubscribed, "unsubscribe", Some(&room), id)
+                refuse(core, ErrorCode::NotSubscribed, "unsubscribe", Some(&room), id)
             }),
             ClientFrame::Publish { room, event, data, id } => {
-                match self.publish(&room, &event, &data).await {
+                match publish(core, self.identity.can_publish, &room, &event, &data).await {
                     // Answered only when asked (an `id`): the offset the event took.
                     Ok(offset) => id.map(|id| ServerFrame::published(&room, id, offset)),
-                    Err((code, detail)) => Some(self.refuse(code, &detail, Some(&room), id)),
+                    Err((code, detail)) => Some(refuse(core, code, &detail, Some(&room), id)),
                 }
             }
         }
@@ -306,6 +403,7 @@ impl Session {
     /// and, for a presence room, its members.
     async fn subscribe(
         &mut self,
+        core: &mut Core,
         room: &RoomName,
         since: Option<&Since>,
     ) -> Result<JoinOutcome, (ErrorCode, String)> {
@@ -315,52 +413,45 @@ impl Session {
         if room.is_presence() && self.identity.user_id.is_none() {
             return Err((ErrorCode::UserIdRequired, "presence rooms need a user_id in the token".into()));
         }
-        let max = self.state.config.limits.max_rooms_per_connection;
-        if !self.rooms.contains(room) && self.rooms.len() >= max {
-            return Err((ErrorCode::TooManyRooms, format!("at most {max} rooms per connection")));
+        if let Some(why) = core.room_limit(room) {
+            return Err((ErrorCode::TooManyRooms, why));
         }
         if room.is_presence() && self.user_info.is_none() {
             let text = self.identity.user_info.as_ref().map_or_else(|| "null".to_owned(), |v| v.to_string());
             self.user_info = RawValue::from_string(text).ok().map(Arc::from);
         }
-        let outcome = self
+        let outcome = core
             .state
             .hub
-            .join(&self.conn, room, self.user_info.as_ref(), since)
+            .join(&core.conn, room, self.user_info.as_ref(), since)
             .await
             .map_err(|e| (ErrorCode::Unavailable, format!("cannot subscribe now: {e}")))?;
-        if !self.rooms.contains(room) {
-            self.rooms.push(room.clone());
-        }
+        core.joined(room);
         Ok(outcome)
     }
+}
 
-    async fn publish(
-        &mut self,
-        room: &RoomName,
-        event: &crate::protocol::EventName,
-        data: &RawValue,
-    ) -> Result<u64, (ErrorCode, String)> {
-        let app_allows = self
-            .state
-            .apps
-            .cache()
-            .get(&self.identity.app_id)
-            .is_some_and(|a| is_active(&a) && a.client_events);
-        if !app_allows || !self.identity.can_publish {
-            return Err((
-                ErrorCode::ClientEventsDisabled,
-                "client events are not enabled for this app or token".into(),
-            ));
-        }
-        if !self.rooms.contains(room) {
-            return Err((ErrorCode::NotSubscribed, format!("subscribe to {room} before publishing to it")));
-        }
-        self.state
-            .hub
-            .broadcast(&self.identity.app_id, room, event, data, Some(&self.conn.id), PublishKind::Client)
-            .await
-            .map(|published| published.offset)
-            .map_err(|e| (ErrorCode::Unavailable, format!("cannot publish now: {e}")))
+/// Publishes a native client event to a room the connection is in; the offset it took.
+async fn publish(
+    core: &Core,
+    can_publish: bool,
+    room: &RoomName,
+    event: &crate::protocol::EventName,
+    data: &RawValue,
+) -> Result<u64, (ErrorCode, String)> {
+    if !core.client_events_allowed() || !can_publish {
+        return Err((
+            ErrorCode::ClientEventsDisabled,
+            "client events are not enabled for this app or token".into(),
+        ));
     }
+    if !core.rooms.contains(room) {
+        return Err((ErrorCode::NotSubscribed, format!("subscribe to {room} before publishing to it")));
+    }
+    core.state
+        .hub
+        .broadcast(&core.conn.app_id, room, event, data, Some(&core.conn.id), PublishKind::Client)
+        .await
+        .map(|published| published.offset)
+        .map_err(|e| (ErrorCode::Unavailable, format!("cannot publish now: {e}")))
 }

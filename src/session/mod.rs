@@ -1,7 +1,8 @@
 //! `GET /ws`: checks the credential, the app and the browser's Origin before upgrading, then
-//! hands the socket to a [`connection`] task.
+//! hands the socket to a [`connection`] task; [`pusher`] does the same for `GET /app/{key}`.
 
 pub mod connection;
+pub mod pusher;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -30,7 +31,7 @@ pub struct WsParams {
 
 /// The WebSocket endpoint, `GET /ws`, for the HTTP router.
 pub fn router() -> axum::Router<AppState> {
-    axum::Router::new().route("/ws", axum::routing::get(upgrade))
+    axum::Router::new().route("/ws", axum::routing::get(upgrade)).merge(pusher::router())
 }
 
 /// The upgrade handler.
@@ -44,6 +45,33 @@ pub async fn upgrade(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
+    let proxied_ip = admit(&state, ip, peer, slot)?;
+    let identity = authenticate(&state, &params, &headers).await?;
+    let app =
+        state.app(&identity.app_id).await?.ok_or_else(|| ApiError::InvalidToken("unknown app".into()))?;
+    if !is_active(&app) {
+        return Err(ApiError::AppDisabled);
+    }
+    // Checked, not reserved: upgrades racing for the last slots may pass it together, so the
+    // limit can be exceeded by the number of upgrades in flight at that moment.
+    if state.hub.app_connection_count(&app.app_id) >= app.max_connections as usize {
+        return Err(ApiError::ConnectionLimit);
+    }
+    if let Some(origin) = refused_origin(&headers, &app.allowed_domains) {
+        return Err(ApiError::OriginNotAllowed(origin.to_owned()));
+    }
+    Ok(sized(&state, upgrade).on_upgrade(move |socket| connection::run(state, socket, identity, proxied_ip)))
+}
+
+/// What every upgrade passes first, whatever its protocol: a client behind a trusted proxy
+/// under its connection cap, a node under its bounds, and the address's upgrade rate charged.
+/// The client's address when it came through a trusted proxy.
+pub(crate) fn admit(
+    state: &AppState,
+    ip: Option<std::net::IpAddr>,
+    peer: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    slot: Option<axum::Extension<RateSlot>>,
+) -> Result<Option<std::net::IpAddr>, ApiError> {
     // A client behind a trusted proxy is capped here (a direct one was at the accept), by the
     // hub's count of its connections. Checked, not reserved, like the app's max_connections.
     let proxied_ip = match (peer, ip) {
@@ -67,32 +95,27 @@ pub async fn upgrade(
     }
     // Charged before any check, so a flood of bad credentials is limited too.
     AppState::charge_ip(&state.guards.limits.upgrades, ip, slot.as_deref())?;
-    let identity = authenticate(&state, &params, &headers).await?;
-    let app =
-        state.app(&identity.app_id).await?.ok_or_else(|| ApiError::InvalidToken("unknown app".into()))?;
-    if !is_active(&app) {
-        return Err(ApiError::AppDisabled);
-    }
-    // Checked, not reserved: upgrades racing for the last slots may pass it together, so the
-    // limit can be exceeded by the number of upgrades in flight at that moment.
-    if state.hub.app_connection_count(&app.app_id) >= app.max_connections as usize {
-        return Err(ApiError::ConnectionLimit);
-    }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
-        && !origin_allowed(origin, &app.allowed_domains)
-    {
-        return Err(ApiError::OriginNotAllowed(origin.to_owned()));
-    }
+    Ok(proxied_ip)
+}
+
+/// The browser's Origin when the app's allow-list refuses it.
+pub(crate) fn refused_origin<'a>(headers: &'a HeaderMap, allowed: &[String]) -> Option<&'a str> {
+    headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|origin| !origin_allowed(origin, allowed))
+}
+
+/// The upgrade with the node's socket buffers and frame limit.
+pub(crate) fn sized(state: &AppState, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
     let ws = &state.config.websocket;
     let max = state.config.limits.max_message_bytes;
-    let state = state.clone();
-    Ok(upgrade
+    upgrade
         .read_buffer_size(ws.read_buffer_bytes)
         .write_buffer_size(ws.write_buffer_bytes)
         .max_write_buffer_size(ws.max_write_buffer_bytes)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| connection::run(state, socket, identity, proxied_ip)))
 }
 
 async fn authenticate(
