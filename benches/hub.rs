@@ -80,6 +80,7 @@ fn fanout_enqueue(c: &mut Criterion) {
                 event: EventName::parse("msg").unwrap(),
                 data: &data,
                 exclude: None,
+                sender: None,
                 timestamp: 1_764_000_000_000,
                 keep: Default::default(),
             };

@@ -299,6 +299,17 @@ impl ConnectionId {
         Self(Arc::from(format!("{a}.{b}")))
     }
 
+    /// An id named from outside (an API's `exclude_connection_id` or `socket_id`, or a peer
+    /// node): `None` unless it has the form of one this hub makes.
+    pub fn parse(s: &str) -> Option<Self> {
+        let native = s.strip_prefix("c_").is_some_and(|rest| is_base62(rest, 16));
+        let pusher = s.split_once('.').is_some_and(|(a, b)| {
+            let digits = |p: &str| (1..=10).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+            digits(a) && digits(b)
+        });
+        (native || pusher).then(|| Self(Arc::from(s)))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -375,4 +386,19 @@ pub fn unhex(s: &str) -> Option<[u8; 32]> {
 /// Whether `s` is exactly `len` base62 characters.
 pub fn is_base62(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionId;
+
+    #[test]
+    fn connection_ids_from_outside_must_look_like_ours() {
+        for made in [ConnectionId::generate(), ConnectionId::pusher()] {
+            assert_eq!(ConnectionId::parse(&made).as_deref(), Some(&*made));
+        }
+        for bad in ["", "c_short", "12.", ".34", "1.2.3", "12345678901.1", "c_abcdefghijklmnop\n", "12.3a"] {
+            assert!(ConnectionId::parse(bad).is_none(), "{bad:?}");
+        }
+    }
 }

@@ -186,6 +186,11 @@ fn json_string(s: &str) -> String {
 
 /// A frame with its `data` already encoded.
 fn frame(event: &str, channel: Option<&str>, data: &str) -> String {
+    framed(event, channel, data, None)
+}
+
+/// [`frame`] with the `user_id` of a client event's sender.
+fn framed(event: &str, channel: Option<&str>, data: &str, user_id: Option<&str>) -> String {
     let mut out = String::with_capacity(event.len() + data.len() + 48);
     out.push_str(r#"{"event":"#);
     out.push_str(&json_string(event));
@@ -195,19 +200,24 @@ fn frame(event: &str, channel: Option<&str>, data: &str) -> String {
     }
     out.push_str(r#","data":"#);
     out.push_str(data);
+    if let Some(user_id) = user_id {
+        out.push_str(r#","user_id":"#);
+        out.push_str(&json_string(user_id));
+    }
     out.push('}');
     out
 }
 
-/// An event of `room` as Pusher clients get it. In a presence room the hub's `user-joined`
-/// and `user-left` are Pusher's `pusher_internal:member_added` and `member_removed`.
-pub fn event(room: &RoomName, event: &EventName, data: &RawValue) -> String {
+/// An event of `room` as Pusher clients get it, with the `user_id` of the client event's
+/// `sender` in a presence room. In a presence room the hub's `user-joined` and `user-left` are
+/// Pusher's `pusher_internal:member_added` and `member_removed`.
+pub fn event(room: &RoomName, event: &EventName, data: &RawValue, sender: Option<&str>) -> String {
     let name = match event.as_str() {
         "user-joined" if room.is_presence() => "pusher_internal:member_added",
         "user-left" if room.is_presence() => "pusher_internal:member_removed",
         name => name,
     };
-    frame(name, Some(room.as_str()), &data_text(data))
+    framed(name, Some(room.as_str()), &data_text(data), sender)
 }
 
 /// `pusher:connection_established`, the first frame of every connection.
@@ -340,20 +350,22 @@ mod tests {
     #[test]
     fn event_data_is_a_json_string_and_presence_events_are_pusher_internal() {
         let room = RoomName::parse("presence-team").unwrap();
-        let joined =
-            event(&room, &EventName::system("user-joined"), &raw(r#"{"user_id":"u1","user_info":null}"#));
+        let data = raw(r#"{"user_id":"u1","user_info":null}"#);
+        let joined = event(&room, &EventName::system("user-joined"), &data, None);
         let v: serde_json::Value = serde_json::from_str(&joined).unwrap();
         assert_eq!(v["event"], "pusher_internal:member_added");
         assert_eq!(v["channel"], "presence-team");
         assert_eq!(v["data"], r#"{"user_id":"u1","user_info":null}"#);
         let plain = RoomName::parse("news").unwrap();
-        let text = event(&plain, &EventName::parse("said").unwrap(), &raw(r#""hi \"there\"""#));
+        let text = event(&plain, &EventName::parse("said").unwrap(), &raw(r#""hi \"there\"""#), None);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!((v["event"].as_str(), v["data"].as_str()), (Some("said"), Some(r#"hi "there""#)));
-        let v: serde_json::Value =
-            serde_json::from_str(&event(&plain, &EventName::parse("user-joined").unwrap(), &raw("1")))
-                .unwrap();
+        let named = event(&plain, &EventName::parse("user-joined").unwrap(), &raw("1"), None);
+        let v: serde_json::Value = serde_json::from_str(&named).unwrap();
         assert_eq!(v["event"], "user-joined", "only presence rooms map the names");
+        let whisper = event(&room, &EventName::parse("client-x").unwrap(), &raw("{}"), Some("u\n2"));
+        let v: serde_json::Value = serde_json::from_str(&whisper).unwrap();
+        assert_eq!((v["user_id"].as_str(), v["data"].as_str()), (Some("u\n2"), Some("{}")));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::streams::{STREAM_TTL_MS, new_epoch, stream_keys};
 use super::{COUNT_PREFIX, RedisCluster, room_from_id, room_id, room_key, unavailable};
-use crate::domain::RoomKey;
+use crate::domain::{ConnectionId, RoomKey};
 use crate::hub::ports::{Broker, BrokerError, Inbox, Publication, Published};
 use crate::hub::stream::Keep;
 use crate::protocol::EventName;
@@ -61,6 +61,9 @@ for _, v in ipairs(redis.call('HVALS', KEYS[3])) do total = total + tonumber(v) 
 return {offset, total, epoch}
 ";
 
+/// Where nodes tell each other what to do with their connections: `terminate\n{app}\n{user}`.
+const CONTROL_CHANNEL: &str = "rc:control";
+
 fn channel(key: &RoomKey) -> String {
     format!("{CHANNEL_PREFIX}{{{}}}", room_id(key))
 }
@@ -70,23 +73,29 @@ fn room_of(channel: &str) -> Option<RoomKey> {
 }
 
 /// A publication as it travels through Redis: `offset`, then (from the publisher)
-/// `node`, `exclude` (a connection sequence number of that node, or `-`), `timestamp`, `event`,
-/// `data`, separated by newlines. Names and node ids cannot hold a newline; `data` may, and is
-/// last.
+/// `node`, `exclude` (the id of a connection that must not get it, or `-`), `timestamp`,
+/// `sender` (a client event's user as a JSON string, or `-`), `event`, `data`, separated by
+/// newlines. Names and node ids cannot hold a newline, a JSON string holds none; `data` may,
+/// and is last.
 #[derive(Debug, PartialEq)]
 pub(super) struct Wire<'a> {
     pub offset: u64,
     pub node: &'a str,
-    pub exclude: Option<u64>,
+    pub exclude: Option<ConnectionId>,
     pub timestamp: i64,
+    pub sender: Option<String>,
     pub event: &'a str,
     pub data: &'a str,
 }
 
 fn encode(node: &str, publication: &Publication<'_>) -> String {
-    let exclude = publication.exclude.map_or_else(|| "-".to_owned(), |s| s.to_string());
+    let exclude = publication.exclude.as_deref().unwrap_or("-");
+    let sender = publication
+        .sender
+        .as_deref()
+        .map_or_else(|| "-".to_owned(), |s| serde_json::to_string(s).expect("a string always serializes"));
     format!(
-        "{node}\n{exclude}\n{}\n{}\n{}",
+        "{node}\n{exclude}\n{}\n{sender}\n{}\n{}",
         publication.timestamp,
         publication.event.as_str(),
         publication.data.get()
@@ -94,17 +103,21 @@ fn encode(node: &str, publication: &Publication<'_>) -> String {
 }
 
 pub(super) fn decode(message: &str) -> Option<Wire<'_>> {
-    let mut parts = message.splitn(6, '\n');
+    let mut parts = message.splitn(7, '\n');
     let offset = parts.next()?.parse().ok()?;
     let node = parts.next()?;
     let exclude = match parts.next()? {
         "-" => None,
-        n => Some(n.parse().ok()?),
+        id => Some(ConnectionId::parse(id)?),
     };
     let timestamp = parts.next()?.parse().ok()?;
+    let sender = match parts.next()? {
+        "-" => None,
+        json => Some(serde_json::from_str(json).ok()?),
+    };
     let event = parts.next()?;
     let data = parts.next()?;
-    Some(Wire { offset, node, exclude, timestamp, event, data })
+    Some(Wire { offset, node, exclude, timestamp, sender, event, data })
 }
 
 /// (Un)subscribes sharded `channels` on a cluster connection, one by one (they belong to
@@ -285,8 +298,9 @@ impl RedisBroker {
     /// Opens the subscription connection, subscribed to `channels` and the watched ones; sets
     /// it as the one rooms are subscribed on.
     async fn subscribe_all(&self, channels: Vec<String>) -> redis::RedisResult<Incoming> {
-        let watched: Vec<String> =
+        let mut watched: Vec<String> =
             self.watched.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(c, _)| c.clone()).collect();
+        watched.push(CONTROL_CHANNEL.to_owned());
         let (subscriptions, incoming) = match &self.target {
             Target::Single(client) => {
                 let (mut sink, stream) = client.get_async_pubsub().await?.split();
@@ -338,6 +352,16 @@ impl RedisBroker {
 
     /// Delivers one message from Redis to this node's subscribers of its room.
     fn receive(&self, channel: &str, payload: &[u8]) {
+        if channel == CONTROL_CHANNEL {
+            let order = std::str::from_utf8(payload).ok().and_then(|p| p.strip_prefix("terminate\n"));
+            match order.and_then(|o| o.split_once('\n')) {
+                Some((app_id, user_id)) => {
+                    self.inbox.close_user(app_id, user_id);
+                }
+                None => tracing::warn!(channel, "unreadable control message in Redis; skipped"),
+            }
+            return;
+        }
         if let Some((_, notify)) =
             self.watched.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(c, _)| c == channel)
         {
@@ -356,10 +380,11 @@ impl RedisBroker {
             tracing::warn!(channel, "publication with a bad event name or data in Redis; skipped");
             return;
         };
-        let exclude = if wire.node == self.node_id { wire.exclude } else { None };
+        let exclude = wire.exclude;
         // Kept in Redis by the publisher: nothing to keep here.
         let keep = Keep::default();
-        let publication = Publication { key, event, data, exclude, timestamp: wire.timestamp, keep };
+        let sender = wire.sender.map(std::sync::Arc::from);
+        let publication = Publication { key, event, data, exclude, sender, timestamp: wire.timestamp, keep };
         self.inbox.deliver(&publication, Some(wire.offset));
     }
 }
@@ -434,6 +459,21 @@ impl Broker for RedisBroker {
         let Some(subscriptions) = guard.as_mut() else { return Ok(()) };
         self.set_subscribed(subscriptions, key, false).await
     }
+
+    async fn close_user(&self, app_id: &str, user_id: &str) -> Result<(), BrokerError> {
+        // Every node gets it back on its subscription connection, this one too. A node away
+        // from Redis at that moment misses it: its clients reconnect when it comes back, so
+        // the app should also stop vouching for the user.
+        let order = format!("terminate\n{app_id}\n{user_id}");
+        let mut commands = self.commands.clone();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(CONTROL_CHANNEL)
+            .arg(order)
+            .query_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -449,7 +489,8 @@ mod tests {
             key: RoomKey { app_id: AppId::known("my-app"), room: RoomName::parse("chat:1").unwrap() },
             event: EventName::parse("new message").unwrap(),
             data: &data,
-            exclude: Some(42),
+            exclude: ConnectionId::parse("12.34"),
+            sender: Some("ann\nb".into()),
             timestamp: 1_700_000_000_123,
             keep: Keep::default(),
         };
@@ -460,16 +501,19 @@ mod tests {
             Wire {
                 offset: 7,
                 node: "n_abc",
-                exclude: Some(42),
+                exclude: ConnectionId::parse("12.34"),
                 timestamp: 1_700_000_000_123,
+                sender: Some("ann\nb".into()),
                 event: "new message",
                 data: r#"{"text":"a\nb","n":[1,2]}"#,
             }
         );
         let key = room_of(&channel(&publication.key)).unwrap();
         assert_eq!((&*key.app_id, key.room.as_str()), ("my-app", "chat:1"));
-        assert!(decode("x\nn\n-\n1\ne\n{}").is_none());
-        assert!(decode("1\nn\n-\n1\ne").is_none());
+        assert!(decode("x\nn\n-\n1\n-\ne\n{}").is_none());
+        assert!(decode("1\nn\n-\n1\n-\ne").is_none());
+        assert!(decode("1\nn\n-\n1\nnot json\ne\n{}").is_none());
+        assert!(decode("1\nn\n-\n1\n-\ne\n{}").is_some());
         assert!(room_of("other:my-app:chat").is_none());
     }
 }

@@ -25,7 +25,7 @@ use crate::apps::is_active;
 use crate::auth::api_key::{Scope, hex, unhex};
 use crate::domain::{AppId, RoomKey};
 use crate::limits::RateSlot;
-use crate::protocol::{CloseCode, EventName, RoomName};
+use crate::protocol::{EventName, RoomName};
 use crate::store::KeyKind;
 
 /// How far `auth_timestamp` may be from the hub's clock, in seconds (Pusher's rule).
@@ -377,14 +377,14 @@ async fn users(
 }
 
 /// Closes every connection of the user (signed in, or subscribed to a presence channel as
-/// them, or holding a token for them) with 4009: Pusher's clients do not reconnect after it.
+/// them, or holding a token for them) on every node with 4009: Pusher's clients do not
+/// reconnect after it.
 async fn terminate(
     State(state): State<AppState>,
     Path((_, user_id)): Path<(String, String)>,
     call: Signed,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let closed = state.hub.close_user(&call.app_id, &user_id, CloseCode::Terminated);
-    tracing::info!(app_id = %call.app_id, user_id, closed, "user's connections terminated");
+    state.hub.terminate_user(&call.app_id, &user_id).await?;
     Ok(axum::Json(json!({})))
 }
 

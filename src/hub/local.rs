@@ -43,6 +43,11 @@ impl Broker for LocalBroker {
     async fn unsubscribe(&self, _key: &RoomKey) -> Result<(), BrokerError> {
         Ok(())
     }
+
+    async fn close_user(&self, app_id: &str, user_id: &str) -> Result<(), BrokerError> {
+        self.inbox.close_user(app_id, user_id);
+        Ok(())
+    }
 }
 
 /// [`ClusterState`] of one node: this node's registry is the whole cluster.

@@ -59,6 +59,8 @@ impl std::fmt::Debug for Retention {
 #[derive(Debug)]
 pub struct Fanout {
     registry: Arc<Registry>,
+    /// This node's connections by id, the hub's: a publication names the one it skips by id.
+    connections: DashMap<ConnectionId, Arc<ConnHandle>>,
     events: EventBus,
     metrics: HubMetrics,
 }
@@ -66,7 +68,7 @@ pub struct Fanout {
 impl Fanout {
     /// A fan-out over `registry`, counting into `metrics`.
     pub fn new(registry: Arc<Registry>, metrics: HubMetrics) -> Self {
-        Self { registry, events: EventBus::default(), metrics }
+        Self { registry, connections: DashMap::new(), events: EventBus::default(), metrics }
     }
 
     /// The room registry.
@@ -78,9 +80,11 @@ impl Fanout {
 impl Inbox for Fanout {
     fn deliver(&self, publication: &Publication<'_>, offset: Option<u64>) -> FanoutOutcome {
         let keep = offset.is_none().then_some((publication.keep, publication.timestamp));
+        // Skipped only when it is here; a publication from another node may name one that is not.
+        let exclude = publication.exclude.as_ref().and_then(|id| self.connections.get(id)).map(|c| c.seq);
         let outcome = self.registry.publish_at(
             &publication.key,
-            publication.exclude,
+            exclude,
             offset,
             keep,
             &PublicationFrames(publication),
@@ -99,6 +103,20 @@ impl Inbox for Fanout {
         });
         outcome
     }
+
+    fn close_user(&self, app_id: &str, user_id: &str) -> usize {
+        let mut closed = 0;
+        for conn in self.connections.iter() {
+            if *conn.app_id == *app_id && conn.user_id().is_some_and(|u| **u == *user_id) {
+                conn.close(CloseCode::Terminated);
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            tracing::info!(app_id, user_id, closed, "user's connections terminated");
+        }
+        closed
+    }
 }
 
 /// A publication's frames: the native one, and Pusher's for Pusher subscribers.
@@ -112,7 +130,7 @@ impl registry::Encode for PublicationFrames<'_> {
 
     fn pusher(&self, _offset: u64) -> Frame {
         let p = self.0;
-        Frame::from(crate::pusher::event(&p.key.room, &p.event, p.data))
+        Frame::from(crate::pusher::event(&p.key.room, &p.event, p.data, p.sender.as_deref()))
     }
 }
 
@@ -122,7 +140,6 @@ pub struct Hub {
     fanout: Arc<Fanout>,
     broker: Arc<dyn Broker>,
     cluster: Arc<dyn ClusterState>,
-    connections: DashMap<ConnectionId, Arc<ConnHandle>>,
     /// Open connections per app, for `max_connections`.
     per_app: DashMap<AppId, usize>,
     /// Connections per client address, for clients behind trusted proxies.
@@ -152,7 +169,6 @@ impl Hub {
             fanout,
             broker,
             cluster,
-            connections: DashMap::new(),
             per_app: DashMap::new(),
             per_ip: DashMap::new(),
             next_seq: AtomicU64::new(1),
@@ -256,7 +272,7 @@ impl Hub {
             self.limits,
             self.clock_ms(),
         ));
-        self.connections.insert(handle.id.clone(), handle.clone());
+        self.fanout.connections.insert(handle.id.clone(), handle.clone());
         self.metrics().connections_opened.increment(1);
         *self.per_app.entry(handle.app_id.clone()).or_default() += 1;
         if let Some(ip) = client_ip {
@@ -275,7 +291,7 @@ impl Hub {
 
     /// Forgets a connection that has left all its rooms.
     pub fn disconnect(&self, conn: &ConnHandle) {
-        if self.connections.remove(&conn.id).is_some() {
+        if self.fanout.connections.remove(&conn.id).is_some() {
             self.per_app.remove_if_mut(&conn.app_id, |_, n| {
                 *n -= 1;
                 *n == 0
@@ -399,7 +415,7 @@ impl Hub {
         (presence.members, presence.member_count) =
             self.cluster.members_on_join(key, here, self.presence_list_max).await?;
         if let (true, Some(member)) = (first_anywhere, &presence.joined) {
-            self.announce(key, "user-joined", member, Some(conn.seq)).await;
+            self.announce(key, "user-joined", member, Some(conn.id.clone())).await;
             self.events()
                 .emit(HubEvent::MemberJoined { room: key.clone(), user_id: member.user_id.to_string() });
         }
@@ -528,7 +544,13 @@ impl Hub {
     }
 
     /// Tells a presence room's other subscribers that a member joined or left.
-    async fn announce(&self, key: &RoomKey, event: &'static str, member: &Member, exclude: Option<u64>) {
+    async fn announce(
+        &self,
+        key: &RoomKey,
+        event: &'static str,
+        member: &Member,
+        exclude: Option<ConnectionId>,
+    ) {
         let data = ServerFrame::member(&member.user_id, &member.user_info);
         let Ok(data) = RawValue::from_string(data) else { return };
         let publication = Publication {
@@ -536,6 +558,7 @@ impl Hub {
             event: EventName::system(event),
             data: &data,
             exclude,
+            sender: None,
             timestamp: now_ms(),
             keep: (self.retention.0)(&key.app_id),
         };
@@ -567,12 +590,23 @@ impl Hub {
         kind: PublishKind,
     ) -> Result<BroadcastOutcome, BrokerError> {
         let key = RoomKey { app_id: AppId::known(app_id), room: room.clone() };
-        // An unknown or foreign connection id excludes nobody.
-        let exclude =
-            exclude.and_then(|id| self.connections.get(id)).filter(|c| *c.app_id == *app_id).map(|c| c.seq);
+        // An id of no connection excludes nobody; one of another node's connections travels
+        // with the publication to be skipped there. (Another app's connection is in none of
+        // this app's rooms.)
+        let exclude = exclude.and_then(ConnectionId::parse);
+        // A client event in a presence room names its sender's user (the sender is here).
+        let sender = match (&exclude, kind, room.is_presence()) {
+            (Some(id), PublishKind::Client, true) => self
+                .fanout
+                .connections
+                .get(id)
+                .filter(|c| *c.app_id == *app_id)
+                .and_then(|c| c.user_id().cloned()),
+            _ => None,
+        };
         let timestamp = now_ms();
         let keep = (self.retention.0)(app_id);
-        let publication = Publication { key, event: event.clone(), data, exclude, timestamp, keep };
+        let publication = Publication { key, event: event.clone(), data, exclude, sender, timestamp, keep };
         let started = Instant::now();
         let published = self.broker.publish(&publication).await?;
         self.metrics().fanout_seconds.record(started.elapsed().as_secs_f64());
@@ -601,7 +635,7 @@ impl Hub {
     /// Asks every connection of `app_id` (or all connections) to close with `code`.
     pub fn close_connections(&self, app_id: Option<&str>, code: CloseCode) -> usize {
         let mut closed = 0;
-        for conn in self.connections.iter() {
+        for conn in self.fanout.connections.iter() {
             if app_id.is_none_or(|a| *conn.app_id == *a) {
                 conn.close(code);
                 closed += 1;
@@ -610,16 +644,9 @@ impl Hub {
         closed
     }
 
-    /// Asks every connection of `user_id` in `app_id` to close with `code`; how many.
-    pub fn close_user(&self, app_id: &str, user_id: &str, code: CloseCode) -> usize {
-        let mut closed = 0;
-        for conn in self.connections.iter() {
-            if *conn.app_id == *app_id && conn.user_id().is_some_and(|u| **u == *user_id) {
-                conn.close(code);
-                closed += 1;
-            }
-        }
-        closed
+    /// Closes every connection of `user_id` in `app_id`, on every node, with 4009.
+    pub async fn terminate_user(&self, app_id: &str, user_id: &str) -> Result<(), BrokerError> {
+        self.broker.close_user(app_id, user_id).await
     }
 
     /// Open connections of one app on this node.
@@ -629,7 +656,7 @@ impl Hub {
 
     /// Open connections on this node.
     pub fn connection_count(&self) -> usize {
-        self.connections.len()
+        self.fanout.connections.len()
     }
 
     /// Closes every connection with 1012 and every later one at birth.
@@ -682,7 +709,7 @@ impl Hub {
     pub fn heartbeat(&self, tick: u64, ping_every: u64, idle_ms: u64) {
         let now = self.clock_ms();
         let ping_every = ping_every.max(1);
-        for conn in self.connections.iter() {
+        for conn in self.fanout.connections.iter() {
             if now.saturating_sub(conn.last_seen_ms()) >= idle_ms {
                 conn.close(CloseCode::IdleTimeout);
             } else if conn.seq % ping_every == tick % ping_every {

@@ -18,9 +18,10 @@ pub struct Publication<'a> {
     pub key: RoomKey,
     pub event: EventName,
     pub data: &'a RawValue,
-    /// Registry sequence number of a connection that must not receive it (on the node that
-    /// published it).
-    pub exclude: Option<u64>,
+    /// A connection that must not receive it, on whichever node it is.
+    pub exclude: Option<crate::domain::ConnectionId>,
+    /// The user who sent a client event to a presence room (Pusher clients are told who).
+    pub sender: Option<std::sync::Arc<str>>,
     pub timestamp: i64,
     /// What the room keeps of it: the app's `history` (DESIGN §11).
     pub keep: Keep,
@@ -47,6 +48,8 @@ pub trait Inbox: Send + Sync + std::fmt::Debug + 'static {
     /// Fans `publication` out to this node's subscribers of its room, with the offset the
     /// broker assigned (`None`: the room's next one, kept by this node).
     fn deliver(&self, publication: &Publication<'_>, offset: Option<u64>) -> FanoutOutcome;
+    /// Closes this node's connections of `user_id` in `app_id` (terminated); how many.
+    fn close_user(&self, app_id: &str, user_id: &str) -> usize;
 }
 
 /// Carries publications to every node that has subscribers of the room. Every local subscriber
@@ -62,6 +65,9 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     async fn subscribe(&self, key: &RoomKey) -> Result<(), BrokerError>;
     /// Stops receiving the room's publications.
     async fn unsubscribe(&self, key: &RoomKey) -> Result<(), BrokerError>;
+    /// Has every node (this one too) close the connections of `user_id` in `app_id`, through
+    /// its [`Inbox`].
+    async fn close_user(&self, app_id: &str, user_id: &str) -> Result<(), BrokerError>;
 }
 
 /// The state of rooms over all nodes. Each call is told what this node's registry saw, which
