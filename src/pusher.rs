@@ -173,11 +173,16 @@ impl PusherFrame {
     }
 }
 
-/// `data` as Pusher delivers it: a JSON string stays that string, any other JSON becomes its
-/// text as a string.
+/// `data` as Pusher delivers it, JSON-encoded: a JSON string stays that string, any other JSON
+/// becomes its text as a string.
 fn data_text(data: &RawValue) -> String {
     let raw = data.get();
     if raw.starts_with('"') { raw.to_owned() } else { json_string(raw) }
+}
+
+/// `data` as the string Pusher gives (decoded): a JSON string's value, else the JSON text.
+pub fn data_string(data: &RawValue) -> String {
+    serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned())
 }
 
 fn json_string(s: &str) -> String {

@@ -161,6 +161,11 @@ impl Server {
             lookups: crate::lookups::Lookups::new(config.limits.store_lookups_per_s, metrics.lookups.clone()),
             writes,
         }));
+        // Weak: the app service holds the webhook service.
+        let secrets_of = Arc::downgrade(&apps);
+        webhooks.use_app_secrets(Arc::new(move |app_id| {
+            secrets_of.upgrade()?.cache().get(app_id).map(|app| app.secret.clone())
+        }));
         let guards = Guards {
             limits: Arc::new(crate::limits::ApiLimits::new(&config.limits)),
             admission: Arc::new(crate::accept::Admission::new(

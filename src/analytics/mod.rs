@@ -435,7 +435,7 @@ mod tests {
         let room = RoomKey { app_id: crate::domain::AppId::known(app), room: RoomName::parse("r").unwrap() };
         a.record(&HubEvent::Delivered { room: room.clone(), delivered, dropped: 0 }, now);
         let event = EventName::parse("e").unwrap();
-        a.record(&HubEvent::Published { room, event, kind, data: None, timestamp: 0 }, now);
+        a.record(&HubEvent::Published { room, event, kind, data: None, timestamp: 0, sender: None }, now);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::{AppState, iso8601};
 use crate::auth::api_key::Scope;
 use crate::clock::now_ms;
 use crate::protocol::EventName;
-use crate::store::{DeliveryRecord, WebhookRecord};
+use crate::store::{DeliveryRecord, WebhookFormat, WebhookRecord};
 use crate::webhooks::target;
 
 /// Routes of this area.
@@ -56,6 +56,10 @@ pub struct CreateWebhook {
     pub events: Option<Vec<String>>,
     /// Default true.
     pub enabled: Option<bool>,
+    /// `roomcast` (the default) or `pusher`: Pusher's batched body with `X-Pusher-Key` and
+    /// `X-Pusher-Signature` (signed with the app secret), for Pusher's SDK validators.
+    #[schema(example = "roomcast")]
+    pub format: Option<String>,
 }
 
 /// Body of `PATCH /api/webhooks/{id}`: only the fields given change.
@@ -71,6 +75,8 @@ pub struct UpdateWebhook {
     pub events: Option<Vec<String>>,
     /// Enabling a webhook clears `disabled_reason` and resumes its waiting deliveries.
     pub enabled: Option<bool>,
+    /// `roomcast` or `pusher`; deliveries already recorded keep their body.
+    pub format: Option<String>,
 }
 
 /// A webhook as the API shows it: never its secret.
@@ -86,6 +92,8 @@ pub struct WebhookView {
     pub disabled_reason: Option<String>,
     /// Failed attempts since the last success.
     pub consecutive_failures: u32,
+    /// `roomcast` or `pusher`.
+    pub format: String,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -100,6 +108,7 @@ impl From<&WebhookRecord> for WebhookView {
             enabled: w.enabled,
             disabled_reason: w.disabled_reason.clone(),
             consecutive_failures: w.consecutive_failures,
+            format: w.format.as_str().to_owned(),
             created_at: iso8601(w.created_at),
             updated_at: iso8601(w.updated_at),
         }
@@ -266,6 +275,11 @@ fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
+fn check_format(format: &str) -> Result<WebhookFormat, ApiError> {
+    WebhookFormat::parse(format)
+        .ok_or_else(|| ApiError::field("format", "must be \"roomcast\" or \"pusher\""))
+}
+
 fn check_secret(secret: &str) -> Result<(), ApiError> {
     if !SECRET_LEN.contains(&secret.chars().count()) || secret.chars().any(char::is_control) {
         return Err(ApiError::field(
@@ -299,6 +313,7 @@ async fn create_webhook(
     if let Some(secret) = &body.secret {
         check_secret(secret)?;
     }
+    let format = body.format.as_deref().map(check_format).transpose()?.unwrap_or_default();
     target::check_resolved(&url, state.webhooks.config().allow_private_targets)
         .await
         .map_err(|e| ApiError::field("url", e))?;
@@ -321,6 +336,7 @@ async fn create_webhook(
         enabled: body.enabled.unwrap_or(true),
         disabled_reason: None,
         consecutive_failures: 0,
+        format,
         created_at: now,
         updated_at: now,
     };
@@ -380,6 +396,7 @@ async fn update_webhook(
     if let Some(secret) = &body.secret {
         check_secret(secret)?;
     }
+    let format = body.format.as_deref().map(check_format).transpose()?;
     if let Some(url) = &url {
         target::check_resolved(url, state.webhooks.config().allow_private_targets)
             .await
@@ -398,6 +415,9 @@ async fn update_webhook(
     }
     if let Some(secret) = &body.secret {
         next.secret.clone_from(secret);
+    }
+    if let Some(format) = format {
+        next.format = format;
     }
     let enabling = body.enabled == Some(true) && !next.enabled;
     if let Some(enabled) = body.enabled {

@@ -24,6 +24,14 @@ pub enum PublishKind {
     System,
 }
 
+/// Who sent a client event.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub connection_id: crate::domain::ConnectionId,
+    /// The connection's user, if it has one.
+    pub user_id: Option<Arc<str>>,
+}
+
 /// One thing that happened.
 #[derive(Debug, Clone)]
 pub enum HubEvent {
@@ -70,6 +78,8 @@ pub enum HubEvent {
         data: Option<Arc<serde_json::value::RawValue>>,
         /// When it was published (ms).
         timestamp: i64,
+        /// A client event's sender.
+        sender: Option<Sender>,
     },
 }
 

@@ -571,6 +571,7 @@ impl Hub {
                     kind: PublishKind::System,
                     data: None,
                     timestamp: publication.timestamp,
+                    sender: None,
                 });
             }
             Err(e) => tracing::warn!(room = ?key, event, error = %e, "presence announcement failed"),
@@ -594,16 +595,17 @@ impl Hub {
         // with the publication to be skipped there. (Another app's connection is in none of
         // this app's rooms.)
         let exclude = exclude.and_then(ConnectionId::parse);
-        // A client event in a presence room names its sender's user (the sender is here).
-        let sender = match (&exclude, kind, room.is_presence()) {
-            (Some(id), PublishKind::Client, true) => self
+        // A client event names its sender (which is here), and in a presence room its user.
+        let origin = match (&exclude, kind) {
+            (Some(id), PublishKind::Client) => self
                 .fanout
                 .connections
                 .get(id)
                 .filter(|c| *c.app_id == *app_id)
-                .and_then(|c| c.user_id().cloned()),
+                .map(|c| events::Sender { connection_id: c.id.clone(), user_id: c.user_id().cloned() }),
             _ => None,
         };
+        let sender = origin.as_ref().filter(|_| room.is_presence()).and_then(|o| o.user_id.clone());
         let timestamp = now_ms();
         let keep = (self.retention.0)(app_id);
         let publication = Publication { key, event: event.clone(), data, exclude, sender, timestamp, keep };
@@ -618,6 +620,7 @@ impl Hub {
             kind,
             data,
             timestamp,
+            sender: origin,
         });
         Ok(BroadcastOutcome {
             subscriber_count: published.subscribers,

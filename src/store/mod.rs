@@ -108,6 +108,32 @@ pub struct KeyRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// What a webhook's deliveries look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// One event per delivery, signed with the webhook's secret (DESIGN §6).
+    #[default]
+    Roomcast,
+    /// Pusher's batched body, signed with the app's secret (DESIGN §12).
+    Pusher,
+}
+
+impl WebhookFormat {
+    /// The name the API and the store use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Roomcast => "roomcast",
+            WebhookFormat::Pusher => "pusher",
+        }
+    }
+
+    /// The format named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [WebhookFormat::Roomcast, WebhookFormat::Pusher].into_iter().find(|f| f.as_str() == s)
+    }
+}
+
 /// An app's webhook endpoint as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookRecord {
@@ -124,6 +150,9 @@ pub struct WebhookRecord {
     pub disabled_reason: Option<String>,
     /// Failed attempts since the last success.
     pub consecutive_failures: u32,
+    /// Records written before formats existed are `roomcast`.
+    #[serde(default)]
+    pub format: WebhookFormat,
     pub created_at: i64,
     pub updated_at: i64,
 }

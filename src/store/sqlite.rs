@@ -11,7 +11,8 @@ mod schema;
 
 use super::{
     AnalyticsRows, AppRecord, AppStatus, AttemptRecord, DeliveryRecord, DeliveryStatus, DueDelivery, KeyKind,
-    KeyRecord, MinuteCounts, MinuteRow, SketchRow, Snapshot, Store, StoreError, UserRow, WebhookRecord,
+    KeyRecord, MinuteCounts, MinuteRow, SketchRow, Snapshot, Store, StoreError, UserRow, WebhookFormat,
+    WebhookRecord,
 };
 use schema::migrate;
 
@@ -214,6 +215,14 @@ fn write_key(conn: &Connection, sql: &str, key: &KeyRecord) -> rusqlite::Result<
 
 fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<WebhookRecord> {
     let events: String = row.get("events")?;
+    let format: String = row.get("format")?;
+    let format = WebhookFormat::parse(&format).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown webhook format {format:?}").into(),
+        )
+    })?;
     Ok(WebhookRecord {
         webhook_id: row.get("webhook_id")?,
         app_id: row.get("app_id")?,
@@ -223,18 +232,19 @@ fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<WebhookRecord> {
         enabled: row.get("enabled")?,
         disabled_reason: row.get("disabled_reason")?,
         consecutive_failures: row.get("consecutive_failures")?,
+        format,
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
     })
 }
 
 const INSERT_WEBHOOK: &str = "INSERT INTO webhooks (webhook_id, app_id, url, secret, events, enabled,
-                          disabled_reason, consecutive_failures, created_at, updated_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+                          disabled_reason, consecutive_failures, created_at, updated_at, format)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 /// Takes the same parameters as [`INSERT_WEBHOOK`]; id, app and `created_at` never change.
 const UPDATE_WEBHOOK: &str = "UPDATE webhooks SET url = ?3, secret = ?4, events = ?5, enabled = ?6,
-        disabled_reason = ?7, consecutive_failures = ?8, updated_at = ?10
+        disabled_reason = ?7, consecutive_failures = ?8, updated_at = ?10, format = ?11
     WHERE webhook_id = ?1 AND app_id = ?2 AND created_at = ?9";
 
 fn write_webhook(conn: &Connection, sql: &str, w: &WebhookRecord) -> rusqlite::Result<usize> {
@@ -250,7 +260,8 @@ fn write_webhook(conn: &Connection, sql: &str, w: &WebhookRecord) -> rusqlite::R
             w.disabled_reason,
             w.consecutive_failures,
             w.created_at,
-            w.updated_at
+            w.updated_at,
+            w.format.as_str()
         ],
     )
 }

@@ -18,7 +18,8 @@ use crate::clock::now_ms;
 use crate::config::WebhooksConfig;
 use crate::metrics::WebhookOutcome;
 use crate::store::{
-    AttemptRecord, DeliveryRecord, DeliveryStatus, DueDelivery, StoreError, WebhookHealth, WebhookRecord,
+    AttemptRecord, DeliveryRecord, DeliveryStatus, DueDelivery, StoreError, WebhookFormat, WebhookHealth,
+    WebhookRecord,
 };
 
 /// Most response-body bytes read (and quoted in the delivery's `error`).
@@ -442,18 +443,32 @@ impl Webhooks {
             Ok(url) => url,
             Err(e) => return Answer::Error(format!("target refused: url {e}")),
         };
-        let timestamp = now_ms() / 1000;
-        let signature = super::signature(&webhook.secret, timestamp, delivery.body.as_bytes());
         let request = self
             .dispatch
             .client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("X-Roomcast-Webhook-Id", &webhook.webhook_id)
-            .header("X-Roomcast-Delivery-Id", &delivery.delivery_id)
-            .header("X-Roomcast-Timestamp", timestamp.to_string())
-            .header("X-Roomcast-Signature", format!("sha256={signature}"))
-            .body(delivery.body.clone());
+            .header("X-Roomcast-Delivery-Id", &delivery.delivery_id);
+        let request = match webhook.format {
+            WebhookFormat::Roomcast => {
+                let timestamp = now_ms() / 1000;
+                let signature = super::signature(&webhook.secret, timestamp, delivery.body.as_bytes());
+                request
+                    .header("X-Roomcast-Timestamp", timestamp.to_string())
+                    .header("X-Roomcast-Signature", format!("sha256={signature}"))
+            }
+            // Pusher's validators check the body against the app's key and secret.
+            WebhookFormat::Pusher => {
+                let Some(secret) = self.app_secret(&webhook.app_id) else {
+                    return Answer::Error("the app's secret is not known on this node".into());
+                };
+                request
+                    .header("X-Pusher-Key", &webhook.app_id)
+                    .header("X-Pusher-Signature", super::pusher_signature(&secret, delivery.body.as_bytes()))
+            }
+        };
+        let request = request.body(delivery.body.clone());
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => return Answer::Error(describe(&e)),
@@ -557,6 +572,7 @@ mod tests {
                 enabled: true,
                 disabled_reason: None,
                 consecutive_failures: 0,
+                format: Default::default(),
                 created_at: 0,
                 updated_at: 0,
             },

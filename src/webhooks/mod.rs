@@ -25,9 +25,11 @@ use tokio_util::sync::CancellationToken;
 use crate::analytics::Analytics;
 use crate::clock::now_ms;
 use crate::config::WebhooksConfig;
-use crate::hub::events::{HubEvent, PublishKind};
+use crate::hub::events::{HubEvent, PublishKind, Sender};
 use crate::metrics::{WebhookMetrics, WebhookOutcome};
-use crate::store::{AttemptRecord, DeliveryRecord, DeliveryStatus, Store, StoreError, WebhookRecord};
+use crate::store::{
+    AttemptRecord, DeliveryRecord, DeliveryStatus, Store, StoreError, WebhookFormat, WebhookRecord,
+};
 
 /// The event name of `POST /api/webhooks/:id/test` deliveries.
 pub const PING_EVENT: &str = "ping";
@@ -41,6 +43,9 @@ const CLAIM_BATCH: usize = 1000;
 /// Most matched events written to the store in one transaction.
 const INTAKE_BATCH: usize = 256;
 
+/// Most events in one Pusher-format delivery.
+const PUSHER_BATCH: usize = 100;
+
 /// An event that matched at least one webhook, waiting to become deliveries.
 #[derive(Debug)]
 struct Matched {
@@ -49,7 +54,14 @@ struct Matched {
     room: Option<String>,
     data: Arc<RawValue>,
     timestamp: i64,
+    /// `System` for the hub's own events (occupied, vacated, joined, left).
+    kind: PublishKind,
+    /// A client event's sender.
+    sender: Option<Sender>,
 }
+
+/// Says an app's secret, which signs Pusher-format deliveries; `None` for an unknown app.
+pub type AppSecrets = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 pub use crate::redis_conn::install_tls_provider;
 
@@ -60,7 +72,15 @@ pub fn signature(secret: &str, timestamp_s: i64, body: &[u8]) -> String {
     mac.update(timestamp_s.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    crate::domain::hex(&mac.finalize().into_bytes())
+}
+
+/// `HMAC-SHA256(app secret, body)` as lower-case hex: Pusher's `X-Pusher-Signature`.
+pub fn pusher_signature(app_secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(app_secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    crate::domain::hex(&mac.finalize().into_bytes())
 }
 
 /// Whether `s` has the form of a webhook id: `wh_` and 16 base62 characters.
@@ -68,9 +88,58 @@ pub fn is_webhook_id(s: &str) -> bool {
     s.len() == 19 && s.starts_with("wh_") && s[3..].bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Whether `webhook` wants `event`.
-fn wants(webhook: &WebhookRecord, event: &str) -> bool {
-    webhook.enabled && webhook.events.iter().any(|e| e == "*" || e == event)
+/// Whether `webhook` wants `event` (of `kind`). A Pusher-format webhook gets what Pusher sends
+/// (channel existence, presence, client events; never broadcasts) and also takes Pusher's
+/// names in its `events`.
+fn wants(webhook: &WebhookRecord, event: &str, kind: PublishKind) -> bool {
+    let listed = |name: &str| webhook.events.iter().any(|e| e == "*" || e == name);
+    webhook.enabled
+        && match webhook.format {
+            WebhookFormat::Roomcast => listed(event),
+            WebhookFormat::Pusher => pusher_name(event, kind).is_some_and(|p| listed(event) || listed(p)),
+        }
+}
+
+/// Pusher's webhook event name for a hub event; `None` for what Pusher does not send.
+fn pusher_name(event: &str, kind: PublishKind) -> Option<&'static str> {
+    match (kind, event) {
+        (PublishKind::Client, _) => Some("client_event"),
+        (PublishKind::System, "room-occupied") => Some("channel_occupied"),
+        (PublishKind::System, "room-vacated") => Some("channel_vacated"),
+        (PublishKind::System, "user-joined") => Some("member_added"),
+        (PublishKind::System, "user-left") => Some("member_removed"),
+        _ => None,
+    }
+}
+
+/// One event of a Pusher-format body.
+fn pusher_event(m: &Matched) -> Option<serde_json::Value> {
+    let name = pusher_name(&m.event, m.kind)?;
+    let mut event = serde_json::Map::new();
+    event.insert("name".into(), name.into());
+    event.insert("channel".into(), m.room.clone().into());
+    match m.kind {
+        PublishKind::Client => {
+            event.insert("event".into(), m.event.clone().into());
+            event.insert("data".into(), crate::pusher::data_string(&m.data).into());
+            if let Some(sender) = &m.sender {
+                event.insert("socket_id".into(), sender.connection_id.to_string().into());
+                if let (Some(user), true) =
+                    (&sender.user_id, m.room.as_deref().is_some_and(|r| r.starts_with("presence-")))
+                {
+                    event.insert("user_id".into(), user.to_string().into());
+                }
+            }
+        }
+        _ => {
+            if let Ok(member) = serde_json::from_str::<serde_json::Value>(m.data.get())
+                && let Some(user_id) = member.get("user_id")
+            {
+                event.insert("user_id".into(), user_id.clone());
+            }
+        }
+    }
+    Some(serde_json::Value::Object(event))
 }
 
 /// A new delivery id: `d`, the creation time in 12 hex digits, 10 random base62 characters, so
@@ -100,8 +169,39 @@ pub fn new_delivery(
     now: i64,
 ) -> DeliveryRecord {
     let id = delivery_id(now);
-    let body = Body { id: &id, app_id: &webhook.app_id, event, room, data, timestamp };
-    let body = serde_json::to_string(&body).expect("strings and raw JSON always serialize");
+    let body = match webhook.format {
+        WebhookFormat::Roomcast => {
+            let body = Body { id: &id, app_id: &webhook.app_id, event, room, data, timestamp };
+            serde_json::to_string(&body).expect("strings and raw JSON always serialize")
+        }
+        // A ping (the only event sent this way to a Pusher-format webhook) is an empty batch.
+        WebhookFormat::Pusher => pusher_body(now, Vec::new()),
+    };
+    delivery_record(webhook, id, event, room, body, now)
+}
+
+/// Pusher's webhook body: `{"time_ms","events"}`.
+fn pusher_body(time_ms: i64, events: Vec<serde_json::Value>) -> String {
+    serde_json::json!({ "time_ms": time_ms, "events": events }).to_string()
+}
+
+/// A Pusher-format delivery of `events` (at most [`PUSHER_BATCH`]) to `webhook`: its log shows
+/// the event's name and channel when there is one, `batch` otherwise.
+fn pusher_delivery(webhook: &WebhookRecord, events: Vec<serde_json::Value>, now: i64) -> DeliveryRecord {
+    let one = (events.len() == 1).then(|| &events[0]);
+    let name = one.and_then(|e| e["name"].as_str()).unwrap_or("batch").to_owned();
+    let channel = one.and_then(|e| e["channel"].as_str()).map(str::to_owned);
+    delivery_record(webhook, delivery_id(now), &name, channel.as_deref(), pusher_body(now, events), now)
+}
+
+fn delivery_record(
+    webhook: &WebhookRecord,
+    id: String,
+    event: &str,
+    room: Option<&str>,
+    body: String,
+    now: i64,
+) -> DeliveryRecord {
     DeliveryRecord {
         delivery_id: id,
         webhook_id: webhook.webhook_id.clone(),
@@ -145,6 +245,8 @@ pub struct Webhooks {
     /// In a cluster: Redis, where a node takes a short lease on a delivery before an attempt, so
     /// one node at a time makes it, and from which overdue deliveries are claimed.
     leases: Option<crate::redis_conn::Commands>,
+    /// Apps' secrets, for Pusher-format deliveries (set once the app service exists).
+    app_secrets: std::sync::OnceLock<AppSecrets>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -182,9 +284,20 @@ impl Webhooks {
             writes_tx,
             writes_rx: tokio::sync::Mutex::new(writes_rx),
             leases,
+            app_secrets: std::sync::OnceLock::new(),
         };
         service.replace_all(webhooks);
         Ok(service)
+    }
+
+    /// Where Pusher-format deliveries find their app's secret; the first call wins.
+    pub fn use_app_secrets(&self, secrets: AppSecrets) {
+        let _ = self.app_secrets.set(secrets);
+    }
+
+    /// An app's secret, when it is known.
+    fn app_secret(&self, app_id: &str) -> Option<String> {
+        self.app_secrets.get().and_then(|of| of(app_id))
     }
 
     /// The settings in force.
@@ -309,18 +422,22 @@ impl Webhooks {
     /// Inline on every hub event: a map lookup, and on a match a non-blocking offer to the
     /// intake queue.
     pub fn observe(&self, event: &HubEvent) {
-        let (app_id, name, room): (&crate::domain::AppId, &str, _) = match event {
+        let system = PublishKind::System;
+        let (app_id, name, room, kind): (&crate::domain::AppId, &str, _, _) = match event {
             HubEvent::Published {
-                room, event, kind: PublishKind::Broadcast | PublishKind::Client, ..
-            } => (&room.app_id, event.as_str(), room),
-            HubEvent::RoomOccupied { room } => (&room.app_id, "room-occupied", room),
-            HubEvent::RoomVacated { room } => (&room.app_id, "room-vacated", room),
-            HubEvent::MemberJoined { room, .. } => (&room.app_id, "user-joined", room),
-            HubEvent::MemberLeft { room, .. } => (&room.app_id, "user-left", room),
+                room,
+                event,
+                kind: kind @ (PublishKind::Broadcast | PublishKind::Client),
+                ..
+            } => (&room.app_id, event.as_str(), room, *kind),
+            HubEvent::RoomOccupied { room } => (&room.app_id, "room-occupied", room, system),
+            HubEvent::RoomVacated { room } => (&room.app_id, "room-vacated", room, system),
+            HubEvent::MemberJoined { room, .. } => (&room.app_id, "user-joined", room, system),
+            HubEvent::MemberLeft { room, .. } => (&room.app_id, "user-left", room, system),
             _ => return,
         };
         let Some(hooks) = self.by_app.get(&**app_id) else { return };
-        if !hooks.iter().any(|w| wants(w, name)) {
+        if !hooks.iter().any(|w| wants(w, name, kind)) {
             return;
         }
         drop(hooks);
@@ -339,12 +456,18 @@ impl Webhooks {
             }
             _ => (Arc::from(RawValue::NULL.to_owned()), now_ms()),
         };
+        let sender = match event {
+            HubEvent::Published { sender, .. } => sender.clone(),
+            _ => None,
+        };
         let matched = Matched {
             app_id: app_id.clone(),
             event: name.to_owned(),
             room: Some(room.room.to_string()),
             data,
             timestamp,
+            kind,
+            sender,
         };
         if let Err(mpsc::error::TrySendError::Full(m)) = self.intake.try_send(matched) {
             self.metrics.outcome(WebhookOutcome::Dropped).increment(1);
@@ -452,14 +575,32 @@ impl Webhooks {
         }
     }
 
-    /// One delivery per matched event and webhook that wants it now.
+    /// One delivery per matched event and webhook that wants it now; a Pusher-format webhook
+    /// gets the batch's events for it together, up to [`PUSHER_BATCH`] per delivery.
     fn deliveries_for(&self, batch: &[Matched]) -> Vec<DeliveryRecord> {
         let now = now_ms();
         let mut out = Vec::with_capacity(batch.len());
+        let mut batched: Vec<(Arc<WebhookRecord>, Vec<serde_json::Value>)> = Vec::new();
         for m in batch {
             let Some(hooks) = self.by_app.get(&*m.app_id).map(|l| l.clone()) else { continue };
-            for w in hooks.iter().filter(|w| wants(w, &m.event)) {
-                out.push(new_delivery(w, &m.event, m.room.as_deref(), &m.data, m.timestamp, now));
+            for w in hooks.iter().filter(|w| wants(w, &m.event, m.kind)) {
+                match w.format {
+                    WebhookFormat::Roomcast => {
+                        out.push(new_delivery(w, &m.event, m.room.as_deref(), &m.data, m.timestamp, now))
+                    }
+                    WebhookFormat::Pusher => {
+                        let Some(event) = pusher_event(m) else { continue };
+                        match batched.iter_mut().find(|(b, _)| b.webhook_id == w.webhook_id) {
+                            Some((_, events)) => events.push(event),
+                            None => batched.push((w.clone(), vec![event])),
+                        }
+                    }
+                }
+            }
+        }
+        for (w, events) in batched {
+            for chunk in events.chunks(PUSHER_BATCH) {
+                out.push(pusher_delivery(&w, chunk.to_vec(), now));
             }
         }
         out
@@ -547,6 +688,36 @@ impl Webhooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pusher_format_webhooks_want_what_pusher_sends_by_either_name() {
+        let hook = |events: &[&str]| WebhookRecord {
+            webhook_id: "wh_1".into(),
+            app_id: "app".into(),
+            url: "http://127.0.0.1:1/".into(),
+            secret: "s".into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            enabled: true,
+            disabled_reason: None,
+            consecutive_failures: 0,
+            format: WebhookFormat::Pusher,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let all = hook(&["*"]);
+        assert!(wants(&all, "client-x", PublishKind::Client));
+        assert!(wants(&all, "room-occupied", PublishKind::System));
+        assert!(!wants(&all, "news", PublishKind::Broadcast), "Pusher sends no webhook for a broadcast");
+        let named = hook(&["member_added", "room-vacated"]);
+        assert!(wants(&named, "user-joined", PublishKind::System), "Pusher's name");
+        assert!(wants(&named, "room-vacated", PublishKind::System), "roomcast's name");
+        assert!(!wants(&named, "client-x", PublishKind::Client));
+        // printf '{"a":1}' | openssl dgst -sha256 -hmac secret
+        assert_eq!(
+            pusher_signature("secret", br#"{"a":1}"#),
+            "aa9e2e3575f5d7098b6caccd790888c36d5fdb63342a73bada2d6a51747a8494"
+        );
+    }
 
     #[test]
     fn signature_matches_a_known_vector() {

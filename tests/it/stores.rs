@@ -55,6 +55,8 @@ fn webhook(id: &str, app_id: &str) -> WebhookRecord {
         enabled: true,
         disabled_reason: None,
         consecutive_failures: 0,
+        // Not the default, so both stores are seen to keep it.
+        format: roomcast::store::WebhookFormat::Pusher,
         created_at: 5,
         updated_at: 5,
     }

@@ -116,6 +116,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE apps ADD COLUMN history TEXT;
 ",
+    // A webhook's delivery format: `roomcast`, or `pusher` (Pusher's batched, app-signed body).
+    "
+    ALTER TABLE webhooks ADD COLUMN format TEXT NOT NULL DEFAULT 'roomcast';
+",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
