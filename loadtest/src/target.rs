@@ -78,6 +78,11 @@ impl Target {
         })
     }
 
+    /// This roomcast app used through roomcast's Pusher protocol: Pusher's key is the app id.
+    pub fn as_pusher(self) -> Self {
+        Self { protocol: Protocol::Pusher, key: self.app_id.clone(), ..self }
+    }
+
     /// When broadcasts go to another node: waits (up to 10 s) until that node knows the app's
     /// key, which it learns from the shared store.
     pub async fn wait_for_publish_node(&self) -> Result<()> {
