@@ -2,29 +2,17 @@
 // triggers through either node, client events and the SDK's socket_id exclusion work across nodes,
 // and terminate_connections reaches the user's connection on the other node.
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, test } from 'node:test';
 
-import { cleanup, createApp, startHub, startRedis } from '../../clients/js/test/support.mjs';
+import { cleanup, createApp, startCluster } from '../../clients/js/test/support.mjs';
 import { bound, collect, connected, pusherClient, serverSdk, subscribed } from './support.mjs';
 
 after(cleanup);
 
 test('a Pusher client on each node of a two-node cluster', async () => {
-  const redis = await startRedis();
-  const shared = mkdtempSync(join(tmpdir(), 'roomcast-pusher-cluster-'));
-  const node = (id) =>
-    startHub({
-      env: {
-        ROOMCAST_STORE__PATH: join(shared, 'roomcast.db'),
-        ROOMCAST_STORE__RELOAD_INTERVAL_MS: '100',
-        ROOMCAST_CLUSTER__REDIS_URL: redis.url,
-        ROOMCAST_CLUSTER__NODE_ID: id,
-      },
-    });
-  const [a, b] = [await node('node-a'), await node('node-b')];
+  const {
+    nodes: [a, b],
+  } = await startCluster(['node-a', 'node-b']);
   const app = await createApp(a, { app_id: 'pusher-cluster', client_events: true, rate_limit: 100000 });
   const [sdkA, sdkB] = [serverSdk(a, app), serverSdk(b, app)];
   const onA = await connected(pusherClient(a, app, { user: { user_id: 'ua', user_info: { on: 'a' } } }));

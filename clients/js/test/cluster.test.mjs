@@ -1,29 +1,17 @@
 // The client and a two-node cluster behind one address (the test's proxy, as a load balancer):
 // the node it is on stops with SIGTERM (1012), and it recovers on the other node.
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, test } from 'node:test';
 
-import { broadcast, cleanup, client, createApp, next, proxy, startHub, startRedis, token } from './support.mjs';
+import { broadcast, cleanup, client, createApp, next, proxy, startCluster, token } from './support.mjs';
 
 after(cleanup);
 
 test('1012 on SIGTERM: the client reconnects to the other node and recovers there', async () => {
-  const redis = await startRedis();
-  const shared = mkdtempSync(join(tmpdir(), 'roomcast-cluster-'));
-  const node = (id) =>
-    startHub({
-      env: {
-        ROOMCAST_STORE__PATH: join(shared, 'roomcast.db'),
-        ROOMCAST_STORE__RELOAD_INTERVAL_MS: '100',
-        ROOMCAST_CLUSTER__REDIS_URL: redis.url,
-        ROOMCAST_CLUSTER__NODE_ID: id,
-      },
-    });
-  const a = await node('node-a');
-  const b = await node('node-b');
+  const {
+    redis,
+    nodes: [a, b],
+  } = await startCluster(['node-a', 'node-b']);
   const app = await createApp(a, { app_id: 'moving' });
   // New connections go to A, then to B.
   const balancer = await proxy([a.addr, b.addr]);

@@ -121,6 +121,29 @@ export async function startRedis() {
   return { url: `redis://127.0.0.1:${port}`, stop: () => child.kill('SIGKILL') };
 }
 
+/**
+ * Starts `ids.length` hubs as one cluster: one Redis (started here), one shared store. Resolves
+ * with `{redis, nodes}`, the nodes in the order of `ids`.
+ */
+export async function startCluster(ids) {
+  const redis = await startRedis();
+  const shared = mkdtempSync(join(tmpdir(), 'roomcast-cluster-'));
+  const nodes = [];
+  for (const id of ids) {
+    nodes.push(
+      await startHub({
+        env: {
+          ROOMCAST_STORE__PATH: join(shared, 'roomcast.db'),
+          ROOMCAST_STORE__RELOAD_INTERVAL_MS: '100',
+          ROOMCAST_CLUSTER__REDIS_URL: redis.url,
+          ROOMCAST_CLUSTER__NODE_ID: id,
+        },
+      }),
+    );
+  }
+  return { redis, nodes };
+}
+
 /** An HTTP call to `hub`; resolves with the parsed answer, or throws on a non-2xx status. */
 export async function api(hub, method, path, { body, admin = false, key } = {}) {
   const headers = { 'content-type': 'application/json' };
