@@ -593,9 +593,13 @@ mod tests {
     use crate::hub::OutboxLimits;
 
     fn conn(seq: u64, app: &str, user: Option<&str>) -> Arc<ConnHandle> {
+        speaking(Protocol::Native, seq, app, user)
+    }
+
+    fn speaking(protocol: Protocol, seq: u64, app: &str, user: Option<&str>) -> Arc<ConnHandle> {
         Arc::new(ConnHandle::new(
             seq,
-            (ConnectionId::generate(), crate::hub::Protocol::Native),
+            (ConnectionId::generate(), protocol),
             AppId::known(app),
             user.map(Arc::from),
             None,
@@ -659,6 +663,52 @@ mod tests {
             FanoutOutcome::default(),
             "rooms are per app"
         );
+    }
+
+    /// Counts the frames it makes.
+    #[derive(Default)]
+    struct Counting {
+        native: std::cell::Cell<u32>,
+        pusher: std::cell::Cell<u32>,
+    }
+
+    impl Encode for Counting {
+        fn native(&self, offset: u64) -> Frame {
+            self.native.set(self.native.get() + 1);
+            Frame::from(format!("native {offset}"))
+        }
+        fn pusher(&self, offset: u64) -> Frame {
+            self.pusher.set(self.pusher.get() + 1);
+            Frame::from(format!("pusher {offset}"))
+        }
+    }
+
+    #[test]
+    fn the_pusher_frame_is_made_once_and_only_for_pusher_subscribers() {
+        let r = Registry::default();
+        let k = key("app", "room");
+        let natives: Vec<_> = (1..=3).map(|seq| conn(seq, "app", None)).collect();
+        for c in &natives {
+            r.join(&k, c, None, 0, false);
+        }
+        let frames = Counting::default();
+        r.publish_at(&k, None, None, None, &frames);
+        assert_eq!(
+            (frames.native.get(), frames.pusher.get()),
+            (1, 0),
+            "no Pusher subscriber, no Pusher frame"
+        );
+        let pushers: Vec<_> = (4..=5).map(|seq| speaking(Protocol::Pusher, seq, "app", None)).collect();
+        for c in &pushers {
+            r.join(&k, c, None, 0, false);
+        }
+        let frames = Counting::default();
+        assert_eq!(r.publish_at(&k, None, None, None, &frames).delivered, 5);
+        assert_eq!((frames.native.get(), frames.pusher.get()), (1, 1), "each made once, shared");
+        let got: Vec<String> =
+            std::iter::from_fn(|| natives[0].next_frame()).map(|f| f.to_string()).collect();
+        assert_eq!(got, ["native 1", "native 2"]);
+        assert_eq!(pushers[1].next_frame().unwrap().as_str(), "pusher 2");
     }
 
     #[test]

@@ -313,3 +313,32 @@ test('bad frames get a pusher:error and the connection goes on', async () => {
   assert.equal((await nextFrame()).event, 'pusher:pong');
   ws.close();
 });
+
+test('a frame over the size limit closes with 1009; a silent client is closed with 4201', async () => {
+  const quick = await startHub({ env: { ROOMCAST_WEBSOCKET__HEARTBEAT_S: '1', ROOMCAST_WEBSOCKET__IDLE_TIMEOUT_S: '2' } });
+  const quickApp = await createApp(quick, { app_id: 'pusher-quick' });
+  const url = `ws://${quick.addr}/app/${quickApp.app_id}?protocol=7`;
+  const closed = (ws) => within(new Promise((resolve) => ws.once('close', (code) => resolve(code))), 'close');
+  const big = new WebSocket(url);
+  await within(new Promise((resolve) => big.once('message', resolve)), 'hello');
+  const bigClosed = closed(big);
+  big.send(JSON.stringify({ event: 'client-big', channel: 'private-x', data: 'x'.repeat(70 * 1024) }));
+  assert.equal(await bigClosed, 1009);
+  // A client that answers neither the hub's pings nor sends anything: pusher-js reconnects at once on 4201.
+  const silent = new WebSocket(url, { autoPong: false });
+  const messages = [];
+  silent.on('message', (m) => messages.push(JSON.parse(m)));
+  assert.equal(await closed(silent), 4201);
+  assert.deepEqual(
+    messages.map((m) => [m.event, m.data?.code]),
+    [['pusher:connection_established', undefined], ['pusher:error', 4201]],
+  );
+  // pusher-js itself stays connected: it answers the pings.
+  const p = await connected(pusherClient(quick, quickApp));
+  const marker = bound(await subscribed(p, 'alive'), 'still');
+  await new Promise((resolve) => setTimeout(resolve, 3000)); // longer than the idle timeout, on purpose
+  await serverSdk(quick, quickApp).trigger('alive', 'still', {});
+  await marker;
+  assert.equal(p.connection.state, 'connected');
+  p.disconnect();
+});
