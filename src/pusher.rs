@@ -36,6 +36,8 @@ pub enum PusherCode {
     NoProtocol,
     /// 4009: not allowed: a refused Origin, or the user's connections were terminated.
     Unauthorized,
+    /// 4009 too: the app does not take Pusher clients (`pusher_clients` is off).
+    NotEnabled,
     /// 4100: the node is full, or the client kept sending over its rate: back off.
     OverCapacity,
     /// 4200: reconnect at once (the node restarts, or the client read too slowly).
@@ -56,7 +58,7 @@ impl PusherCode {
             PusherCode::InvalidVersion => 4006,
             PusherCode::UnsupportedProtocol => 4007,
             PusherCode::NoProtocol => 4008,
-            PusherCode::Unauthorized => 4009,
+            PusherCode::Unauthorized | PusherCode::NotEnabled => 4009,
             PusherCode::OverCapacity => 4100,
             PusherCode::Reconnect => 4200,
             PusherCode::PongNotReceived => 4201,
@@ -74,6 +76,7 @@ impl PusherCode {
             PusherCode::UnsupportedProtocol => "unsupported protocol version; this server speaks 7",
             PusherCode::NoProtocol => "no protocol version given",
             PusherCode::Unauthorized => "connection unauthorized",
+            PusherCode::NotEnabled => "this app does not take Pusher clients (pusher_clients is off)",
             PusherCode::OverCapacity => "over capacity; reconnect later",
             PusherCode::Reconnect => "reconnect",
             PusherCode::PongNotReceived => "nothing received in time",

@@ -110,7 +110,7 @@ async fn main() -> Result<()> {
         }
         // roomcast over its Pusher protocol: a fresh app, used through /app/{key} and /apps/{id}.
         (Protocol::Pusher, Some(admin), None, _, _) => {
-            Target::roomcast_with_new_app(&cli.url, admin, cli.connections).await?.as_pusher()
+            Target::roomcast_with_new_app(&cli.url, admin, cli.connections).await?.as_pusher(admin).await?
         }
         (protocol, _, Some(id), Some(secret), Some(key)) => Target::new(protocol, &cli.url, id, secret, key)?,
         _ => bail!("give --admin-key (roomcast) or --app-id, --app-secret and --app-key"),

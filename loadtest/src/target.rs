@@ -78,9 +78,21 @@ impl Target {
         })
     }
 
-    /// This roomcast app used through roomcast's Pusher protocol: Pusher's key is the app id.
-    pub fn as_pusher(self) -> Self {
-        Self { protocol: Protocol::Pusher, key: self.app_id.clone(), ..self }
+    /// This roomcast app used through roomcast's Pusher protocol (Pusher's key is the app id),
+    /// once it takes Pusher clients (`pusher_clients`).
+    pub async fn as_pusher(self, admin_key: &str) -> Result<Self> {
+        let http = crate::http().build()?;
+        let res = http
+            .put(format!("{}/api/applications/{}", self.base, self.app_id))
+            .header("X-ADMIN-API-KEY", admin_key)
+            .json(&json!({"pusher_clients": true}))
+            .send()
+            .await
+            .context("letting the load-test app take Pusher clients")?;
+        if !res.status().is_success() {
+            bail!("letting the load-test app take Pusher clients: {}", res.status());
+        }
+        Ok(Self { protocol: Protocol::Pusher, key: self.app_id.clone(), ..self })
     }
 
     /// When broadcasts go to another node: waits (up to 10 s) until that node knows the app's

@@ -50,6 +50,8 @@ pub struct AppView {
     pub rate_limit: u32,
     pub max_connections: u32,
     pub client_events: bool,
+    /// Whether Pusher clients (pusher-js, Laravel Echo) may connect to `/app/{app_id}`.
+    pub pusher_clients: bool,
     pub created_at: String,
     pub updated_at: String,
     pub deleted_at: Option<String>,
@@ -68,6 +70,7 @@ impl AppView {
             rate_limit: app.rate_limit,
             max_connections: app.max_connections,
             client_events: app.client_events,
+            pusher_clients: app.pusher_clients,
             created_at: iso8601(app.created_at),
             updated_at: iso8601(app.updated_at),
             deleted_at: app.deleted_at.map(iso8601),
@@ -169,6 +172,9 @@ pub struct AppSettings {
     pub max_connections: Option<u32>,
     /// Whether clients may publish (their tokens need `can_publish` too).
     pub client_events: Option<bool>,
+    /// Whether Pusher clients may connect to `/app/{app_id}` (default false): anyone who knows
+    /// the app id may then read its public channels, as on Pusher.
+    pub pusher_clients: Option<bool>,
     #[schema(value_type = Option<StatusSchema>)]
     pub status: Option<StatusInput>,
     /// Room history for recovery (DESIGN §11).
@@ -248,6 +254,9 @@ impl AppSettings {
         }
         if let Some(flag) = self.client_events {
             app.client_events = flag;
+        }
+        if let Some(flag) = self.pusher_clients {
+            app.pusher_clients = flag;
         }
         if let Some(status) = status {
             app.status = status;
@@ -423,6 +432,7 @@ async fn create_app(
         rate_limit: state.config.apps.default_rate_limit,
         max_connections: state.config.apps.default_max_connections,
         client_events: false,
+        pusher_clients: false,
         created_at: now,
         updated_at: now,
         deleted_at: None,

@@ -68,6 +68,12 @@ pub async fn upgrade(
     if !is_active(&app) {
         return Ok(refuse(upgrade, PusherCode::AppDisabled));
     }
+    // Public channels need no credential on this protocol: an app takes Pusher clients only
+    // when it says so, so turning this endpoint on never opens a native app's rooms.
+    if !app.pusher_clients {
+        tracing::debug!(app_id = %app.app_id, "Pusher upgrade refused: the app does not take Pusher clients");
+        return Ok(refuse(upgrade, PusherCode::NotEnabled));
+    }
     if state.hub.app_connection_count(&app.app_id) >= app.max_connections as usize {
         return Ok(refuse(upgrade, PusherCode::OverQuota));
     }

@@ -46,6 +46,10 @@ pub struct AppRecord {
     pub rate_limit: u32,
     pub max_connections: u32,
     pub client_events: bool,
+    /// Whether Pusher clients may connect (`/app/{app_id}`): their public channels need no
+    /// credential, as on Pusher, so an app opts in.
+    #[serde(default)]
+    pub pusher_clients: bool,
     pub created_at: i64,
     pub updated_at: i64,
     pub deleted_at: Option<i64>,

@@ -120,6 +120,7 @@ fn app_from_row(row: &Row<'_>) -> rusqlite::Result<AppRecord> {
         rate_limit: row.get("rate_limit")?,
         max_connections: row.get("max_connections")?,
         client_events: row.get("client_events")?,
+        pusher_clients: row.get("pusher_clients")?,
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
         deleted_at: row.get("deleted_at")?,
@@ -153,13 +154,14 @@ fn to_json(list: &[String]) -> String {
 }
 
 const INSERT_APP: &str = "INSERT INTO apps (app_id, name, secret, status, allowed_domains, rate_limit,
-                      max_connections, client_events, created_at, updated_at, deleted_at, history)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+                      max_connections, client_events, created_at, updated_at, deleted_at, history,
+                      pusher_clients)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
 /// Takes the same parameters as [`INSERT_APP`]; `created_at` (?9) never changes.
 const UPDATE_APP: &str = "UPDATE apps SET name = ?2, secret = ?3, status = ?4, allowed_domains = ?5,
         rate_limit = ?6, max_connections = ?7, client_events = ?8, updated_at = ?10, deleted_at = ?11,
-        history = ?12
+        history = ?12, pusher_clients = ?13
     WHERE app_id = ?1";
 
 fn write_app(conn: &Connection, sql: &str, app: &AppRecord) -> rusqlite::Result<usize> {
@@ -177,7 +179,8 @@ fn write_app(conn: &Connection, sql: &str, app: &AppRecord) -> rusqlite::Result<
             app.created_at,
             app.updated_at,
             app.deleted_at,
-            app.history.map(|h| serde_json::to_string(&h).expect("two numbers serialize"))
+            app.history.map(|h| serde_json::to_string(&h).expect("two numbers serialize")),
+            app.pusher_clients
         ],
     )
 }

@@ -6,8 +6,8 @@ import { after, before, test } from 'node:test';
 import { join } from 'node:path';
 
 import { launch } from '../../clients/js/test/chromium.mjs';
-import { cleanup, createApp, startHub } from '../../clients/js/test/support.mjs';
-import { bound, connected, pusherClient, serverSdk, socketOptions, subscribed } from './support.mjs';
+import { cleanup, startHub } from '../../clients/js/test/support.mjs';
+import { bound, connected, pusherApp, pusherClient, serverSdk, socketOptions, subscribed } from './support.mjs';
 
 let browser;
 before(async () => {
@@ -20,7 +20,7 @@ after(async () => {
 
 test('pusher-js in Chromium: connect, private channel, trigger, client events', async () => {
   const hub = await startHub();
-  const app = await createApp(hub, { app_id: 'pusher-browser', client_events: true, rate_limit: 100000 });
+  const app = await pusherApp(hub, { app_id: 'pusher-browser', client_events: true, rate_limit: 100000 });
   const sdk = serverSdk(hub, app);
   const page = await browser.newPage();
   // Nothing but the hub: a request to any other host fails the test.

@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 
-import { cleanup, createApp, startCluster } from '../../clients/js/test/support.mjs';
-import { bound, collect, connected, pusherClient, serverSdk, subscribed } from './support.mjs';
+import { cleanup, startCluster } from '../../clients/js/test/support.mjs';
+import { bound, collect, connected, pusherApp, pusherClient, serverSdk, subscribed } from './support.mjs';
 
 after(cleanup);
 
@@ -13,7 +13,7 @@ test('a Pusher client on each node of a two-node cluster', async () => {
   const {
     nodes: [a, b],
   } = await startCluster(['node-a', 'node-b']);
-  const app = await createApp(a, { app_id: 'pusher-cluster', client_events: true, rate_limit: 100000 });
+  const app = await pusherApp(a, { app_id: 'pusher-cluster', client_events: true, rate_limit: 100000 });
   const [sdkA, sdkB] = [serverSdk(a, app), serverSdk(b, app)];
   const onA = await connected(pusherClient(a, app, { user: { user_id: 'ua', user_info: { on: 'a' } } }));
   const onB = await connected(pusherClient(b, app, { user: { user_id: 'ub', user_info: { on: 'b' } } }));

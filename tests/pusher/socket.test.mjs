@@ -7,12 +7,12 @@ import PusherJs from 'pusher-js';
 import WebSocket from 'ws';
 
 import { api, broadcast, cleanup, client, createApp, next, startHub, token, within } from '../../clients/js/test/support.mjs';
-import { bound, collect, connected, pusherClient, serverSdk, socketOptions, subscribed } from './support.mjs';
+import { bound, collect, connected, pusherApp, pusherClient, serverSdk, socketOptions, subscribed } from './support.mjs';
 
 after(cleanup);
 
 const hub = await startHub();
-const app = await createApp(hub, { app_id: 'pusher-ws', client_events: true, rate_limit: 100000 });
+const app = await pusherApp(hub, { app_id: 'pusher-ws', client_events: true, rate_limit: 100000 });
 const sdk = serverSdk(hub, app);
 
 /** Subscribers of `channel` over the hub, through the Pusher API. */
@@ -102,7 +102,7 @@ test('client events reach the others, are never echoed, and are refused where Pu
   const error = bound(a.connection, 'error');
   pub.trigger('client-nope', {});
   assert.match((await error).data.message, /private and presence/);
-  const quiet = await createApp(hub, { app_id: 'pusher-quiet' });
+  const quiet = await pusherApp(hub, { app_id: 'pusher-quiet' });
   const q = await connected(pusherClient(hub, quiet));
   const qc = await subscribed(q, 'private-room');
   const disabled = bound(q.connection, 'error');
@@ -256,12 +256,18 @@ test('refusals say why in Pusher codes: unknown app, disabled app, over quota, O
     return codeOf(error);
   };
   assert.equal(await refusal('no-such-app'), 4001);
-  const full = await createApp(hub, { app_id: 'pusher-full', max_connections: 1 });
+  // An app takes Pusher clients only once it says so: their public channels need no credential.
+  const native = await createApp(hub, { app_id: 'native-only' });
+  assert.equal(native.pusher_clients, false);
+  assert.equal(await refusal(native.app_id), 4009);
+  await api(hub, 'PUT', '/api/applications/native-only', { admin: true, body: { pusher_clients: true } });
+  (await connected(pusherClient(hub, native))).disconnect();
+  const full = await pusherApp(hub, { app_id: 'pusher-full', max_connections: 1 });
   const first = await connected(pusherClient(hub, full));
   assert.equal(await refusal(full.app_id), 4004);
   first.disconnect();
   // A browser Origin the app does not list, and a protocol this server does not speak: raw sockets.
-  const picky = await createApp(hub, { app_id: 'pusher-picky', allowed_domains: ['example.com'] });
+  const picky = await pusherApp(hub, { app_id: 'pusher-picky', allowed_domains: ['example.com'] });
   const raw = async (path, headers = {}) => {
     const ws = new WebSocket(`ws://${hub.addr}${path}`, { headers });
     const [first] = await within(new Promise((resolve) => ws.once('message', (m) => resolve([JSON.parse(m)]))), path);
@@ -276,7 +282,7 @@ test('refusals say why in Pusher codes: unknown app, disabled app, over quota, O
   assert.deepEqual(await raw(`/app/${app.app_id}?protocol=4`), ['pusher:error', 4007, 4007]);
   assert.deepEqual(await raw(`/app/${app.app_id}`), ['pusher:error', 4008, 4008]);
   // Disabling the app closes its open Pusher connections with 4003, and pusher-js stays away.
-  const doomed = await createApp(hub, { app_id: 'pusher-doomed' });
+  const doomed = await pusherApp(hub, { app_id: 'pusher-doomed' });
   const d = await connected(pusherClient(hub, doomed));
   const closed = bound(d.connection, 'error', (e) => codeOf(e) !== undefined);
   const gone = bound(d.connection, 'state_change', (s) => s.current === 'disconnected');
@@ -316,7 +322,7 @@ test('bad frames get a pusher:error and the connection goes on', async () => {
 
 test('a frame over the size limit closes with 1009; a silent client is closed with 4201', async () => {
   const quick = await startHub({ env: { ROOMCAST_WEBSOCKET__HEARTBEAT_S: '1', ROOMCAST_WEBSOCKET__IDLE_TIMEOUT_S: '2' } });
-  const quickApp = await createApp(quick, { app_id: 'pusher-quick' });
+  const quickApp = await pusherApp(quick, { app_id: 'pusher-quick' });
   const url = `ws://${quick.addr}/app/${quickApp.app_id}?protocol=7`;
   const closed = (ws) => within(new Promise((resolve) => ws.once('close', (code) => resolve(code))), 'close');
   const big = new WebSocket(url);

@@ -3,7 +3,12 @@
 import PusherJs from 'pusher-js';
 import PusherServer from 'pusher';
 
-import { atEnd, within } from '../../clients/js/test/support.mjs';
+import { atEnd, createApp, within } from '../../clients/js/test/support.mjs';
+
+/** Creates an app that takes Pusher clients (`pusher_clients`, off by default). */
+export function pusherApp(hub, body) {
+  return createApp(hub, { pusher_clients: true, ...body });
+}
 
 /** The master key of end-to-end encrypted channels: the app's and its clients' secret, never the hub's. */
 const ENCRYPTION_KEY = Buffer.alloc(32, 7).toString('base64');

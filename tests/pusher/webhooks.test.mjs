@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, test } from 'node:test';
 
-import { api, cleanup, createApp, startHub, within } from '../../clients/js/test/support.mjs';
-import { bound, connected, pusherClient, serverSdk, subscribed } from './support.mjs';
+import { api, cleanup, startHub, within } from '../../clients/js/test/support.mjs';
+import { bound, connected, pusherApp, pusherClient, serverSdk, subscribed } from './support.mjs';
 
 after(cleanup);
 
@@ -51,7 +51,7 @@ async function receiver() {
 
 test("Pusher-format webhooks: batched, app-signed, and accepted by Pusher's validators", async () => {
   const hub = await startHub({ env: { ROOMCAST_WEBHOOKS__ALLOW_PRIVATE_TARGETS: 'true' } });
-  const app = await createApp(hub, { app_id: '100002', client_events: true, rate_limit: 100000 });
+  const app = await pusherApp(hub, { app_id: '100002', client_events: true, rate_limit: 100000 });
   const sdk = serverSdk(hub, app);
   const target = await receiver();
   // The first attempt fails: the delivery is retried, not lost.
@@ -100,8 +100,18 @@ test("Pusher-format webhooks: batched, app-signed, and accepted by Pusher's vali
   assert.equal(names.filter((n) => n === 'channel_vacated').length, 1);
 
   // The delivery log shows the failed first attempt and its retry.
-  const list = await api(hub, 'GET', `/api/webhooks/${created.webhook.id}/deliveries`, { key: app.api_key });
-  assert.ok(list.deliveries.some((d) => d.attempts >= 2 && d.status === 'succeeded'), 'a retried delivery');
+  // (The hub records an attempt's outcome after the receiver answered: wait for it.)
+  await within(
+    (async () => {
+      for (;;) {
+        const list = await api(hub, 'GET', `/api/webhooks/${created.webhook.id}/deliveries`, { key: app.api_key });
+        const retried = list.deliveries.find((d) => d.attempts >= 2 && d.status === 'succeeded');
+        if (retried) return assert.equal(retried.attempt_log[0].response_code, 503);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })(),
+    'the retried delivery in the log',
+  );
 
   // Tampered or signed with another secret: refused by the SDK.
   const [one] = deliveries;
@@ -121,7 +131,7 @@ test("Pusher-format webhooks: batched, app-signed, and accepted by Pusher's vali
 
 test('a webhook format other than roomcast or pusher is refused', async () => {
   const hub = await startHub({ env: { ROOMCAST_WEBHOOKS__ALLOW_PRIVATE_TARGETS: 'true' } });
-  const app = await createApp(hub, { app_id: 'hooks-bad' });
+  const app = await pusherApp(hub, { app_id: 'hooks-bad' });
   await assert.rejects(
     api(hub, 'POST', '/api/webhooks', { key: app.api_key, body: { url: 'http://127.0.0.1:9/x', events: ['*'], format: 'slack' } }),
     /400.*format/,

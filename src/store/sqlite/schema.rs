@@ -120,6 +120,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE webhooks ADD COLUMN format TEXT NOT NULL DEFAULT 'roomcast';
 ",
+    // Whether an app takes Pusher clients on /app/{key}; apps made before say no.
+    "
+    ALTER TABLE apps ADD COLUMN pusher_clients INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -13,6 +13,8 @@ fn app(id: &str) -> AppRecord {
         rate_limit: 1000,
         max_connections: 10,
         client_events: false,
+        // Not the default, so the store is seen to keep it.
+        pusher_clients: true,
         created_at: 1,
         updated_at: 1,
         deleted_at: None,
