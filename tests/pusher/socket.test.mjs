@@ -317,6 +317,14 @@ test('bad frames get a pusher:error and the connection goes on', async () => {
   assert.equal((await nextFrame()).data.status, 400, 'presence without channel_data');
   ws.send(JSON.stringify({ event: 'pusher:ping', data: {} }));
   assert.equal((await nextFrame()).event, 'pusher:pong');
+  // Over the client frame rate (10/s, a burst of 20): refused with 4301, the connection stays.
+  for (let i = 0; i < 40; i++) ws.send(JSON.stringify({ event: 'pusher:ping', data: {} }));
+  const answers = [];
+  for (let i = 0; i < 40; i++) answers.push(await nextFrame());
+  const limited = answers.filter((a) => a.event === 'pusher:error');
+  assert.ok(limited.length >= 15, `${limited.length} refused`);
+  assert.ok(limited.every((a) => a.data.code === 4301));
+  assert.equal(ws.readyState, WebSocket.OPEN);
   ws.close();
 });
 
