@@ -226,7 +226,9 @@ impl Target {
                     .body(body)
             }
             Protocol::Pusher => {
-                let body = json!({"name": "lt", "channels": [room], "data": payload}).to_string();
+                // Built as text, like the native body: the generator shares the CPU with the hub.
+                let data = serde_json::to_string(payload).expect("a string serializes");
+                let body = format!(r#"{{"name":"lt","channels":["{room}"],"data":{data}}}"#);
                 let path = format!("/apps/{}/events", self.app_id);
                 let body_md5 = hex(&Md5::digest(body.as_bytes()));
                 let query = format!(
@@ -256,20 +258,26 @@ impl Target {
         if !is_event {
             return None;
         }
-        Some(Payload {
-            p: field(frame, r#""p":"#, r#"\"p\":"#)? as usize,
-            s: field(frame, r#""s":"#, r#"\"s\":"#)?,
-            t: field(frame, r#""t":"#, r#"\"t\":"#)?,
-        })
+        // Pusher's data is a JSON string: its keys are escaped. The form the protocol sends is
+        // looked for first, so a frame is scanned once per field.
+        let [p, s, t] = match self.protocol {
+            Protocol::Roomcast => {
+                [(r#""p":"#, r#"\"p\":"#), (r#""s":"#, r#"\"s\":"#), (r#""t":"#, r#"\"t\":"#)]
+            }
+            Protocol::Pusher => {
+                [(r#"\"p\":"#, r#""p":"#), (r#"\"s\":"#, r#""s":"#), (r#"\"t\":"#, r#""t":"#)]
+            }
+        };
+        Some(Payload { p: field(frame, p)? as usize, s: field(frame, s)?, t: field(frame, t)? })
     }
 }
 
-/// The unsigned integer after `plain` (`"key":`), or after `escaped` (`\"key\":`, inside
+/// The unsigned integer after the first of `patterns` found (`"key":`, or `\"key\":` inside
 /// Pusher's string-encoded data).
-fn field(frame: &str, plain: &str, escaped: &str) -> Option<u64> {
-    let start = match frame.find(plain) {
-        Some(i) => i + plain.len(),
-        None => frame.find(escaped)? + escaped.len(),
+fn field(frame: &str, (first, then): (&str, &str)) -> Option<u64> {
+    let start = match frame.find(first) {
+        Some(i) => i + first.len(),
+        None => frame.find(then)? + then.len(),
     };
     let digits = frame[start..].bytes().take_while(u8::is_ascii_digit).count();
     frame[start..start + digits].parse().ok()

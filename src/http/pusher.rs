@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
@@ -59,13 +59,9 @@ impl FromRequest<AppState> for Signed {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let (mut parts, body) = req.into_parts();
-        let Path(path) = <Path<BTreeMap<String, String>> as FromRequestParts<AppState>>::from_request_parts(
-            &mut parts, state,
-        )
-        .await
-        .map_err(|_| ApiError::NotFound("no such route".into()))?;
-        let app_id = path.get("app_id").cloned().unwrap_or_default();
+        let (parts, body) = req.into_parts();
+        // Every route is `/apps/{app_id}/…`; an app id needs no percent-decoding (a-z 0-9 -).
+        let app_id = parts.uri.path().split('/').nth(2).unwrap_or_default().to_owned();
         let limit = state.config.limits.max_message_bytes * MAX_BATCH + 64 * 1024;
         let body = axum::body::to_bytes(body, limit)
             .await
@@ -182,11 +178,11 @@ fn room(field: &str, name: &str) -> Result<RoomName, ApiError> {
 }
 
 /// Pusher's `data` as roomcast data: JSON text stays that JSON (so native clients get the
-/// object), other text becomes a JSON string.
+/// object), other text becomes a JSON string. Errors name `{field}data`.
 fn event_data(field: &str, data: &Value) -> Result<Box<RawValue>, ApiError> {
     let text = match data {
         Value::String(s) => s,
-        _ => return Err(ApiError::field(field, "must be a string")),
+        _ => return Err(ApiError::field(&format!("{field}data"), "must be a string")),
     };
     let raw = match serde_json::from_str::<&RawValue>(text) {
         Ok(raw) => raw.to_owned(),
@@ -210,14 +206,15 @@ fn requests(event: &PusherEvent, field: &str) -> Result<(Vec<BroadcastRequest>, 
         ));
     }
     let name = EventName::parse(&event.name).map_err(|e| ApiError::field(&format!("{field}name"), e))?;
-    let data = event_data(&format!("{field}data"), &event.data)?;
+    let data = event_data(field, &event.data)?;
     let info = Info::parse(event.info.as_deref())?;
     let requests = names
         .into_iter()
         .map(|channel| {
             Ok(BroadcastRequest {
                 app_id: None,
-                room: room(&format!("{field}channels"), channel)?,
+                room: RoomName::parse(channel)
+                    .map_err(|e| ApiError::field(&format!("{field}channels"), e))?,
                 event: name.clone(),
                 data: Some(data.clone()),
                 exclude_connection_id: event.socket_id.clone(),
@@ -277,13 +274,13 @@ async fn user_count(state: &AppState, app_id: &str, room: &RoomName) -> Result<u
 async fn events(State(state): State<AppState>, call: Signed) -> Result<axum::Json<Value>, ApiError> {
     let event: PusherEvent = parse_json(&call.body)?;
     let (requests, info) = requests(&event, "")?;
-    let rooms: Vec<String> = requests.iter().map(|r| r.room.to_string()).collect();
     let requests: Vec<_> = requests.into_iter().map(|r| (r, info)).collect();
     let answers = send(&state, &call.app_id, &requests, false).await?;
     if !info.any() {
         return Ok(axum::Json(json!({})));
     }
-    let channels: serde_json::Map<String, Value> = rooms.into_iter().zip(answers).collect();
+    let channels: serde_json::Map<String, Value> =
+        requests.iter().map(|(r, _)| r.room.to_string()).zip(answers).collect();
     Ok(axum::Json(json!({ "channels": channels })))
 }
 
@@ -394,10 +391,10 @@ mod tests {
 
     #[test]
     fn pusher_data_text_becomes_json_or_a_string() {
-        let d = |s: &str| event_data("data", &serde_json::Value::String(s.into())).unwrap().get().to_owned();
+        let d = |s: &str| event_data("", &serde_json::Value::String(s.into())).unwrap().get().to_owned();
         assert_eq!(d(r#"{"a":1}"#), r#"{"a":1}"#);
         assert_eq!(d("hello"), r#""hello""#);
         assert_eq!(d("12"), "12");
-        assert!(event_data("data", &serde_json::json!({"a": 1})).is_err());
+        assert!(event_data("", &serde_json::json!({"a": 1})).is_err());
     }
 }
