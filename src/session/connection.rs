@@ -51,7 +51,7 @@ pub(super) type Reply<'a> = BoxFuture<'a, Result<Option<String>, End>>;
 
 /// What differs between the protocols a socket may speak: the first frame, the answer to a
 /// frame, the refusals the loop makes, and the close codes.
-pub(super) trait Speaker: Send + 'static {
+pub(super) trait Speaker: Send + Sync + 'static {
     /// The first frame the client gets.
     fn hello(&self, core: &Core) -> String;
     /// Handles one text frame.
@@ -115,39 +115,53 @@ struct Native {
 }
 
 /// Serves one upgraded socket until it closes; `proxied_ip` is the client's address when it
-/// came through a trusted proxy (the hub counts such connections per address).
-pub async fn run(state: AppState, socket: WebSocket, identity: Identity, proxied_ip: Option<IpAddr>) {
+/// came through a trusted proxy (the hub counts such connections per address). Registers the
+/// connection when called; the future serves it.
+///
+/// Not an `async fn`: one would keep its own copy of the socket (its arguments live as long as
+/// it does) beside the one the session's future holds, hundreds of bytes per idle connection.
+pub fn run(
+    state: AppState,
+    socket: WebSocket,
+    identity: Identity,
+    proxied_ip: Option<IpAddr>,
+) -> impl Future<Output = ()> + Send {
     let conn = state.hub.connect_from(&identity.app_id, identity.user_id.as_deref(), proxied_ip);
     tracing::info!(connection_id = %conn.id, app_id = %identity.app_id, user_id = identity.user_id.as_deref().unwrap_or("-"), "connection opened");
-    serve_socket(state, socket, conn, Native { identity, user_info: None }).await;
+    serve_socket(state, socket, conn, Native { identity, user_info: None })
 }
 
-/// Registers a connection speaking `protocol` and serves it with `speaker`.
-pub(super) async fn run_as<S: Speaker>(
+/// [`run`] for a connection speaking `protocol`, served by `speaker`.
+pub(super) fn run_as<S: Speaker>(
     state: AppState,
     socket: WebSocket,
     protocol: Protocol,
     app_id: &str,
     proxied_ip: Option<IpAddr>,
     speaker: S,
-) {
+) -> impl Future<Output = ()> + Send + use<S> {
     let conn = state.hub.connect_as(protocol, app_id, None, proxied_ip);
     tracing::info!(connection_id = %conn.id, app_id, ?protocol, "connection opened");
-    serve_socket(state, socket, conn, speaker).await;
+    serve_socket(state, socket, conn, speaker)
 }
 
-async fn serve_socket<S: Speaker>(
+/// The session's future. What it holds is moved in once and used in place: the future is the
+/// waiting state of every idle connection.
+fn serve_socket<S: Speaker>(
     state: AppState,
     mut socket: WebSocket,
     conn: Arc<ConnHandle>,
     mut speaker: S,
-) {
+) -> impl Future<Output = ()> + Send + use<S> {
     // Held for the whole session, so shutdown waits for this connection to say goodbye.
-    let _tracked = state.node.tracker.token();
+    let tracked = state.node.tracker.token();
     let limiter = frame_limiter(&state.config.limits);
     let mut core = Core { state, conn, rooms: Vec::new(), limiter, refused: 0 };
-    let end = serve(&mut core, &mut speaker, &mut socket).await;
-    Box::pin(finish(core, &speaker, socket, end)).await;
+    async move {
+        let _tracked = tracked;
+        let end = serve(&mut core, &mut speaker, &mut socket).await;
+        Box::pin(finish(core, &speaker, socket, end)).await;
+    }
 }
 
 async fn serve<S: Speaker>(core: &mut Core, speaker: &mut S, socket: &mut WebSocket) -> End {

@@ -82,8 +82,8 @@ pub async fn upgrade(
         return Ok(refuse(upgrade, PusherCode::Unauthorized));
     }
     let app_id = app.app_id.clone();
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        connection::run_as(state, socket, Protocol::Pusher, &app_id, proxied_ip, PusherSpeaker).await
+    Ok(upgrade.on_upgrade(move |socket| {
+        connection::run_as(state, socket, Protocol::Pusher, &app_id, proxied_ip, PusherSpeaker)
     }))
 }
 
