@@ -95,8 +95,15 @@ impl FromRequest<AppState> for Signed {
             ApiError::NotFound(_) => ApiError::InvalidKey,
             other => other,
         })?;
-        let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let signed = format!("{}\n{}\n{}", parts.method.as_str(), parts.uri.path(), query.join("&"));
+        let mut signed = format!("{}\n{}\n", parts.method.as_str(), parts.uri.path());
+        for (i, (k, v)) in params.iter().enumerate() {
+            if i > 0 {
+                signed.push('&');
+            }
+            signed.push_str(k);
+            signed.push('=');
+            signed.push_str(v);
+        }
         let mut mac = Hmac::<Sha256>::new_from_slice(app.secret.as_bytes())
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         mac.update(signed.as_bytes());
@@ -243,7 +250,10 @@ async fn send(
     let mut answers = Vec::with_capacity(requests.len());
     for (c, (req, info)) in checked.into_iter().zip(requests) {
         let result = publish(state, c).await?;
-        answers.push(attributes(state, app_id, &req.room, *info, result.subscriber_count).await?);
+        answers.push(match info.any() {
+            true => attributes(state, app_id, &req.room, *info, result.subscriber_count).await?,
+            false => Value::Object(serde_json::Map::new()),
+        });
     }
     Ok(answers)
 }
