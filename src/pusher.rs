@@ -294,11 +294,17 @@ pub fn signin_success(user_data: &str) -> String {
 
 /// Whether `auth` is `{app_key}:{hex HMAC-SHA256(secret, signed)}`, checked in constant time.
 pub fn verify(app_key: &str, secret: &str, auth: &str, signed: &str) -> bool {
-    let Some((key, signature)) = auth.split_once(':') else { return false };
+    auth.split_once(':')
+        .is_some_and(|(key, signature)| key == app_key && signed_by(secret, signed, signature))
+}
+
+/// Whether `signature` is the hex HMAC-SHA256 of `signed` with `secret`, checked in constant
+/// time: what every Pusher signature is (channels, sign-in, HTTP API requests).
+pub fn signed_by(secret: &str, signed: &str, signature: &str) -> bool {
     let Some(given) = unhex(signature) else { return false };
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { return false };
     mac.update(signed.as_bytes());
-    key == app_key && mac.verify_slice(&given).is_ok()
+    mac.verify_slice(&given).is_ok()
 }
 
 /// What a channel authorization signs: `{socket_id}:{channel}`, and `:{channel_data}` for a

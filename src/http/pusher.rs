@@ -10,19 +10,17 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::routing::{get, post};
-use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use super::AppState;
 use super::broadcast::{BroadcastRequest, check, publish};
 use super::error::ApiError;
 use super::extract::{Principal, parse_json};
 use crate::apps::is_active;
-use crate::auth::api_key::{Scope, hex, unhex};
+use crate::auth::api_key::{Scope, hex};
 use crate::domain::{AppId, RoomKey};
 use crate::limits::RateSlot;
 use crate::protocol::{EventName, RoomName};
@@ -104,11 +102,9 @@ impl FromRequest<AppState> for Signed {
             signed.push('=');
             signed.push_str(v);
         }
-        let mut mac = Hmac::<Sha256>::new_from_slice(app.secret.as_bytes())
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        mac.update(signed.as_bytes());
-        let given = unhex(&signature).ok_or(ApiError::InvalidKey)?;
-        mac.verify_slice(&given).map_err(|_| ApiError::InvalidKey)?;
+        if !crate::pusher::signed_by(&app.secret, &signed, &signature) {
+            return Err(ApiError::InvalidKey);
+        }
         if !is_active(&app) {
             return Err(ApiError::AppDisabled);
         }

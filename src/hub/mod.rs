@@ -71,6 +71,16 @@ impl Fanout {
         Self { registry, connections: DashMap::new(), events: EventBus::default(), metrics }
     }
 
+    /// Asks this node's connections that `which` picks to close with `code`; how many.
+    fn close_where(&self, code: CloseCode, which: impl Fn(&ConnHandle) -> bool) -> usize {
+        let mut closed = 0;
+        for conn in self.connections.iter().filter(|c| which(c)) {
+            conn.close(code);
+            closed += 1;
+        }
+        closed
+    }
+
     /// The room registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
@@ -105,13 +115,9 @@ impl Inbox for Fanout {
     }
 
     fn close_user(&self, app_id: &str, user_id: &str) -> usize {
-        let mut closed = 0;
-        for conn in self.connections.iter() {
-            if *conn.app_id == *app_id && conn.user_id().is_some_and(|u| **u == *user_id) {
-                conn.close(CloseCode::Terminated);
-                closed += 1;
-            }
-        }
+        let closed = self.close_where(CloseCode::Terminated, |conn| {
+            *conn.app_id == *app_id && conn.user_id().is_some_and(|u| **u == *user_id)
+        });
         if closed > 0 {
             tracing::info!(app_id, user_id, closed, "user's connections terminated");
         }
@@ -637,14 +643,7 @@ impl Hub {
 
     /// Asks every connection of `app_id` (or all connections) to close with `code`.
     pub fn close_connections(&self, app_id: Option<&str>, code: CloseCode) -> usize {
-        let mut closed = 0;
-        for conn in self.fanout.connections.iter() {
-            if app_id.is_none_or(|a| *conn.app_id == *a) {
-                conn.close(code);
-                closed += 1;
-            }
-        }
-        closed
+        self.fanout.close_where(code, |conn| app_id.is_none_or(|a| *conn.app_id == *a))
     }
 
     /// Closes every connection of `user_id` in `app_id`, on every node, with 4009.
