@@ -4,7 +4,7 @@
 //! `auth_version`, `body_md5`, `auth_signature`); the events land in the same rooms, streams and
 //! webhooks as `POST /api/broadcast`. Errors keep roomcast's JSON shape (the SDKs read the status).
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -20,7 +20,7 @@ use super::broadcast::{BroadcastRequest, check, publish};
 use super::error::ApiError;
 use super::extract::{Principal, parse_json};
 use crate::apps::is_active;
-use crate::auth::api_key::{Scope, hex};
+use crate::auth::api_key::Scope;
 use crate::domain::{AppId, RoomKey};
 use crate::limits::RateSlot;
 use crate::protocol::{EventName, RoomName};
@@ -49,8 +49,62 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug)]
 pub struct Signed {
     app_id: String,
-    params: BTreeMap<String, String>,
+    /// The app as the caller of the routes `send` shares with `/api/broadcast`.
+    principal: Principal,
+    params: Vec<(String, String)>,
     body: Bytes,
+}
+
+impl Signed {
+    /// A query parameter other than the `auth_*` ones.
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The query's `key=value` pairs, keys lower-cased, sorted by key as Pusher signs them. A pair
+/// without `%` or `+` is borrowed as it is: the SDKs' `auth_*` parameters never need decoding,
+/// and this is on every publish's path.
+fn query_pairs(query: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    fn lower(k: Cow<'_, str>) -> Cow<'_, str> {
+        match k.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => Cow::Owned(k.to_ascii_lowercase()),
+            false => k,
+        }
+    }
+    let mut pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = if pair.bytes().any(|b| b == b'%' || b == b'+') {
+                let (k, v) = form_urlencoded::parse(pair.as_bytes()).next().unwrap_or_default();
+                (Cow::Owned(k.into_owned()), Cow::Owned(v.into_owned()))
+            } else {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (Cow::Borrowed(k), Cow::Borrowed(v))
+            };
+            (lower(k), v)
+        })
+        .collect();
+    // Stable: a repeated key keeps its last value when looked up, as a map would.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    pairs.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
+    pairs
+}
+
+/// `body_md5`: 32 hex digits naming the body's MD5.
+fn md5_matches(body: &[u8], given: Option<&str>) -> bool {
+    let Some(given) = given.filter(|g| g.len() == 32) else { return false };
+    let digest = Md5::digest(body);
+    given.as_bytes().chunks(2).zip(digest.iter()).all(|(pair, byte)| {
+        std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()) == Some(*byte)
+    })
 }
 
 impl FromRequest<AppState> for Signed {
@@ -59,42 +113,48 @@ impl FromRequest<AppState> for Signed {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
         // Every route is `/apps/{app_id}/…`; an app id needs no percent-decoding (a-z 0-9 -).
-        let app_id = parts.uri.path().split('/').nth(2).unwrap_or_default().to_owned();
+        let path = parts.uri.path();
+        let app_id = path.split('/').nth(2).unwrap_or_default().to_owned();
         let limit = state.config.limits.max_message_bytes * MAX_BATCH + 64 * 1024;
         let body = axum::body::to_bytes(body, limit)
             .await
             .map_err(|_| ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes")))?;
-        let mut params: BTreeMap<String, String> =
-            form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.into_owned()))
-                .collect();
+        let mut pairs = query_pairs(parts.uri.query().unwrap_or(""));
+        fn get<'a>(pairs: &'a [(Cow<'_, str>, Cow<'_, str>)], name: &str) -> Option<&'a str> {
+            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| &**v)
+        }
         let unsigned = || ApiError::InvalidKey;
-        let signature = params.remove("auth_signature").ok_or_else(unsigned)?;
-        if params.get("auth_key") != Some(&app_id) {
+        let signature = get(&pairs, "auth_signature").ok_or_else(unsigned)?.to_owned();
+        pairs.retain(|(k, _)| k != "auth_signature");
+        if get(&pairs, "auth_key") != Some(app_id.as_str()) {
             return Err(ApiError::InvalidKey);
         }
-        if params.get("auth_version").map(String::as_str) != Some("1.0") {
+        if get(&pairs, "auth_version") != Some("1.0") {
             return Err(ApiError::InvalidRequest("auth_version must be 1.0".into()));
         }
         let timestamp: i64 =
-            params.get("auth_timestamp").and_then(|t| t.parse().ok()).ok_or_else(unsigned)?;
+            get(&pairs, "auth_timestamp").and_then(|t| t.parse().ok()).ok_or_else(unsigned)?;
         let now = crate::clock::now_ms() / 1000;
         if (now - timestamp).abs() > TIMESTAMP_WINDOW_S {
             return Err(ApiError::InvalidToken(format!(
                 "auth_timestamp is more than {TIMESTAMP_WINDOW_S} s from the server's time ({now})"
             )));
         }
-        if !body.is_empty()
-            && params.get("body_md5").map(String::as_str) != Some(hex(&Md5::digest(&body)).as_str())
-        {
+        if !body.is_empty() && !md5_matches(&body, get(&pairs, "body_md5")) {
             return Err(ApiError::InvalidToken("body_md5 does not match the body".into()));
         }
         let app = state.live_app(&app_id).await.map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::InvalidKey,
             other => other,
         })?;
-        let mut signed = format!("{}\n{}\n", parts.method.as_str(), parts.uri.path());
-        for (i, (k, v)) in params.iter().enumerate() {
+        let method = parts.method.as_str();
+        let size = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+        let mut signed = String::with_capacity(method.len() + path.len() + 2 + size);
+        signed.push_str(method);
+        signed.push('\n');
+        signed.push_str(path);
+        signed.push('\n');
+        for (i, (k, v)) in pairs.iter().enumerate() {
             if i > 0 {
                 signed.push('&');
             }
@@ -109,11 +169,14 @@ impl FromRequest<AppState> for Signed {
             return Err(ApiError::AppDisabled);
         }
         // The app's own rate limit, as for its API keys.
-        state.charge(&principal(&app_id), parts.extensions.get::<RateSlot>())?;
-        for reserved in ["auth_key", "auth_timestamp", "auth_version", "body_md5"] {
-            params.remove(reserved);
-        }
-        Ok(Self { app_id, params, body })
+        let principal = principal(&app_id);
+        state.charge(&principal, parts.extensions.get::<RateSlot>())?;
+        let params = pairs
+            .into_iter()
+            .filter(|(k, _)| !matches!(&**k, "auth_key" | "auth_timestamp" | "auth_version" | "body_md5"))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Ok(Self { app_id, principal, params, body })
     }
 }
 
@@ -233,15 +296,15 @@ fn requests(event: &PusherEvent, field: &str) -> Result<(Vec<BroadcastRequest>, 
 /// Fields are named as in a batch when `batch`.
 async fn send(
     state: &AppState,
-    app_id: &str,
+    call: &Signed,
     requests: &[(BroadcastRequest, Info)],
     batch: bool,
 ) -> Result<Vec<Value>, ApiError> {
-    let principal = principal(app_id);
+    let (app_id, principal) = (call.app_id.as_str(), &call.principal);
     let mut checked = Vec::with_capacity(requests.len());
     for (i, (req, _)) in requests.iter().enumerate() {
         let field = if batch { format!("batch[{i}].") } else { String::new() };
-        checked.push(check(state, &principal, req, &field).await?);
+        checked.push(check(state, principal, req, &field).await?);
     }
     let mut answers = Vec::with_capacity(requests.len());
     for (c, (req, info)) in checked.into_iter().zip(requests) {
@@ -281,7 +344,7 @@ async fn events(State(state): State<AppState>, call: Signed) -> Result<axum::Jso
     let event: PusherEvent = parse_json(&call.body)?;
     let (requests, info) = requests(&event, "")?;
     let requests: Vec<_> = requests.into_iter().map(|r| (r, info)).collect();
-    let answers = send(&state, &call.app_id, &requests, false).await?;
+    let answers = send(&state, &call, &requests, false).await?;
     if !info.any() {
         return Ok(axum::Json(json!({})));
     }
@@ -304,13 +367,13 @@ async fn batch_events(State(state): State<AppState>, call: Signed) -> Result<axu
         all.extend(requests.into_iter().map(|r| (r, info)));
     }
     let any_info = all.iter().any(|(_, info)| info.any());
-    let answers = send(&state, &call.app_id, &all, true).await?;
+    let answers = send(&state, &call, &all, true).await?;
     Ok(axum::Json(if any_info { json!({ "batch": answers }) } else { json!({}) }))
 }
 
 async fn channels(State(state): State<AppState>, call: Signed) -> Result<axum::Json<Value>, ApiError> {
-    let prefix = call.params.get("filter_by_prefix").cloned().unwrap_or_default();
-    let info = Info::parse(call.params.get("info").map(String::as_str))?;
+    let prefix = call.param("filter_by_prefix").unwrap_or_default().to_owned();
+    let info = Info::parse(call.param("info"))?;
     if info.users && !prefix.starts_with("presence-") {
         return Err(ApiError::field("info", "user_count needs filter_by_prefix=presence-"));
     }
@@ -342,7 +405,7 @@ async fn channel(
     call: Signed,
 ) -> Result<axum::Json<Value>, ApiError> {
     let room = room("channel", &name)?;
-    let info = Info::parse(call.params.get("info").map(String::as_str))?;
+    let info = Info::parse(call.param("info"))?;
     if info.users && !room.is_presence() {
         return Err(ApiError::field("info", "user_count is for presence- channels"));
     }
@@ -393,7 +456,28 @@ async fn terminate(
 
 #[cfg(test)]
 mod tests {
-    use super::event_data;
+    use super::{event_data, md5_matches, query_pairs};
+
+    #[test]
+    fn query_pairs_are_decoded_lowered_and_sorted_like_a_map() {
+        let pairs = query_pairs("b=2&A=1&body_md5=x&c=a%20b+c&d=x%3Dy=z&&e&b=3");
+        let flat: Vec<(String, String)> = pairs.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let want = [("a", "1"), ("b", "3"), ("body_md5", "x"), ("c", "a b c"), ("d", "x=y=z"), ("e", "")];
+        assert_eq!(flat, want.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        // Plain pairs are borrowed, not copied.
+        assert!(matches!(query_pairs("auth_key=app")[0].1, std::borrow::Cow::Borrowed("app")));
+    }
+
+    #[test]
+    fn body_md5_is_compared_as_hex() {
+        // MD5("") = d41d8cd98f00b204e9800998ecf8427e
+        assert!(md5_matches(b"", Some("d41d8cd98f00b204e9800998ecf8427e")));
+        assert!(md5_matches(b"", Some("D41D8CD98F00B204E9800998ECF8427E")));
+        assert!(!md5_matches(b"", Some("d41d8cd98f00b204e9800998ecf8427f")));
+        assert!(!md5_matches(b"", Some("d41d8cd98f00b204e9800998ecf8427")));
+        assert!(!md5_matches(b"", Some("zz1d8cd98f00b204e9800998ecf8427e")));
+        assert!(!md5_matches(b"", None));
+    }
 
     #[test]
     fn pusher_data_text_becomes_json_or_a_string() {
