@@ -62,6 +62,9 @@ cargo test --locked --workspace
 (cd clients/js && HUB_BIN="$PWD/../../target/debug/roomcast" npm test)
 # Pusher's own libraries against the Pusher protocol and API (DESIGN §12).
 (cd tests/pusher && HUB_BIN="$PWD/../../target/debug/roomcast" npm test)
+# The dashboard in Chromium (screenshots in target/dashboard-screenshots/), and the operators'
+# Grafana dashboard and alert rules against the hub's metrics and promtool.
+(cd tests/dashboard && HUB_BIN="$PWD/../../target/debug/roomcast" node --test --test-concurrency=1 ./*.test.mjs)
 bash scripts/schemathesis.sh
 # The soak lane's short run: two nodes, churn of distinct users through presence rooms,
 # broadcasts and webhooks, a Redis restart half way; fails on a lost event or webhook.

@@ -289,6 +289,12 @@ impl Metrics {
             ),
             (G, "roomcast_build_info", None, "Always 1; the labels name the build."),
             (G, "roomcast_uptime_seconds", Some(Unit::Seconds), "Seconds since this process started."),
+            (
+                G,
+                "roomcast_redis_up",
+                None,
+                "Cluster mode: 1 while this node's Redis link is up, 0 while it is down.",
+            ),
         ];
         for (family, name, unit, help) in families {
             let (name, help) = (KeyName::from_const_str(name), SharedString::const_str(help));
@@ -389,8 +395,13 @@ impl Metrics {
     }
 
     /// The exposition text, with the state gauges read from `hub` first; `full` says whether
-    /// the node refuses new connections now.
-    pub fn render(&self, hub: &crate::hub::Hub, full: bool) -> String {
+    /// the node refuses new connections now, `redis_up` whether its Redis link is up (cluster
+    /// mode only: a single node has no `roomcast_redis_up`).
+    pub fn render(&self, hub: &crate::hub::Hub, full: bool, redis_up: Option<bool>) -> String {
+        if let Some(up) = redis_up {
+            let gauge = self.recorder.register_gauge(&Key::from_name("roomcast_redis_up"), &META);
+            gauge.set(if up { 1.0 } else { 0.0 });
+        }
         self.rooms.set(hub.registry().room_count() as f64);
         self.history_bytes.set(hub.registry().history_bytes() as f64);
         self.subscriptions.set(hub.registry().subscription_count() as f64);

@@ -140,7 +140,12 @@ impl Server {
             .map_err(StartError::Config)?,
         );
         let (filter, sink) = (webhooks.clone(), webhooks.clone());
-        hub.events().set_payload_filter(Arc::new(move |app_id| filter.app_has_webhooks(app_id)));
+        // Publications carry their data for webhooks and for open debug consoles.
+        let watchers = Arc::new(crate::http::dashboard::debug::Watchers::default());
+        let watching = watchers.clone();
+        hub.events().set_payload_filter(Arc::new(move |app_id| {
+            filter.app_has_webhooks(app_id) || watching.watching(app_id)
+        }));
         hub.events().add_sink(Arc::new(move |event| sink.observe(event)));
         let idempotency = Arc::new(crate::idempotency::Idempotency::new(
             config.history.idempotency_window_s,
@@ -151,6 +156,8 @@ impl Server {
             None => Default::default(),
         };
         let auth = Arc::new(crate::auth::Auth::new(keys, tickets, store.clone()));
+        let sessions =
+            Arc::new(crate::http::dashboard::Sessions::open(store.clone()).await.map_err(store_err)?);
         let apps = Arc::new(crate::apps::Apps::new(crate::apps::Parts {
             store,
             cache: app_cache,
@@ -192,6 +199,8 @@ impl Server {
             metrics,
             guards,
             node,
+            sessions,
+            watchers,
         });
         Ok(Self { listener, state, bootstrap_key, marker, news })
     }

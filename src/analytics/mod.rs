@@ -240,7 +240,9 @@ impl Analytics {
             HubEvent::RoomOccupied { .. }
             | HubEvent::RoomVacated { .. }
             | HubEvent::MemberJoined { .. }
-            | HubEvent::MemberLeft { .. } => {}
+            | HubEvent::MemberLeft { .. }
+            | HubEvent::Joined { .. }
+            | HubEvent::Left { .. } => {}
         }
     }
 
@@ -435,7 +437,10 @@ mod tests {
         let room = RoomKey { app_id: crate::domain::AppId::known(app), room: RoomName::parse("r").unwrap() };
         a.record(&HubEvent::Delivered { room: room.clone(), delivered, dropped: 0 }, now);
         let event = EventName::parse("e").unwrap();
-        a.record(&HubEvent::Published { room, event, kind, data: None, timestamp: 0, sender: None }, now);
+        a.record(
+            &HubEvent::Published { room, event, kind, data: None, timestamp: 0, sender: None, offset: 0 },
+            now,
+        );
     }
 
     #[test]

@@ -104,8 +104,14 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (source, key) = find_key(parts).ok_or(ApiError::MissingApiKey)?;
-        let principal = state.authenticate(source, &key).await.map_err(|e| match e {
+        let principal = match find_key(parts) {
+            Some((source, key)) => state.authenticate(source, &key).await,
+            None => super::dashboard::session_principal(parts, state)
+                .await?
+                .map(|(principal, _)| principal)
+                .ok_or(ApiError::MissingApiKey),
+        };
+        let principal = principal.map_err(|e| match e {
             ApiError::AppDeleted(app_id) if parts.uri.path().starts_with("/api/applications") => {
                 ApiError::NotFound(format!("no app {app_id:?}"))
             }
@@ -213,9 +219,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Authed<T> {
         let found = find_key(&parts);
         let req = Request::from_parts(parts.clone(), body);
         let bytes = body_bytes(req, state.config.limits.max_body_bytes).await?;
-        let principal = match found {
-            Some((source, key)) => state.authenticate(source, &key).await?,
-            None => {
+        let session = match found {
+            Some(_) => None,
+            None => super::dashboard::session_principal(&parts, state).await?.map(|(principal, _)| principal),
+        };
+        let principal = match (found, session) {
+            (_, Some(principal)) => principal,
+            (Some((source, key)), None) => state.authenticate(source, &key).await?,
+            (None, None) => {
                 check_json_content_type(&parts.headers, &bytes)?;
                 let key = serde_json::from_slice::<BodyKey>(&bytes).ok().and_then(|b| b.api_key);
                 let key = key.ok_or(ApiError::MissingApiKey)?;

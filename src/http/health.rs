@@ -89,6 +89,7 @@ pub async fn metrics_page(State(state): State<AppState>, headers: HeaderMap) -> 
         }
     }
     let full = state.guards.capacity.full(state.hub.connection_count()).is_some();
-    let body = state.metrics.render(&state.hub, full);
+    let redis_up = state.node.cluster.as_ref().map(|c| c.link.is_up());
+    let body = state.metrics.render(&state.hub, full, redis_up);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -5,6 +5,7 @@ pub mod analytics;
 pub mod apps;
 pub mod broadcast;
 pub mod client;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -58,6 +59,10 @@ pub struct Shared {
     pub guards: Guards,
     /// This process: its id, its tasks, its cluster parts.
     pub node: NodeInfo,
+    /// Dashboard sign-in sessions.
+    pub sessions: Arc<dashboard::Sessions>,
+    /// Apps with a dashboard debug console open on this node.
+    pub watchers: Arc<dashboard::debug::Watchers>,
 }
 
 /// What protects the edge: rate limits per app and per IP, connections per IP, the node's
@@ -105,10 +110,23 @@ impl AppState {
             return Err(ApiError::InvalidKey);
         }
         let key = self.apps.key(&presented.key_id).await?.ok_or(ApiError::InvalidKey)?;
-        if key.record.kind != presented.kind
-            || !key.secret_matches(&presented)
-            || key.record.revoked_at.is_some()
-        {
+        if key.record.kind != presented.kind || !key.secret_matches(&presented) {
+            return Err(ApiError::InvalidKey);
+        }
+        self.admit(&key).await
+    }
+
+    /// The key `key_id` as a caller, without its secret (a dashboard session names its key):
+    /// refused as [`AppState::authenticate`] refuses a revoked or expired key, or one whose app
+    /// is gone or disabled.
+    pub async fn key_principal(&self, key_id: &str) -> Result<Principal, ApiError> {
+        let key = self.apps.key(key_id).await?.ok_or(ApiError::InvalidKey)?;
+        self.admit(&key).await
+    }
+
+    /// The checks after a key's secret: revocation, expiry, its app's state.
+    async fn admit(&self, key: &crate::auth::api_key::CachedKey) -> Result<Principal, ApiError> {
+        if key.record.revoked_at.is_some() {
             return Err(ApiError::InvalidKey);
         }
         let now = now_ms();
@@ -230,6 +248,7 @@ pub fn router(state: AppState, edges: Router<AppState>) -> Router {
         .merge(openapi::router())
         .merge(client::router())
         .merge(pusher::router())
+        .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::limits::headers))

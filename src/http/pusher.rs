@@ -461,7 +461,8 @@ mod tests {
     #[test]
     fn query_pairs_are_decoded_lowered_and_sorted_like_a_map() {
         let pairs = query_pairs("b=2&A=1&body_md5=x&c=a%20b+c&d=x%3Dy=z&&e&b=3");
-        let flat: Vec<(String, String)> = pairs.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let flat: Vec<(String, String)> =
+            pairs.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         let want = [("a", "1"), ("b", "3"), ("body_md5", "x"), ("c", "a b c"), ("d", "x=y=z"), ("e", "")];
         assert_eq!(flat, want.map(|(k, v)| (k.to_owned(), v.to_owned())));
         // Plain pairs are borrowed, not copied.

@@ -80,6 +80,20 @@ pub enum HubEvent {
         timestamp: i64,
         /// A client event's sender.
         sender: Option<Sender>,
+        /// Its place in the room's stream (0 when the room kept no stream).
+        offset: u64,
+    },
+    /// A connection of this node subscribed to a room.
+    Joined {
+        room: RoomKey,
+        connection_id: crate::domain::ConnectionId,
+        user_id: Option<Arc<str>>,
+    },
+    /// A connection of this node left a room (or closed while in it).
+    Left {
+        room: RoomKey,
+        connection_id: crate::domain::ConnectionId,
+        user_id: Option<Arc<str>>,
     },
 }
 

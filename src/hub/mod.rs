@@ -359,7 +359,14 @@ impl Hub {
         }
         let mut done = JoinStep::Registered;
         match self.join_cluster(conn, &key, &mut outcome, &mut done, since, keep).await {
-            Ok(()) => Ok(outcome),
+            Ok(()) => {
+                self.events().emit(HubEvent::Joined {
+                    room: key,
+                    connection_id: conn.id.clone(),
+                    user_id: conn.user_id().cloned(),
+                });
+                Ok(outcome)
+            }
             Err(e) => {
                 // The one rollback: a join leaves as far as it got.
                 self.leave_key(conn, &key, done).await;
@@ -525,6 +532,13 @@ impl Hub {
         {
             tracing::warn!(room = ?key, error = %e, "broker unsubscribe failed");
         }
+        if counted {
+            self.events().emit(HubEvent::Left {
+                room: key.clone(),
+                connection_id: conn.id.clone(),
+                user_id: conn.user_id().cloned(),
+            });
+        }
         if vacated_everywhere {
             self.events().emit(HubEvent::RoomVacated { room: key.clone() });
         }
@@ -569,7 +583,7 @@ impl Hub {
             keep: (self.retention.0)(&key.app_id),
         };
         match self.broker.publish(&publication).await {
-            Ok(_) => {
+            Ok(published) => {
                 self.metrics().published(PublishKind::System).increment(1);
                 self.events().emit(HubEvent::Published {
                     room: publication.key,
@@ -578,6 +592,7 @@ impl Hub {
                     data: None,
                     timestamp: publication.timestamp,
                     sender: None,
+                    offset: published.offset,
                 });
             }
             Err(e) => tracing::warn!(room = ?key, event, error = %e, "presence announcement failed"),
@@ -627,6 +642,7 @@ impl Hub {
             data,
             timestamp,
             sender: origin,
+            offset: published.offset,
         });
         Ok(BroadcastOutcome {
             subscriber_count: published.subscribers,

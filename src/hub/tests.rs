@@ -75,9 +75,12 @@ async fn lifecycle_events_are_emitted_once() {
             HubEvent::Delivered { .. } => "delivered",
             HubEvent::MemberJoined { .. } => "member joined",
             HubEvent::MemberLeft { .. } => "member left",
+            HubEvent::Joined { .. } => "joined",
+            HubEvent::Left { .. } => "left",
         });
     }
-    assert_eq!(kinds, ["open", "open", "occupied", "vacated", "close"]);
+    // A second leave of the same connection is no event.
+    assert_eq!(kinds, ["open", "open", "occupied", "joined", "joined", "left", "left", "vacated", "close"]);
     assert_eq!(hub.subscriber_count("app-a", &room), 0);
 }
 

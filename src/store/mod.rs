@@ -452,4 +452,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn change_marker(&self) -> Result<u64, StoreError>;
     /// Cheap liveness probe for `/health`.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The server secret `name`: the one stored, or `candidate`, stored now, when there is none
+    /// (every node of a cluster ends up with the first one stored).
+    async fn server_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
+    /// Ends the dashboard session `session_id`, which would expire at `expires_at` (ms).
+    async fn revoke_session(&self, session_id: &str, expires_at: i64) -> Result<(), StoreError>;
+    /// Whether the dashboard session was ended.
+    async fn session_revoked(&self, session_id: &str) -> Result<bool, StoreError>;
 }

@@ -25,6 +25,10 @@ const DELIVERIES: &str = "rc:{store}:deliveries";
 /// Pending and retrying deliveries, scored by when they are due.
 const WAITING: &str = "rc:{store}:waiting";
 const VERSION: &str = "rc:{store}:version";
+/// `rc:{store}:secret:{name}`: a server secret.
+const SECRET: &str = "rc:{store}:secret:";
+/// `rc:{store}:ended:{session_id}`: an ended dashboard session, until it would have expired.
+const ENDED: &str = "rc:{store}:ended:";
 /// Log entries read at a time when pruning.
 const PRUNE_PAGE: usize = 500;
 /// Where a write is announced to the other nodes.
@@ -528,5 +532,36 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         redis::cmd("PING").query_async::<String>(&mut self.conn()).await.map(drop).map_err(unavailable)
+    }
+
+    async fn server_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        let key = format!("{SECRET}{name}");
+        let mut conn = self.conn();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(candidate)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let value: Option<String> = conn.get(&key).await.map_err(unavailable)?;
+        value.ok_or_else(|| StoreError::Unavailable(format!("server secret {name} vanished")))
+    }
+
+    async fn revoke_session(&self, session_id: &str, expires_at: i64) -> Result<(), StoreError> {
+        let at = expires_at.max(crate::clock::now_ms() + 1000);
+        redis::cmd("SET")
+            .arg(format!("{ENDED}{session_id}"))
+            .arg(1)
+            .arg("PXAT")
+            .arg(at)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn session_revoked(&self, session_id: &str) -> Result<bool, StoreError> {
+        let found: bool = self.conn().exists(format!("{ENDED}{session_id}")).await.map_err(unavailable)?;
+        Ok(found)
     }
 }

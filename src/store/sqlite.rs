@@ -708,6 +708,51 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn server_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        let (name, candidate) = (name.to_owned(), candidate.to_owned());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO server_secrets (name, value) VALUES (?1, ?2)",
+                params![name, candidate],
+            )
+            .map_err(unavailable)?;
+            conn.query_row("SELECT value FROM server_secrets WHERE name = ?1", params![name], |r| r.get(0))
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn revoke_session(&self, session_id: &str, expires_at: i64) -> Result<(), StoreError> {
+        let session_id = session_id.to_owned();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            tx.execute("DELETE FROM revoked_sessions WHERE expires_at < ?1", params![crate::clock::now_ms()])
+                .map_err(unavailable)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO revoked_sessions (session_id, expires_at) VALUES (?1, ?2)",
+                params![session_id, expires_at],
+            )
+            .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn session_revoked(&self, session_id: &str) -> Result<bool, StoreError> {
+        let session_id = session_id.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT 1 FROM revoked_sessions WHERE session_id = ?1",
+                params![session_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(unavailable)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -241,6 +241,18 @@ async fn exercise(store: Arc<dyn Store>, keeps_analytics: bool) -> Vec<String> {
     assert!(store.due_deliveries(None).await.unwrap().is_empty());
     assert!(store.load_analytics(0).await.unwrap().minutes.is_empty());
     store.ping().await.unwrap();
+
+    // Server secrets: the first stored wins, later candidates are ignored.
+    assert_eq!(store.server_secret("cookie", "first").await.unwrap(), "first");
+    assert_eq!(store.server_secret("cookie", "second").await.unwrap(), "first");
+    assert_eq!(store.server_secret("other", "third").await.unwrap(), "third");
+    // Ended dashboard sessions.
+    let later = roomcast::clock::now_ms() + 60_000;
+    assert!(!store.session_revoked("sess-1").await.unwrap());
+    store.revoke_session("sess-1", later).await.unwrap();
+    store.revoke_session("sess-1", later).await.unwrap();
+    assert!(store.session_revoked("sess-1").await.unwrap());
+    assert!(!store.session_revoked("sess-2").await.unwrap());
     seen
 }
 

@@ -124,6 +124,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE apps ADD COLUMN pusher_clients INTEGER NOT NULL DEFAULT 0;
 ",
+    // The server's own secrets (the dashboard's cookie key), made once and kept across
+    // restarts; dashboard sessions ended before they expire.
+    "
+    CREATE TABLE server_secrets (
+        name  TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE revoked_sessions (
+        session_id TEXT PRIMARY KEY NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
