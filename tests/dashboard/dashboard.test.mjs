@@ -9,8 +9,8 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { launchBrowser } from '../../clients/js/test/chromium.mjs';
-import { ADMIN, api, cleanup, client, createApp, startHub, token, within } from '../../clients/js/test/support.mjs';
+import { launchBrowser, onlyHost } from '../../clients/js/test/chromium.mjs';
+import { ADMIN, api, cleanup, client, createApp, next, startHub, token, within } from '../../clients/js/test/support.mjs';
 
 const SHOTS = join(import.meta.dirname, '../../target/dashboard-screenshots');
 mkdirSync(SHOTS, { recursive: true });
@@ -34,13 +34,7 @@ after(async () => {
 /** A fresh browser context (its own cookies) whose requests may only go to the hub. */
 async function context() {
   const ctx = await browser.newContext({ viewport: { width: 1360, height: 860 } });
-  const elsewhere = [];
-  await ctx.route('**/*', (route) => {
-    const url = new URL(route.request().url());
-    if (url.host === hub.addr) return route.continue();
-    elsewhere.push(url.href);
-    return route.abort();
-  });
+  const elsewhere = await onlyHost(ctx, hub.addr);
   const page = await ctx.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
@@ -63,6 +57,19 @@ async function signIn(page, key, { remember = false } = {}) {
   if (remember) await page.check('#login-remember');
   await page.click('#login-form button[type=submit]');
   await page.waitForSelector('#shell:not([hidden])');
+}
+
+/** Reloads the page until `selector` shows (the delivery log is read when the page is drawn). */
+function reloadUntil(page, selector, what) {
+  return within(
+    (async () => {
+      for (;;) {
+        await page.reload();
+        if (await page.waitForSelector(selector, { timeout: 1000 }).catch(() => null)) return;
+      }
+    })(),
+    what,
+  );
 }
 
 const shot = (page, name) => page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
@@ -135,6 +142,14 @@ test('a wrong key is 401 and repeated attempts are rate-limited per IP', async (
   assert.equal(wrong.res.status, 401);
   assert.equal(wrong.body.code, 'invalid_key');
   assert.equal(wrong.cookie, undefined);
+  // Another site's page cannot sign this browser in, even with a right key.
+  const crossSite = await fetch(`${hub.http}/dashboard/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', origin: 'https://evil.example' },
+    body: JSON.stringify({ key: ADMIN }),
+  });
+  assert.equal(crossSite.status, 403);
+  assert.equal(crossSite.headers.get('set-cookie'), null);
   // A hub with a small per-IP budget: the attempts after it are 429 with Retry-After.
   const strict = await startHub({ env: { ROOMCAST_LIMITS__IP_RATE_LIMIT: '3' } });
   const statuses = [];
@@ -313,13 +328,21 @@ test('the debug console shows a broadcast within a second, joins and leaves, and
   assert.equal(cells[3], 'order-placed');
   assert.equal(cells[4], String(result.offset || ''));
   assert.equal(cells[5], '{"id":7}');
-  // A client joins a presence room and leaves it.
-  const rc = client(hub.ws, { getToken: () => token(hub, app, { user_id: 'alice' }) });
+  // A client joins a presence room, sends a client event and leaves.
+  const rc = client(hub.ws, { getToken: () => token(hub, app, { user_id: 'alice', can_publish: true }) });
   rc.connect();
-  rc.subscribe('presence-support');
+  const support = rc.subscribe('presence-support');
+  const ready = next(support, 'subscribed');
   await page.waitForSelector('#debug-log tr[data-type="join"]');
   await page.waitForSelector('#debug-log tr[data-type="member_added"]');
   assert.match(await page.textContent('#debug-log tr[data-type="join"]'), /presence-support.*user alice/);
+  await ready;
+  support.publish('typing', { by: 'alice' });
+  await page.waitForSelector('#debug-log tr[data-type="client_event"]');
+  const clientCells = await page.$$eval('#debug-log tr[data-type="client_event"] td', (tds) => tds.map((td) => td.textContent));
+  assert.deepEqual(clientCells.slice(2, 4), ['presence-support', 'typing']);
+  assert.match(clientCells[4], /^\d+$/, 'with its offset');
+  assert.equal(clientCells[5], '{"by":"alice"}');
   rc.close();
   await page.waitForSelector('#debug-log tr[data-type="leave"]');
   await page.waitForSelector('#debug-log tr[data-type="member_removed"]');
@@ -350,6 +373,31 @@ test('the debug console shows a broadcast within a second, joins and leaves, and
   await api(hub, 'POST', '/api/broadcast', { key: app.api_key, body: { room: 'orders', event: 'after-blog', data: 1 } });
   await page.waitForSelector('#debug-log tr td:text("after-blog")');
   assert.equal(await page.$('#debug-log tr td:text("blog-event")'), null);
+  check();
+  await ctx.close();
+});
+
+test('an app is disabled, deleted and restored from its settings', async () => {
+  await createApp(hub, { app_id: 'short-lived', name: 'Short lived' });
+  const { ctx, page, check } = await context();
+  page.on('dialog', (d) => d.accept());
+  await signIn(page, ADMIN);
+  await page.goto(`${hub.http}/dashboard#/app/short-lived/settings`);
+  await page.waitForSelector('#app-settings');
+  await page.selectOption('#app-settings select[name="status"]', 'disabled');
+  await page.click('#app-settings button[type=submit]');
+  await page.waitForSelector('.toast:text("Settings saved")');
+  assert.equal((await api(hub, 'GET', '/api/applications/short-lived', { admin: true })).app.status, 'disabled');
+  await page.click('button:text("Delete app")');
+  await page.waitForSelector('button:text("Restore app")');
+  const deleted = await fetch(`${hub.http}/api/applications/short-lived`, { headers: { 'x-admin-api-key': ADMIN } });
+  assert.equal(deleted.status, 404);
+  await page.goto(`${hub.http}/dashboard#/apps`);
+  await page.waitForSelector('tr[data-app="short-lived"] .badge:text("deleted")');
+  await page.goto(`${hub.http}/dashboard#/app/short-lived/settings`);
+  await page.click('button:text("Restore app")');
+  await page.waitForSelector('button:text("Delete app")');
+  assert.equal((await api(hub, 'GET', '/api/applications/short-lived', { admin: true })).app.deleted_at, null);
   check();
   await ctx.close();
 });
@@ -390,16 +438,7 @@ test('a webhook: its failed attempt in the delivery log, retried from the UI', a
   await page.waitForSelector('section.webhook');
   // An event the webhook takes; its one attempt fails (no retries configured on this hub).
   await api(hub, 'POST', '/api/broadcast', { key: app.api_key, body: { room: 'orders', event: 'order-placed', data: { id: 1 } } });
-  await within(
-    (async () => {
-      for (;;) {
-        await page.reload();
-        const failed = await page.waitForSelector('tr[data-status="failed"]', { timeout: 1000 }).catch(() => null);
-        if (failed) return;
-      }
-    })(),
-    'the failed delivery in the log',
-  );
+  await reloadUntil(page, 'tr[data-status="failed"]', 'the failed delivery in the log');
   const row = 'tr[data-status="failed"]';
   assert.match(await page.textContent(row), /HTTP 500/);
   await page.click(`${row} details summary`);
@@ -407,16 +446,7 @@ test('a webhook: its failed attempt in the delivery log, retried from the UI', a
   await shot(page, '06-webhooks');
   fail = false;
   await page.click(`${row} button`);
-  await within(
-    (async () => {
-      for (;;) {
-        await page.reload();
-        const done = await page.waitForSelector('tr[data-status="succeeded"]', { timeout: 1000 }).catch(() => null);
-        if (done) return;
-      }
-    })(),
-    'the retried delivery succeeded',
-  );
+  await reloadUntil(page, 'tr[data-status="succeeded"]', 'the retried delivery succeeded');
   assert.equal(received.length, 2, 'one failed attempt, one retry');
   assert.equal(await page.textContent('tr[data-status="succeeded"] details summary'), '2');
   // The test button sends a ping and shows its outcome.

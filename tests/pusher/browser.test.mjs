@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { join } from 'node:path';
 
-import { launch } from '../../clients/js/test/chromium.mjs';
+import { launch, onlyHost } from '../../clients/js/test/chromium.mjs';
 import { cleanup, startHub } from '../../clients/js/test/support.mjs';
 import { bound, connected, pusherApp, pusherClient, serverSdk, socketOptions, subscribed } from './support.mjs';
 
@@ -24,13 +24,7 @@ test('pusher-js in Chromium: connect, private channel, trigger, client events', 
   const sdk = serverSdk(hub, app);
   const page = await browser.newPage();
   // Nothing but the hub: a request to any other host fails the test.
-  const elsewhere = [];
-  await page.route('**/*', (route) => {
-    const url = new URL(route.request().url());
-    if (url.host === hub.addr) return route.continue();
-    elsewhere.push(url.href);
-    return route.abort();
-  });
+  const elsewhere = await onlyHost(page, hub.addr);
   await page.exposeFunction('authorize', (socketId, channel) => sdk.authorizeChannel(socketId, channel));
   await page.addScriptTag({ path: join(import.meta.dirname, 'node_modules/pusher-js/dist/web/pusher.min.js') });
   const socketId = await page.evaluate(async (options) => {

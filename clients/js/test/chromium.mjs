@@ -23,3 +23,18 @@ export function launchBrowser() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
 }
+
+/**
+ * Lets `target` (a page or a context) reach only `host` (`127.0.0.1:port`): any other request
+ * is aborted and its URL added to the returned list, which a test asserts empty.
+ */
+export async function onlyHost(target, host) {
+  const elsewhere = [];
+  await target.route('**/*', (route) => {
+    const url = new URL(route.request().url());
+    if (url.host === host) return route.continue();
+    elsewhere.push(url.href);
+    return route.abort();
+  });
+  return elsewhere;
+}

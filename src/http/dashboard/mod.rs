@@ -216,6 +216,18 @@ fn cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("login_token=; Max-Age=0"))
 }
 
+/// Whether a browser's `Origin` (when it sent one) is this host.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    match (text(header::ORIGIN), text(header::HOST)) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => {
+            origin.split_once("://").is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
+        }
+        (Some(_), None) => false,
+    }
+}
+
 /// `{"key", "remember"}` as JSON or as a form.
 #[derive(Debug, Deserialize)]
 struct Login {
@@ -258,6 +270,10 @@ async fn login(
 ) -> Result<Response, ApiError> {
     // Every attempt counts against the IP's bucket, as on /api/token: guessing keys is slow.
     AppState::charge_ip(&state.guards.limits.ips, ip, slot.as_deref())?;
+    if !same_origin(&parts.headers) {
+        // Another site's page posting a key of its own would sign this browser in as it.
+        return Err(ApiError::Forbidden("sign-in from another origin".into()));
+    }
     let login = read_login(&parts.headers, &body)?;
     if login.key.trim().is_empty() {
         return Err(ApiError::field("key", "is required"));
@@ -322,6 +338,24 @@ mod tests {
         assert_eq!(session_cookie(&headers), Some("abc.def"));
         headers.insert(header::COOKIE, HeaderValue::from_static("xlogin_token=1; login_token="));
         assert_eq!(session_cookie(&headers), None);
+    }
+
+    #[test]
+    fn sign_in_is_taken_from_this_origin_or_a_program() {
+        let headers = |pairs: &[(header::HeaderName, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(same_origin(&headers(&[(header::HOST, "127.0.0.1:8080")])));
+        assert!(same_origin(&headers(&[(header::HOST, "hub:80"), (header::ORIGIN, "http://hub:80")])));
+        assert!(!same_origin(&headers(&[
+            (header::HOST, "hub:80"),
+            (header::ORIGIN, "https://evil.example")
+        ])));
+        assert!(!same_origin(&headers(&[(header::HOST, "hub"), (header::ORIGIN, "null")])));
     }
 
     #[test]

@@ -189,8 +189,11 @@ function nav(appId, page) {
   $('#nav').replaceChildren(...links);
 }
 
+let routing = 0; // the newest navigation; a slower, older one must not draw over it
+
 async function route() {
   if (!session.key) return;
+  const mine = ++routing;
   stopPage();
   const parts = location.hash.replace(/^#\/?/, '').split('/');
   const view = $('#view');
@@ -203,16 +206,18 @@ async function route() {
       $('#crumbs').textContent = app ? app.name : parts[1];
       $('#title').textContent = PAGES[page].title;
       document.title = `${PAGES[page].title} · ${parts[1]} · roomcast`;
-      view.append(...[await PAGES[page].render(parts[1], app)].flat());
+      const shown = [await PAGES[page].render(parts[1], app)].flat();
+      if (mine === routing) view.append(...shown);
     } else {
       nav(null, 'apps');
       $('#crumbs').textContent = 'roomcast';
       $('#title').textContent = 'Apps';
       document.title = 'Apps · roomcast';
-      view.append(...[await appsPage()].flat());
+      const shown = [await appsPage()].flat();
+      if (mine === routing) view.append(...shown);
     }
   } catch (err) {
-    view.replaceChildren(h('div', { class: 'callout error' }, err.message));
+    if (mine === routing) view.replaceChildren(h('div', { class: 'callout error' }, err.message));
   }
 }
 window.addEventListener('hashchange', route);
@@ -271,7 +276,9 @@ async function overviewPage(appId) {
   return [h('div', { class: 'stats' }, cards),
     panel('Connect', null, h('div', { class: 'body' },
       h('p', { class: 'hint' }, 'Browsers load the client from this hub and connect with a token your server makes with the app secret.'),
-      h('pre', { class: 'mono' }, `import { Roomcast } from '${origin}/client/roomcast.js';\n\nconst rc = new Roomcast({ url: '${origin.replace(/^http/, 'ws')}/ws', getToken: () => fetchTokenFromYourServer() });\nrc.subscribe('chat').on('message', (data) => console.log(data));`),
+      h('pre', { class: 'mono' }, `import { Roomcast } from '${origin}/client/roomcast.js';\n\n`
+        + `const rc = new Roomcast('${origin.replace(/^http/, 'ws')}/ws', {\n  getToken: async () => (await fetch('/your-backend/roomcast-token')).text(),\n});\n`
+        + `rc.connect();\nrc.subscribe('chat').on('event', ({ event, data, offset }) => console.log(event, data, offset));`),
       h('p', { class: 'hint' }, 'Pusher libraries: key and app id ', h('code', {}, app.app_id), `, host ${location.hostname}, port ${location.port || (location.protocol === 'https:' ? 443 : 80)}`,
         app.pusher_clients ? '.' : ' (turn on Pusher clients in Settings for pusher-js).')))];
 }
