@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { launchBrowser, onlyHost } from '../../clients/js/test/chromium.mjs';
-import { ADMIN, api, cleanup, client, createApp, next, startHub, token, within } from '../../clients/js/test/support.mjs';
+import { ADMIN, api, cleanup, client, createApp, next, startCluster, startHub, token, within } from '../../clients/js/test/support.mjs';
 
 const SHOTS = join(import.meta.dirname, '../../target/dashboard-screenshots');
 mkdirSync(SHOTS, { recursive: true });
@@ -270,6 +270,23 @@ test('the session and its signing secret survive a restart of the hub', async ()
   await again.stop();
 });
 
+test('in a cluster, a session made on one node works on the other, and signing out ends it on both', async () => {
+  const { nodes: [a, b] } = await startCluster(['dash-a', 'dash-b']);
+  const login = await fetch(`${a.http}/dashboard/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ key: ADMIN }),
+  });
+  const { csrf_token: csrf } = await login.json();
+  const cookie = { cookie: `login_token=${login.headers.get('set-cookie').match(/login_token=([^;]*)/)[1]}` };
+  assert.equal((await fetch(`${b.http}/api/applications`, { headers: cookie })).status, 200);
+  const out = await fetch(`${b.http}/dashboard/logout`, { method: 'POST', headers: { ...cookie, 'x-csrf-token': csrf } });
+  assert.equal(out.status, 200);
+  assert.equal((await fetch(`${a.http}/api/applications`, { headers: cookie })).status, 401);
+  assert.equal((await fetch(`${b.http}/api/applications`, { headers: cookie })).status, 401);
+  await Promise.all([a.stop(), b.stop()]);
+});
+
 test('an app and a key made in the UI work over plain HTTP', async () => {
   const { ctx, page, check } = await context();
   await signIn(page, ADMIN);
@@ -476,6 +493,7 @@ test('rooms, presence and analytics pages show the live state', async () => {
   rc.close();
   // The list follows: the room goes when its last subscriber leaves.
   await page.waitForSelector('tr[data-room="presence-lobby"]', { state: 'detached', timeout: 10000 });
+  await api(hub, 'POST', '/api/broadcast', { key: app.api_key, body: { room: 'stats', event: 'counted', data: 1 } });
   await page.goto(`${hub.http}/dashboard#/app/shop/analytics`);
   await page.waitForSelector('.chart svg path.line');
   assert.equal(await page.$$eval('.chart', (c) => c.length), 3);

@@ -483,9 +483,11 @@ async function roomsPage(appId) {
 
 // ---- analytics -----------------------------------------------------------------------
 
+const when = (t) => new Date(t).toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+
 /** A line chart of `points` ({t, v}) as SVG, drawn here. */
 function chart(title, points) {
-  const W = 600; const H = 180; const L = 44; const B = 22; const T = 10;
+  const W = 480; const H = 240; const L = 54; const B = 28; const T = 12;
   const max = Math.max(1, ...points.map((p) => p.v));
   const t0 = points[0]?.t ?? 0; const t1 = points[points.length - 1]?.t ?? 1;
   const x = (t) => L + ((t - t0) / Math.max(1, t1 - t0)) * (W - L - 8);
@@ -493,10 +495,10 @@ function chart(title, points) {
   const line = points.map((p, i) => `${i ? 'L' : 'M'}${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(' ');
   const area = points.length ? `${line} L${x(t1).toFixed(1)},${y(0)} L${x(t0).toFixed(1)},${y(0)} Z` : '';
   const ticks = [0, 0.5, 1].map((f) => Math.round(max * f));
-  const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': title, preserveAspectRatio: 'none' },
-    ticks.map((v) => [s('line', { class: 'axis', x1: L, x2: W, y1: y(v), y2: y(v) }), s('text', { class: 'grid-label', x: L - 6, y: y(v) + 3, 'text-anchor': 'end' }, fmtNum(v))]),
+  const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': title },
+    ticks.map((v) => [s('line', { class: 'axis', x1: L, x2: W, y1: y(v), y2: y(v) }), s('text', { class: 'grid-label', x: L - 8, y: y(v) + 5, 'text-anchor': 'end' }, fmtNum(v))]),
     s('path', { class: 'area', d: area }), s('path', { class: 'line', d: line }),
-    points.length ? [s('text', { class: 'grid-label', x: L, y: H - 6 }, new Date(t0).toLocaleString()), s('text', { class: 'grid-label', x: W - 8, y: H - 6, 'text-anchor': 'end' }, new Date(t1).toLocaleString())] : null);
+    points.length ? [s('text', { class: 'grid-label', x: L, y: H - 6 }, when(t0)), s('text', { class: 'grid-label', x: W - 8, y: H - 6, 'text-anchor': 'end' }, when(t1))] : null);
   return h('section', { class: 'panel chart' }, h('header', {}, h('h2', {}, title)), h('div', { class: 'body' }, svg));
 }
 
@@ -512,7 +514,7 @@ async function analyticsPage(appId) {
       stat('Events', fmtNum(m.events.total), `${fmtNum(m.events.broadcasts)} broadcasts · ${fmtNum(m.events.client_events)} client`),
       stat('Delivered', fmtNum(m.events.delivered), 'frames to subscribers'),
       stat('Users', fmtNum(m.users.online), `online now · ${fmtNum(m.users.total)} in the period`),
-      stat('Webhooks', fmtNum(m.webhooks.delivered), `${fmtNum(m.webhooks.failed)} failed`)),
+      stat('Webhook deliveries', fmtNum(m.webhooks.delivered), `succeeded · ${fmtNum(m.webhooks.failed)} failed for good`)),
     h('div', { class: 'charts' },
       chart('Connections', a.series.map((p) => ({ t: p.t, v: p.connections }))),
       chart('Events published', a.series.map((p) => ({ t: p.t, v: p.events }))),
