@@ -108,7 +108,8 @@ pub type PayloadFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub struct EventBus {
     sinks: ArcSwap<Vec<Sink>>,
     payloads: arc_swap::ArcSwapOption<PayloadFilter>,
-    listeners: Mutex<Vec<mpsc::Sender<HubEvent>>>,
+    /// Each listener's queue, and how many events it refused.
+    listeners: Mutex<Vec<(mpsc::Sender<HubEvent>, Arc<AtomicU64>)>>,
     dropped: AtomicU64,
 }
 
@@ -140,9 +141,16 @@ impl EventBus {
 
     /// A new listener with a queue of `capacity` events.
     pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<HubEvent> {
+        self.subscribe_counted(capacity).0
+    }
+
+    /// A new listener with a queue of `capacity` events, and the count of events its full
+    /// queue refused.
+    pub fn subscribe_counted(&self, capacity: usize) -> (mpsc::Receiver<HubEvent>, Arc<AtomicU64>) {
         let (tx, rx) = mpsc::channel(capacity);
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
-        rx
+        let dropped = Arc::new(AtomicU64::new(0));
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).push((tx, dropped.clone()));
+        (rx, dropped)
     }
 
     /// Offers `event` to every listener without waiting; closed listeners are forgotten.
@@ -151,10 +159,11 @@ impl EventBus {
             sink(&event);
         }
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        listeners.retain(|tx| match tx.try_send(event.clone()) {
+        listeners.retain(|(tx, refused)| match tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                refused.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -164,5 +173,27 @@ impl EventBus {
     /// Events that found a listener's queue full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_listener_counts_what_its_own_full_queue_refused() {
+        let bus = EventBus::default();
+        let (mut slow, slow_refused) = bus.subscribe_counted(1);
+        let (mut fast, fast_refused) = bus.subscribe_counted(8);
+        let event =
+            || HubEvent::ConnectionOpened { app_id: "a".into(), connection_id: "c".into(), user_id: None };
+        for _ in 0..3 {
+            bus.emit(event());
+        }
+        assert_eq!(slow_refused.load(Ordering::Relaxed), 2);
+        assert_eq!(fast_refused.load(Ordering::Relaxed), 0);
+        assert_eq!(bus.dropped(), 2, "the node-wide count for the metric");
+        assert!(slow.try_recv().is_ok() && slow.try_recv().is_err());
+        assert!((0..3).all(|_| fast.try_recv().is_ok()));
     }
 }

@@ -129,14 +129,12 @@ pub async fn stream(
         None => None,
     };
     let watch = state.watchers.watch(&app_id);
-    let events = state.hub.events().subscribe(QUEUE);
+    let (events, refused) = state.hub.events().subscribe_counted(QUEUE);
     let shutdown = state.node.shutdown.clone();
     let hello = json!({ "type": "hello", "app_id": app_id, "room": room.as_ref().map(|r| r.to_string()), "node": state.node.id });
-    let lost_before = state.hub.events().dropped();
-    let bus = state.hub.clone();
-    let start = (Some(hello), events, watch, lost_before);
+    let start = (Some(hello), events, watch, 0);
     let feed = futures_util::stream::unfold(start, move |(hello, mut events, watch, lost_before)| {
-        let (shutdown, room, bus) = (shutdown.clone(), room.clone(), bus.clone());
+        let (shutdown, room, refused) = (shutdown.clone(), room.clone(), refused.clone());
         async move {
             if let Some(hello) = hello {
                 let event = Event::default().event("hello").data(hello.to_string());
@@ -147,7 +145,7 @@ pub async fn stream(
                     event = events.recv() => event?,
                     _ = shutdown.cancelled() => return None,
                 };
-                let lost = bus.events().dropped();
+                let lost = refused.load(std::sync::atomic::Ordering::Relaxed);
                 if lost != lost_before {
                     let note = json!({ "type": "lost", "events": lost - lost_before });
                     let event = Event::default().event("lost").data(note.to_string());
