@@ -371,10 +371,11 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// 64 hex digits (a SHA-256 digest or MAC) as bytes; `None` for anything else.
-pub fn unhex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
+/// `2 * N` hex digits (a SHA-256 digest or MAC for 32, an MD5 digest for 16) as bytes; `None`
+/// for anything else.
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    if s.len() != 2 * N {
         return None;
     }
     for (i, byte) in out.iter_mut().enumerate() {

@@ -301,7 +301,7 @@ pub fn verify(app_key: &str, secret: &str, auth: &str, signed: &str) -> bool {
 /// Whether `signature` is the hex HMAC-SHA256 of `signed` with `secret`, checked in constant
 /// time: what every Pusher signature is (channels, sign-in, HTTP API requests).
 pub fn signed_by(secret: &str, signed: &str, signature: &str) -> bool {
-    let Some(given) = unhex(signature) else { return false };
+    let Some(given) = unhex::<32>(signature) else { return false };
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { return false };
     mac.update(signed.as_bytes());
     mac.verify_slice(&given).is_ok()

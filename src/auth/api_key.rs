@@ -270,8 +270,8 @@ mod tests {
     fn hex_round_trips_and_refuses_bad_text() {
         let bytes: [u8; 32] = std::array::from_fn(|i| (i * 8) as u8);
         assert_eq!(unhex(&hex(&bytes)), Some(bytes));
-        assert!(unhex(&"a".repeat(63)).is_none());
-        assert!(unhex(&"zz".repeat(32)).is_none());
+        assert!(unhex::<32>(&"a".repeat(63)).is_none());
+        assert!(unhex::<32>(&"zz".repeat(32)).is_none());
     }
 
     #[test]

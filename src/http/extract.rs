@@ -100,17 +100,20 @@ pub fn find_key(parts: &Parts) -> Option<(KeySource, String)> {
     parsed.api_key.map(|k| (KeySource::Query, k))
 }
 
+/// The caller named by the headers or query (the first key location present, DESIGN §2.1),
+/// or else by a dashboard session cookie; `None` when the request has neither.
+async fn caller(parts: &Parts, state: &AppState) -> Result<Option<Principal>, ApiError> {
+    match find_key(parts) {
+        Some((source, key)) => state.authenticate(source, &key).await.map(Some),
+        None => Ok(super::dashboard::session_principal(parts, state).await?.map(|(principal, _)| principal)),
+    }
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let principal = match find_key(parts) {
-            Some((source, key)) => state.authenticate(source, &key).await,
-            None => super::dashboard::session_principal(parts, state)
-                .await?
-                .map(|(principal, _)| principal)
-                .ok_or(ApiError::MissingApiKey),
-        };
+        let principal = caller(parts, state).await.and_then(|p| p.ok_or(ApiError::MissingApiKey));
         let principal = principal.map_err(|e| match e {
             ApiError::AppDeleted(app_id) if parts.uri.path().starts_with("/api/applications") => {
                 ApiError::NotFound(format!("no app {app_id:?}"))
@@ -216,17 +219,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Authed<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
-        let found = find_key(&parts);
         let req = Request::from_parts(parts.clone(), body);
         let bytes = body_bytes(req, state.config.limits.max_body_bytes).await?;
-        let session = match found {
-            Some(_) => None,
-            None => super::dashboard::session_principal(&parts, state).await?.map(|(principal, _)| principal),
-        };
-        let principal = match (found, session) {
-            (_, Some(principal)) => principal,
-            (Some((source, key)), None) => state.authenticate(source, &key).await?,
-            (None, None) => {
+        let principal = match caller(&parts, state).await? {
+            Some(principal) => principal,
+            None => {
                 check_json_content_type(&parts.headers, &bytes)?;
                 let key = serde_json::from_slice::<BodyKey>(&bytes).ok().and_then(|b| b.api_key);
                 let key = key.ok_or(ApiError::MissingApiKey)?;

@@ -20,7 +20,7 @@ use super::broadcast::{BroadcastRequest, check, publish};
 use super::error::ApiError;
 use super::extract::{Principal, parse_json};
 use crate::apps::is_active;
-use crate::auth::api_key::Scope;
+use crate::auth::api_key::{Scope, unhex};
 use crate::domain::{AppId, RoomKey};
 use crate::limits::RateSlot;
 use crate::protocol::{EventName, RoomName};
@@ -100,11 +100,7 @@ fn query_pairs(query: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
 
 /// `body_md5`: 32 hex digits naming the body's MD5.
 fn md5_matches(body: &[u8], given: Option<&str>) -> bool {
-    let Some(given) = given.filter(|g| g.len() == 32) else { return false };
-    let digest = Md5::digest(body);
-    given.as_bytes().chunks(2).zip(digest.iter()).all(|(pair, byte)| {
-        std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()) == Some(*byte)
-    })
+    given.and_then(unhex::<16>).is_some_and(|given| given == <[u8; 16]>::from(Md5::digest(body)))
 }
 
 impl FromRequest<AppState> for Signed {

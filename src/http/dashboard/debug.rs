@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -26,16 +27,23 @@ const QUEUE: usize = 4096;
 
 /// Apps with a console open on this node: their publications carry their data.
 #[derive(Debug, Default)]
-pub struct Watchers(DashMap<String, usize>);
+pub struct Watchers {
+    /// Open consoles per app.
+    apps: DashMap<String, usize>,
+    /// Open consoles in all: every publication asks [`Watchers::watching`], and with none open
+    /// (nearly always) the answer must not cost a map lookup.
+    open: AtomicUsize,
+}
 
 impl Watchers {
     /// Whether a console watches `app_id`.
     pub fn watching(&self, app_id: &str) -> bool {
-        !self.0.is_empty() && self.0.contains_key(app_id)
+        self.open.load(Ordering::Relaxed) > 0 && self.apps.contains_key(app_id)
     }
 
     fn watch(self: &Arc<Self>, app_id: &str) -> Watch {
-        *self.0.entry(app_id.to_owned()).or_default() += 1;
+        *self.apps.entry(app_id.to_owned()).or_default() += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
         Watch { watchers: self.clone(), app_id: app_id.to_owned() }
     }
 }
@@ -48,7 +56,8 @@ struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.watchers.0.remove_if_mut(&self.app_id, |_, n| {
+        self.watchers.open.fetch_sub(1, Ordering::Relaxed);
+        self.watchers.apps.remove_if_mut(&self.app_id, |_, n| {
             *n -= 1;
             *n == 0
         });
@@ -145,7 +154,7 @@ pub async fn stream(
                     event = events.recv() => event?,
                     _ = shutdown.cancelled() => return None,
                 };
-                let lost = refused.load(std::sync::atomic::Ordering::Relaxed);
+                let lost = refused.load(Ordering::Relaxed);
                 if lost != lost_before {
                     let note = json!({ "type": "lost", "events": lost - lost_before });
                     let event = Event::default().event("lost").data(note.to_string());
@@ -159,4 +168,23 @@ pub async fn stream(
         }
     });
     Ok(Sse::new(feed).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_is_watched_while_a_console_on_it_is_open() {
+        let watchers = Arc::new(Watchers::default());
+        assert!(!watchers.watching("shop"));
+        let first = watchers.watch("shop");
+        let second = watchers.watch("shop");
+        assert!(watchers.watching("shop") && !watchers.watching("blog"));
+        drop(first);
+        assert!(watchers.watching("shop"), "one console is still open");
+        drop(second);
+        assert!(!watchers.watching("shop"));
+        assert_eq!(watchers.open.load(Ordering::Relaxed), 0);
+    }
 }

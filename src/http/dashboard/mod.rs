@@ -281,32 +281,37 @@ async fn login(
     let principal = state.authenticate(KeySource::Bearer, login.key.trim()).await?;
     let (jwt, claims) = state.sessions.issue(&principal.key_id, login.remember)?;
     let max_age = claims.exp - claims.iat;
+    let mut response = described(&principal, &claims);
+    response.headers_mut().insert(header::SET_COOKIE, cookie(&jwt, max_age, over_https(&parts, &state)));
+    Ok(response)
+}
+
+/// A session as the page learns it (from signing in, or after a reload): who it acts as, its
+/// CSRF token and when it ends. Never cached.
+fn described(p: &Principal, claims: &Claims) -> Response {
     let answer = json!({
         "success": true,
         "csrf_token": claims.csrf,
         "expires_at": super::iso8601(claims.exp * 1000),
-        "key": describe(&principal),
+        "key": {
+            "kind": p.kind.as_str(),
+            "key_id": p.key_id,
+            "app_id": p.app_id,
+            "scopes": p.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        },
     });
-    let mut response = axum::Json(answer).into_response();
-    response.headers_mut().insert(header::SET_COOKIE, cookie(&jwt, max_age, over_https(&parts, &state)));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(answer)).into_response()
 }
 
-/// Who a session acts as, for the page.
-fn describe(p: &Principal) -> serde_json::Value {
-    json!({
-        "kind": p.kind.as_str(),
-        "key_id": p.key_id,
-        "app_id": p.app_id,
-        "scopes": p.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-    })
+/// The request's live session, or 401 when it has none.
+async fn signed_in(parts: &Parts, state: &AppState) -> Result<(Principal, Claims), ApiError> {
+    session_principal(parts, state)
+        .await?
+        .ok_or_else(|| ApiError::InvalidToken("not signed in to the dashboard".into()))
 }
 
 async fn logout(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
-    let (_, claims) = session_principal(&parts, &state)
-        .await?
-        .ok_or_else(|| ApiError::InvalidToken("not signed in to the dashboard".into()))?;
+    let (_, claims) = signed_in(&parts, &state).await?;
     state.sessions.end(&claims).await?;
     let mut response = axum::Json(json!({ "success": true })).into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie("", 0, over_https(&parts, &state)));
@@ -315,16 +320,8 @@ async fn logout(State(state): State<AppState>, parts: Parts) -> Result<Response,
 
 /// The current session: who it acts as and its CSRF token (a page reload keeps the session).
 async fn session(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
-    let (principal, claims) = session_principal(&parts, &state)
-        .await?
-        .ok_or_else(|| ApiError::InvalidToken("not signed in to the dashboard".into()))?;
-    let answer = json!({
-        "success": true,
-        "csrf_token": claims.csrf,
-        "expires_at": super::iso8601(claims.exp * 1000),
-        "key": describe(&principal),
-    });
-    Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(answer)).into_response())
+    let (principal, claims) = signed_in(&parts, &state).await?;
+    Ok(described(&principal, &claims))
 }
 
 #[cfg(test)]
